@@ -1,0 +1,62 @@
+"""The events table: every accepted event, per person, newest last.
+
+Key: ``pk`` = ``u#<userId>`` or ``a#<anonymousId>``; ``sk`` = ``<timestamp>#<messageId>``.
+Writing the same event again writes the same item (idempotent). The unification
+stage (next issue) re-keys history by profile; this key is its input.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from cdp.aws.dedupe_store import batch_write
+
+
+def person_key(event: dict[str, Any]) -> str:
+    if event.get("userId"):
+        return f"u#{event['userId']}"
+    return f"a#{event['anonymousId']}"
+
+
+def event_item(source_id: str, event: dict[str, Any], expires_at: int) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "pk": {"S": person_key(event)},
+        "sk": {"S": f"{event['timestamp']}#{event['messageId']}"},
+        "message_id": {"S": event["messageId"]},
+        "source_id": {"S": source_id},
+        "type": {"S": event["type"]},
+        "received_at": {"S": event["receivedAt"]},
+        "payload": {"S": json.dumps(event, separators=(",", ":"), ensure_ascii=False)},
+        "expires_at": {"N": str(expires_at)},
+    }
+    name = event.get("event") or event.get("name")
+    if isinstance(name, str) and name:
+        item["name"] = {"S": name}
+    return item
+
+
+class DynamoEventStore:
+    def __init__(self, dynamodb: Any, table_name: str, retention_days: int = 90,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._ddb = dynamodb
+        self._table = table_name
+        self._retention_s = retention_days * 86400
+        self._sleep = sleep
+
+    def store(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Store (source_id, normalised event) pairs."""
+        requests = []
+        seen: set[tuple[str, str]] = set()
+        for source_id, event in events:
+            received = datetime.fromisoformat(event["receivedAt"].replace("Z", "+00:00"))
+            item = event_item(source_id, event, int(received.timestamp()) + self._retention_s)
+            key = (item["pk"]["S"], item["sk"]["S"])
+            if key in seen:  # BatchWriteItem refuses two writes of one key
+                continue
+            seen.add(key)
+            requests.append({"PutRequest": {"Item": item}})
+        batch_write(self._ddb, self._table, requests, self._sleep)

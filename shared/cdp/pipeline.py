@@ -1,0 +1,238 @@
+"""The stream consumer's work on one Kinesis batch.
+
+1. Decode each record (docs/record-format.md). Records that can never succeed
+   (undecodable, unknown version, invalid event, or refused by the collector) go to
+   the quarantine, in S3 and the quarantine table: they count as handled, so a
+   poison record never blocks its shard.
+2. Claim each event's messageId in the dedupe table (one transaction per 100).
+   Duplicates are skipped; events claimed by another live consumer are retried.
+3. Run the stages on the claimed events, in stream order: archive to S3, then store
+   (the unification stage of the next issue slots in here, before the store).
+4. Mark the claims completed.
+
+A failing step fails the records it was working on, and only those; the handler
+reports them as batch item failures and Lambda retries them. Every step is
+idempotent, so the retry converges.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from cdp.aws.archive import archive_key
+from cdp.ingest import RECORD_VERSION, normalize_event, validate_event
+from cdp.observability import logger
+from cdp.segment import RejectedEvent
+
+UNKNOWN_SOURCE = "unknown"
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    """One Kinesis record as the event source mapping delivers it."""
+
+    shard_id: str
+    sequence_number: str
+    arrival: float  # approximateArrivalTimestamp, epoch seconds
+    data: bytes
+
+    @property
+    def owner(self) -> str:
+        return f"{self.shard_id}:{self.sequence_number}"
+
+
+@dataclass
+class AcceptedEvent:
+    record: InboundRecord
+    source_id: str
+    event: dict[str, Any]
+    raw: Any
+
+    @property
+    def dedupe_key(self) -> str:
+        return f"{self.source_id}#{self.event['messageId']}"
+
+
+@dataclass
+class QuarantinedRecord:
+    record: InboundRecord
+    source_id: str
+    received_at: str
+    reason: str
+    raw: Any
+    field: str | None = None
+    index: int | None = None
+    message_id: str | None = None
+
+    def entry(self) -> dict[str, Any]:
+        return {
+            "source_id": self.source_id,
+            "received_at": self.received_at,
+            "record_id": hashlib.sha256(self.record.owner.encode()).hexdigest()[:16],
+            "reason": self.reason,
+            "field": self.field,
+            "index": self.index,
+            "message_id": self.message_id,
+            "raw": self.raw,
+        }
+
+
+class Archive(Protocol):
+    def write(self, key: str, lines: list[dict[str, Any]]) -> None: ...
+
+
+class Dedupe(Protocol):
+    def claim(self, owners: dict[str, str]) -> Any: ...
+    def complete(self, keys: list[str]) -> None: ...
+
+
+class EventStage(Protocol):
+    """A step run on the newly claimed events of a batch, in stream order."""
+
+    def store(self, events: list[tuple[str, dict[str, Any]]]) -> None: ...
+
+
+class Quarantine(Protocol):
+    def store(self, entries: list[dict[str, Any]], archive_key: str) -> None: ...
+
+
+@dataclass
+class BatchOutcome:
+    failed: dict[str, str] = field(default_factory=dict)  # owner -> why
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def decode(record: InboundRecord) -> AcceptedEvent | QuarantinedRecord:
+    """Turn a record into an event to store, or a quarantine entry saying why not."""
+    arrival = _iso(record.arrival)
+
+    def refuse(reason: str, raw: Any, source_id: str = UNKNOWN_SOURCE, **extra: Any) -> QuarantinedRecord:
+        return QuarantinedRecord(record, source_id, arrival, reason, raw, **extra)
+
+    try:
+        envelope = json.loads(record.data)
+    except (ValueError, UnicodeDecodeError):
+        return refuse("record is not JSON", base64.b64encode(record.data).decode("ascii"))
+    if not isinstance(envelope, dict) or envelope.get("v") != RECORD_VERSION:
+        return refuse(f"unknown record format; expected an object with v={RECORD_VERSION}", envelope)
+    source_id = envelope.get("source_id")
+    if not isinstance(source_id, str) or not source_id:
+        return refuse("record has no source_id", envelope)
+    kind = envelope.get("kind")
+    if kind == "rejected":
+        rejection = envelope.get("rejection") or {}
+        return QuarantinedRecord(
+            record, source_id, envelope.get("received_at") or arrival,
+            str(rejection.get("reason", "refused by the collector")), envelope.get("raw"),
+            field=rejection.get("field"), index=rejection.get("index"),
+            message_id=rejection.get("messageId"),
+        )
+    if kind != "event":
+        return refuse(f"unknown record kind {kind!r}", envelope, source_id)
+    event = envelope.get("event")
+    raw = envelope.get("raw", event)
+    checked = validate_event(event, None)
+    if isinstance(checked, RejectedEvent):
+        return refuse(checked.reason, raw, source_id, field=checked.field, message_id=checked.messageId)
+    if isinstance(event, dict) and "receivedAt" in event and event.get("messageId"):
+        normalized = event  # written by the collector (or a connector that normalised it)
+    else:
+        normalized = normalize_event(
+            event, checked, datetime.fromtimestamp(record.arrival, UTC),
+            # Deterministic, so a redelivered record gets the same id and dedupes.
+            message_id_factory=lambda: f"kinesis-{record.shard_id}-{record.sequence_number}",
+        )
+    return AcceptedEvent(record, source_id, normalized, raw)
+
+
+class StreamConsumer:
+    """Processes one batch of records; see the module docstring for the steps."""
+
+    def __init__(self, dedupe: Dedupe, archive: Archive, stages: Sequence[EventStage],
+                 quarantine: Quarantine, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._dedupe = dedupe
+        self._archive = archive
+        self._stages = list(stages)
+        self._quarantine = quarantine
+        self._now = now
+
+    def process(self, records: list[InboundRecord]) -> BatchOutcome:
+        outcome = BatchOutcome()
+        if not records:
+            return outcome
+        decoded = [decode(r) for r in records]
+        events = [d for d in decoded if isinstance(d, AcceptedEvent)]
+        refused = [d for d in decoded if isinstance(d, QuarantinedRecord)]
+        self._file_quarantine(refused, records, outcome)
+        self._store_events(events, records, outcome)
+        return outcome
+
+    def _batch_key(self, prefix: str, records: list[InboundRecord]) -> str:
+        return archive_key(prefix, self._now(), records[0].shard_id,
+                           records[0].sequence_number, records[-1].sequence_number)
+
+    def _file_quarantine(self, refused: list[QuarantinedRecord], records: list[InboundRecord],
+                         outcome: BatchOutcome) -> None:
+        if not refused:
+            return
+        key = self._batch_key("quarantine", records)
+        entries = [q.entry() for q in refused]
+        try:
+            self._archive.write(key, entries)
+            self._quarantine.store(entries, key)
+        except Exception as exc:  # retried by Lambda; nothing is lost
+            logger.exception("quarantine write failed", extra={"records": len(refused)})
+            for q in refused:
+                outcome.failed[q.record.owner] = f"quarantine write failed: {type(exc).__name__}"
+            return
+        outcome.quarantined += len(refused)
+
+    def _store_events(self, events: list[AcceptedEvent], records: list[InboundRecord],
+                      outcome: BatchOutcome) -> None:
+        if not events:
+            return
+        # The first copy of a messageId in the batch is the one processed.
+        first: dict[str, AcceptedEvent] = {}
+        for accepted in events:
+            if accepted.dedupe_key in first:
+                outcome.duplicates += 1
+            else:
+                first[accepted.dedupe_key] = accepted
+        try:
+            claim = self._dedupe.claim({k: a.record.owner for k, a in first.items()})
+        except Exception as exc:
+            logger.exception("dedupe claim failed", extra={"events": len(first)})
+            for accepted in first.values():
+                outcome.failed[accepted.record.owner] = f"dedupe claim failed: {type(exc).__name__}"
+            return
+        outcome.duplicates += len(claim.duplicates)
+        for key in claim.busy:
+            outcome.failed[first[key].record.owner] = "messageId claimed by another consumer"
+        fresh = [first[k] for k in first if k in claim.claimed]
+        if not fresh:
+            return
+        pairs = [(a.source_id, a.event) for a in fresh]
+        lines = [{"source_id": a.source_id, "event": a.event} for a in fresh]
+        try:
+            self._archive.write(self._batch_key("events", records), lines)
+            for stage in self._stages:
+                stage.store(pairs)
+            self._dedupe.complete([a.dedupe_key for a in fresh])
+        except Exception as exc:
+            logger.exception("event stages failed", extra={"events": len(fresh)})
+            for accepted in fresh:
+                outcome.failed[accepted.record.owner] = f"stage failed: {type(exc).__name__}"
+            return
+        outcome.stored += len(fresh)

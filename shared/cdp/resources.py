@@ -1,0 +1,216 @@
+"""The one place that names every AWS resource and key schema of the CDP.
+
+The CDK constructs (``infra/``) and the embedded local stack (``cdp.local``) both
+build their tables, streams, buckets and queues from these definitions, and a test
+compares the synthesized CloudFormation template with them, so the two cannot drift.
+
+Physical names: in the cloud CloudFormation chooses them and hands them to each
+function through the environment variables named here (``env``); locally the
+``local_name`` is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+KeyType = Literal["S", "N", "B"]
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    type: KeyType = "S"
+
+
+@dataclass(frozen=True)
+class GlobalIndex:
+    name: str
+    partition_key: Key
+    sort_key: Key | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A DynamoDB table: on-demand, encrypted, point-in-time recovery, TTL if set."""
+
+    logical_id: str
+    local_name: str
+    env: str
+    partition_key: Key
+    sort_key: Key | None = None
+    ttl_attribute: str | None = None
+    stream: Literal["NEW_IMAGE", "NEW_AND_OLD_IMAGES", "KEYS_ONLY"] | None = None
+    indexes: tuple[GlobalIndex, ...] = field(default_factory=tuple)
+    purpose: str = ""
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    logical_id: str
+    local_name: str
+    env: str
+    purpose: str = ""
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    logical_id: str
+    local_name: str
+    env: str
+    purpose: str = ""
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    logical_id: str
+    local_name: str
+    env: str
+    purpose: str = ""
+
+
+# --- DynamoDB tables -------------------------------------------------------------
+
+SOURCES_TABLE = TableSpec(
+    logical_id="SourcesTable",
+    local_name="cdp-sources",
+    env="CDP_SOURCES_TABLE",
+    partition_key=Key("key_hash"),
+    indexes=(GlobalIndex("by_source_id", Key("source_id")),),
+    purpose="Sources and their write keys, stored only as SHA-256 hashes.",
+)
+
+DEDUPE_TABLE = TableSpec(
+    logical_id="DedupeTable",
+    local_name="cdp-dedupe",
+    env="CDP_DEDUPE_TABLE",
+    partition_key=Key("pk"),
+    ttl_attribute="expires_at",
+    purpose="messageId claims (IN_PROGRESS / COMPLETED) so each event is processed once.",
+)
+
+EVENTS_TABLE = TableSpec(
+    logical_id="EventsTable",
+    local_name="cdp-events",
+    env="CDP_EVENTS_TABLE",
+    partition_key=Key("pk"),
+    sort_key=Key("sk"),
+    ttl_attribute="expires_at",
+    purpose="Accepted events per person, for the unification stage and the Profile API.",
+)
+
+QUARANTINE_TABLE = TableSpec(
+    logical_id="QuarantineTable",
+    local_name="cdp-quarantine",
+    env="CDP_QUARANTINE_TABLE",
+    partition_key=Key("source_id"),
+    sort_key=Key("sk"),
+    ttl_attribute="expires_at",
+    purpose="Rejected events with the reason, for operators to list and redrive.",
+)
+
+TABLES: tuple[TableSpec, ...] = (SOURCES_TABLE, DEDUPE_TABLE, EVENTS_TABLE, QUARANTINE_TABLE)
+
+# --- Kinesis ---------------------------------------------------------------------
+
+EVENT_STREAM = StreamSpec(
+    logical_id="EventStream",
+    local_name="cdp-events",
+    env="CDP_EVENT_STREAM",
+    purpose="Accepted (and rejected-for-quarantine) events, one record each; see docs/record-format.md.",
+)
+
+STREAMS: tuple[StreamSpec, ...] = (EVENT_STREAM,)
+
+# --- S3 ----------------------------------------------------------------------------
+
+ARCHIVE_BUCKET = BucketSpec(
+    logical_id="ArchiveBucket",
+    local_name="cdp-archive",
+    env="CDP_ARCHIVE_BUCKET",
+    purpose="gzip JSONL of every accepted event, partitioned by date, for replay.",
+)
+
+BUCKETS: tuple[BucketSpec, ...] = (ARCHIVE_BUCKET,)
+
+# --- SQS ---------------------------------------------------------------------------
+
+STREAM_CONSUMER_DLQ = QueueSpec(
+    logical_id="StreamConsumerDlq",
+    local_name="cdp-stream-consumer-dlq",
+    env="CDP_STREAM_CONSUMER_DLQ",
+    purpose="On-failure destination of the Kinesis consumer: batches that kept failing.",
+)
+
+QUEUES: tuple[QueueSpec, ...] = (STREAM_CONSUMER_DLQ,)
+
+# --- Lambda functions -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    logical_id: str
+    folder: str  # functions/<folder>/handler.py, entry point ``handler``
+    memory_mb: int
+    timeout_s: int
+    purpose: str = ""
+
+
+COLLECTOR_FUNCTION = FunctionSpec(
+    logical_id="CollectorFunction",
+    folder="collector",
+    memory_mb=512,
+    timeout_s=10,
+    purpose="Segment-compatible HTTP API: validates, enriches and puts events on the stream.",
+)
+
+STREAM_CONSUMER_FUNCTION = FunctionSpec(
+    logical_id="StreamConsumerFunction",
+    folder="stream_consumer",
+    memory_mb=512,
+    timeout_s=60,
+    purpose="Kinesis consumer: dedupes, archives to S3 and stores events for the next stage.",
+)
+
+FUNCTIONS: tuple[FunctionSpec, ...] = (COLLECTOR_FUNCTION, STREAM_CONSUMER_FUNCTION)
+
+
+# --- Event source mappings -------------------------------------------------------
+# One definition read by both the CDK construct and the local stack's poller, so the
+# local consumer sees the batches the deployed one will see.
+
+
+@dataclass(frozen=True)
+class KinesisEventSourceSpec:
+    """Settings of the Kinesis -> Lambda event source mapping, each with its reason."""
+
+    # 100 records per invocation: the consumer's per-batch costs (one S3 object, one
+    # dedupe transaction, a few BatchWriteItem calls) are spread over many events,
+    # while one invocation stays well inside the 60 s timeout.
+    batch_size: int = 100
+    # Wait up to 1 s to fill a batch: at low traffic this turns one invocation per
+    # event into one per second per shard, at the cost of <= 1 s extra latency.
+    max_batching_window_s: int = 1
+    # Split a failing batch in two and retry each half, so one poison record is
+    # isolated instead of blocking the shard.
+    bisect_batch_on_error: bool = True
+    # Finite retries: after 3 the batch goes to the on-failure destination (SQS DLQ)
+    # and the shard moves on, so a poison record cannot stall the pipeline.
+    retry_attempts: int = 3
+    # Records older than 6 h go to the DLQ: they must be redriven while the stream
+    # still holds them (retention 24 h), which leaves 18 h to act.
+    max_record_age_s: int = 6 * 3600
+    # The handler reports failed records individually (Powertools partial batch
+    # response), so successful records before the first failure are not redone.
+    report_batch_item_failures: bool = True
+    # Start with the oldest record, so nothing written before the mapping exists is lost.
+    starting_position: Literal["TRIM_HORIZON", "LATEST"] = "TRIM_HORIZON"
+    # One concurrent batch per shard keeps per-person order; raise (up to 10) for
+    # throughput: order per partition key is still kept.
+    parallelization_factor: int = 1
+
+
+STREAM_CONSUMER_ESM = KinesisEventSourceSpec()
+
+# Kinesis data retention, hours (the DLQ only holds pointers into the stream).
+EVENT_STREAM_RETENTION_HOURS = 24

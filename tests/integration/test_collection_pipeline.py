@@ -1,0 +1,93 @@
+"""Collector -> Kinesis -> consumer -> archive + events table + dedupe, on moto."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any
+
+import boto3
+
+from cdp import resources
+from cdp.aws.archive import S3Archive
+from tests.conftest import load_handler
+from tests.integration.conftest import basic_auth, http_event, read_stream_as_lambda_event, scan
+
+collector = load_handler("collector")
+consumer = load_handler("stream_consumer")
+
+JSON = {"Content-Type": "application/json"}
+
+
+def post(path: str, body: Any, key: str, ctx: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    all_headers = {**JSON, "Authorization": basic_auth(key), **(headers or {})}
+    return collector.handler(http_event(path, body, all_headers), ctx)
+
+
+def archived_events() -> list[dict[str, Any]]:
+    s3 = boto3.client("s3")
+    archive = S3Archive(s3, resources.ARCHIVE_BUCKET.local_name)
+    objects = s3.list_objects_v2(Bucket=resources.ARCHIVE_BUCKET.local_name, Prefix="events/")
+    lines = []
+    for obj in objects.get("Contents", []):
+        lines.extend(archive.read(obj["Key"]))
+    return lines
+
+
+def test_tracked_event_is_stored_once_and_archived(write_key, lambda_context):
+    response = post("/v1/track", {"userId": "u1", "event": "Signed Up", "messageId": "m-1",
+                                  "properties": {"plan": "pro"}}, write_key, lambda_context)
+    assert response["statusCode"] == 200, response["body"]
+    assert json.loads(response["body"]) == {"success": True, "accepted": 1}
+
+    event = read_stream_as_lambda_event()
+    assert len(event["Records"]) == 1
+    result = consumer.handler(event, lambda_context)
+    assert result == {"batchItemFailures": []}
+
+    items = scan(resources.EVENTS_TABLE.local_name)
+    assert len(items) == 1
+    stored = json.loads(items[0]["payload"])
+    assert stored["event"] == "Signed Up" and stored["properties"] == {"plan": "pro"}
+    assert stored["messageId"] == "m-1" and stored["receivedAt"]
+    assert items[0]["pk"] == "u#u1"
+    assert [line["event"]["messageId"] for line in archived_events()] == ["m-1"]
+
+    # The same batch delivered again (at-least-once) changes nothing.
+    assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
+    assert len(scan(resources.EVENTS_TABLE.local_name)) == 1
+    dedupe = scan(resources.DEDUPE_TABLE.local_name)
+    assert [d["status"] for d in dedupe] == ["COMPLETED"]
+
+
+def test_sdk_retry_with_same_message_id_is_a_duplicate(write_key, lambda_context):
+    body = {"batch": [{"type": "identify", "userId": "u2", "messageId": "dup-1", "traits": {"a": 1}}]}
+    assert post("/v1/batch", body, write_key, lambda_context)["statusCode"] == 200
+    assert post("/v1/batch", body, write_key, lambda_context)["statusCode"] == 200
+    event = read_stream_as_lambda_event()
+    assert len(event["Records"]) == 2
+    assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
+    assert len(scan(resources.EVENTS_TABLE.local_name)) == 1
+    assert len(archived_events()) == 1
+
+
+def test_gzip_batch_with_bad_event_accepts_the_good_ones(write_key, lambda_context):
+    batch = {"batch": [
+        {"type": "track", "userId": "u3", "event": "A"},
+        {"type": "track", "userId": "u3"},  # no event name
+        {"type": "bogus", "userId": "u3"},
+        {"type": "page", "anonymousId": "anon-1", "name": "Home"},
+    ]}
+    response = post("/v1/b", gzip.compress(json.dumps(batch).encode()), write_key, lambda_context,
+                    headers={"Content-Encoding": "gzip", "Content-Type": "text/plain"})
+    body = json.loads(response["body"])
+    assert response["statusCode"] == 200, body
+    assert body["accepted"] == 2
+    assert [(r["index"], r.get("field")) for r in body["rejected"]] == [(1, "event"), (2, "type")]
+
+    assert consumer.handler(read_stream_as_lambda_event(), lambda_context) == {"batchItemFailures": []}
+    assert len(scan(resources.EVENTS_TABLE.local_name)) == 2
+    quarantined = scan(resources.QUARANTINE_TABLE.local_name)
+    assert sorted(int(q["index"]) for q in quarantined) == [1, 2]
+    assert all(q["source_id"] == "src_test" and q["reason"] for q in quarantined)
+    assert json.loads(next(q for q in quarantined if int(q["index"]) == 2)["raw"])["type"] == "bogus"
