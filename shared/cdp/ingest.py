@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from cdp.segment import CALL_MODELS, CommonFields, RejectedEvent
 from cdp.sources import Source
@@ -32,6 +32,7 @@ MAX_NESTING_DEPTH = 20
 MAX_KEYS_PER_EVENT = 1000
 
 RECORD_VERSION = 1
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 ACCEPTED_CONTENT_TYPES = ("application/json", "text/plain")
 
 SHORT_PATHS = {"i": "identify", "t": "track", "p": "page", "s": "screen", "g": "group", "a": "alias"}
@@ -280,10 +281,9 @@ def normalize_event(raw: dict[str, Any], call: CommonFields, received_at: dateti
         if value is not None:
             event[id_field] = value
     event.pop("writeKey", None)
-    if call.receivedAt is not None and "receivedAt" in raw:
-        received = _aware(call.receivedAt)  # already normalised once (stream replay)
-    else:
-        received = received_at
+    # An event normalised once already (stream replay) keeps its receipt time.
+    already = call.receivedAt is not None and "receivedAt" in raw
+    received = _aware(call.receivedAt) if already and call.receivedAt else received_at
     event["receivedAt"] = _iso(received)
     event["messageId"] = call.messageId or message_id_factory()
 
@@ -318,7 +318,8 @@ def accepted_record(source_id: str, event: dict[str, Any], raw: dict[str, Any]) 
     return StreamRecord(partition_key(event), json.dumps(envelope, separators=(",", ":")).encode("utf-8"))
 
 
-def rejected_record(source_id: str, rejection: RejectedEvent, raw: Any, received_at: datetime) -> StreamRecord:
+def rejected_record(source_id: str, rejection: RejectedEvent, raw: Any,
+                    received_at: datetime) -> StreamRecord:
     envelope = {
         "v": RECORD_VERSION,
         "kind": "rejected",
@@ -343,10 +344,22 @@ def events_of(body: dict[str, Any], call_type: str | None) -> tuple[list[Any], d
         raise RequestRejected(400, "invalid_batch", "batch must be a JSON array of calls", field="batch")
     if len(batch) > MAX_BATCH_EVENTS:
         raise RequestRejected(400, "batch_too_large",
-                              f"batch has {len(batch)} events; the limit is {MAX_BATCH_EVENTS}", field="batch")
+                              f"batch has {len(batch)} events; the limit is {MAX_BATCH_EVENTS}",
+                              field="batch")
     if not batch:
         raise RequestRejected(400, "empty_batch", "batch is empty", field="batch")
-    defaults = {k: body[k] for k in ("context", "integrations", "sentAt") if k in body}
+    defaults: dict[str, Any] = {}
+    for key in ("context", "integrations"):
+        if key in body:
+            if not isinstance(body[key], dict):
+                raise RequestRejected(400, "invalid_batch", f"{key} must be a JSON object", field=key)
+            defaults[key] = body[key]
+    if body.get("sentAt") is not None:
+        try:
+            defaults["sentAt"] = _DATETIME.validate_python(body["sentAt"])
+        except ValidationError as exc:
+            raise RequestRejected(400, "invalid_batch", "sentAt is not a valid timestamp",
+                                  field="sentAt") from exc
     return batch, defaults
 
 

@@ -70,9 +70,9 @@ class Context(BaseModel):
     ip: str | None = Field(default=None, max_length=64)
     library: Library | None = None
     traits: Properties | None = None
-    externalIds: list[ExternalId] | None = None  # noqa: N815 (Segment's field name)
+    externalIds: list[ExternalId] | None = None
     locale: str | None = Field(default=None, max_length=64)
-    userAgent: str | None = Field(default=None, max_length=2048)  # noqa: N815
+    userAgent: str | None = Field(default=None, max_length=2048)
 
 
 Integrations = dict[str, bool | dict[str, Any]]
@@ -83,15 +83,15 @@ class CommonFields(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    anonymousId: Identifier | None = None  # noqa: N815
-    userId: Identifier | None = None  # noqa: N815
-    messageId: Identifier | None = None  # noqa: N815
+    anonymousId: Identifier | None = None
+    userId: Identifier | None = None
+    messageId: Identifier | None = None
     context: Context | None = None
     integrations: Integrations | None = None
     timestamp: datetime | None = None
-    originalTimestamp: datetime | None = None  # noqa: N815
-    sentAt: datetime | None = None  # noqa: N815
-    receivedAt: datetime | None = None  # noqa: N815
+    originalTimestamp: datetime | None = None
+    sentAt: datetime | None = None
+    receivedAt: datetime | None = None
     version: int | str | None = None
     channel: str | None = None
 
@@ -129,14 +129,14 @@ class ScreenCall(CommonFields):
 
 class GroupCall(CommonFields):
     type: Literal["group"] = "group"
-    groupId: Identifier  # noqa: N815
+    groupId: Identifier
     traits: Properties | None = None
 
 
 class AliasCall(CommonFields):
     type: Literal["alias"] = "alias"
-    previousId: Identifier  # noqa: N815
-    userId: Identifier  # noqa: N815  (required for alias)
+    previousId: Identifier
+    userId: Identifier
 
     @model_validator(mode="after")
     def _not_to_itself(self) -> AliasCall:
@@ -173,13 +173,13 @@ class BatchRequest(BaseModel):
     batch: list[SegmentCall] = Field(max_length=2500)
     context: Context | None = None
     integrations: Integrations | None = None
-    sentAt: datetime | None = None  # noqa: N815
-    writeKey: str | None = None  # noqa: N815
+    sentAt: datetime | None = None
+    writeKey: str | None = None
 
 
 class RejectedEvent(BaseModel):
     index: int = Field(description="Position of the event in the request's batch (0 for single calls).")
-    messageId: str | None = None  # noqa: N815
+    messageId: str | None = None
     field: str | None = Field(default=None, description="Dotted path of the offending field, if any.")
     reason: str
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,13 +48,24 @@ def create_resources() -> None:
     boto3.client("sqs").create_queue(QueueName=resources.STREAM_CONSUMER_DLQ.local_name)
 
 
+def _reset_handler_caches() -> None:
+    """Handlers cache their adapters per warm container; each test is a cold start."""
+    clients.reset()
+    for name, module in list(sys.modules.items()):
+        if name.startswith("cdp_fn_"):
+            for attr in ("dependencies", "consumer"):
+                cached = getattr(module, attr, None)
+                if cached is not None and hasattr(cached, "cache_clear"):
+                    cached.cache_clear()
+
+
 @pytest.fixture
 def aws() -> Iterator[None]:
     with mock_aws():
-        clients.reset()
+        _reset_handler_caches()
         create_resources()
         yield
-        clients.reset()
+        _reset_handler_caches()
 
 
 @pytest.fixture

@@ -1,0 +1,104 @@
+"""The consumer under failure: busy claims, broken stages, poison records."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import boto3
+import pytest
+
+from cdp import resources
+from tests.conftest import load_handler
+from tests.integration.conftest import read_stream_as_lambda_event, scan
+from tests.integration.test_collection_pipeline import post
+
+consumer = load_handler("stream_consumer")
+
+
+def _send_three(write_key, ctx):
+    body = {"batch": [{"type": "track", "userId": f"u{i}", "event": "E", "messageId": f"m-{i}"}
+                      for i in range(3)]}
+    assert post("/v1/batch", body, write_key, ctx)["statusCode"] == 200
+    return read_stream_as_lambda_event()
+
+
+def test_event_claimed_by_a_live_consumer_is_reported_failed_and_retried_later(write_key, lambda_context):
+    event = _send_three(write_key, lambda_context)
+    table = boto3.resource("dynamodb").Table(resources.DEDUPE_TABLE.local_name)
+    table.put_item(Item={"pk": "src_test#m-1", "status": "IN_PROGRESS", "owner": "shard-x:1",
+                         "lease_until": 2**40, "expires_at": 2**40})
+
+    response = consumer.handler(event, lambda_context)
+    second_seq = event["Records"][1]["kinesis"]["sequenceNumber"]
+    assert response == {"batchItemFailures": [{"itemIdentifier": second_seq}]}
+    assert sorted(i["message_id"] for i in scan(resources.EVENTS_TABLE.local_name)) == ["m-0", "m-2"]
+
+    # The other consumer died: its lease runs out, and Lambda's retry (from the failed
+    # record on) stores the event without storing the others twice.
+    table.update_item(Key={"pk": "src_test#m-1"}, UpdateExpression="SET lease_until = :z",
+                      ExpressionAttributeValues={":z": 0})
+    retry = {"Records": event["Records"][1:]}
+    assert consumer.handler(retry, lambda_context) == {"batchItemFailures": []}
+    assert sorted(i["message_id"] for i in scan(resources.EVENTS_TABLE.local_name)) == ["m-0", "m-1", "m-2"]
+
+
+def test_failing_store_fails_the_batch_and_a_retry_converges(write_key, lambda_context, monkeypatch):
+    event = _send_three(write_key, lambda_context)
+    store = consumer.consumer()._stages[0]
+    calls = {"n": 0}
+    real_store = store.store
+
+    def flaky(pairs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("DynamoDB unavailable")
+        real_store(pairs)
+
+    monkeypatch.setattr(store, "store", flaky)
+    with pytest.raises(Exception, match="All records failed"):
+        consumer.handler(event, lambda_context)
+    assert scan(resources.EVENTS_TABLE.local_name) == []
+    # Claims were left IN_PROGRESS with this record as owner: the retry re-claims them.
+    assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
+    assert len(scan(resources.EVENTS_TABLE.local_name)) == 3
+    assert {d["status"] for d in scan(resources.DEDUPE_TABLE.local_name)} == {"COMPLETED"}
+
+
+def test_poison_records_are_quarantined_not_retried(write_key, lambda_context):
+    event = _send_three(write_key, lambda_context)
+    template = event["Records"][0]
+    poison = []
+    for i, data in enumerate([b"\x00\x01 not json", json.dumps({"v": 99}).encode(),
+                              json.dumps({"v": 1, "kind": "event", "source_id": "crm",
+                                          "event": {"type": "track", "event": "no identity"}}).encode()]):
+        record = json.loads(json.dumps(template))
+        record["kinesis"]["data"] = base64.b64encode(data).decode()
+        record["kinesis"]["sequenceNumber"] = f"9{i:020d}"
+        record["eventID"] = f"shardId-000000000000:9{i:020d}"
+        poison.append(record)
+    response = consumer.handler({"Records": event["Records"] + poison}, lambda_context)
+    assert response == {"batchItemFailures": []}
+    assert len(scan(resources.EVENTS_TABLE.local_name)) == 3
+    reasons = sorted(q["reason"] for q in scan(resources.QUARANTINE_TABLE.local_name))
+    assert reasons == ["either userId or anonymousId is required", "record is not JSON",
+                       "unknown record format; expected an object with v=1"]
+    objects = boto3.client("s3").list_objects_v2(Bucket=resources.ARCHIVE_BUCKET.local_name,
+                                                  Prefix="quarantine/")
+    assert objects["KeyCount"] == 1
+
+
+def test_connector_record_without_receipt_time_is_normalised_with_a_stable_message_id(aws, lambda_context):
+    kinesis = boto3.client("kinesis")
+    envelope = {"v": 1, "kind": "event", "source_id": "crm-sync",
+                "event": {"type": "identify", "userId": "crm-7", "traits": {"plan": "gold"}}}
+    kinesis.put_record(StreamName=resources.EVENT_STREAM.local_name, Data=json.dumps(envelope).encode(),
+                       PartitionKey="crm-7")
+    event = read_stream_as_lambda_event()
+    assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
+    assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
+    items = scan(resources.EVENTS_TABLE.local_name)
+    assert len(items) == 1
+    stored = json.loads(items[0]["payload"])
+    assert stored["messageId"].startswith("kinesis-shardId-000000000000-")
+    assert stored["receivedAt"] and stored["traits"] == {"plan": "gold"}
