@@ -1,0 +1,68 @@
+"""Where the CLI's resources are: a deployed stack's outputs, or the local stack."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+from cdp import resources
+
+LOCAL_API_URL = "http://127.0.0.1:8080"
+LOCAL_AWS_URL = "http://127.0.0.1:4566"
+
+# CloudFormation output name -> attribute of Deployment.
+OUTPUTS = {
+    "ApiUrl": "api_url",
+    "SourcesTableName": "sources_table",
+    "DedupeTableName": "dedupe_table",
+    "EventsTableName": "events_table",
+    "QuarantineTableName": "quarantine_table",
+    "EventStreamName": "event_stream",
+    "ArchiveBucketName": "archive_bucket",
+    "StreamConsumerDlqUrl": "dlq_url",
+}
+
+
+@dataclass
+class Deployment:
+    api_url: str = LOCAL_API_URL
+    sources_table: str = resources.SOURCES_TABLE.local_name
+    dedupe_table: str = resources.DEDUPE_TABLE.local_name
+    events_table: str = resources.EVENTS_TABLE.local_name
+    quarantine_table: str = resources.QUARANTINE_TABLE.local_name
+    event_stream: str = resources.EVENT_STREAM.local_name
+    archive_bucket: str = resources.ARCHIVE_BUCKET.local_name
+    dlq_url: str = ""
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service)
+
+    def table(self, name: str) -> Any:
+        return boto3.resource("dynamodb").Table(name)
+
+    def dlq(self) -> str:
+        if self.dlq_url:
+            return self.dlq_url
+        url: str = self.client("sqs").get_queue_url(
+            QueueName=resources.STREAM_CONSUMER_DLQ.local_name)["QueueUrl"]
+        return url
+
+
+def local_deployment(aws_url: str = LOCAL_AWS_URL, api_url: str = LOCAL_API_URL) -> Deployment:
+    """The embedded local stack: moto on ``aws_url`` with fake credentials."""
+    os.environ["AWS_ENDPOINT_URL"] = aws_url
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(name, value)
+    return Deployment(api_url=api_url)
+
+
+def stack_deployment(stack_name: str) -> Deployment:
+    """Resource names from a deployed stack's CloudFormation outputs."""
+    stacks = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    values = {attr: outputs[key] for key, attr in OUTPUTS.items() if key in outputs}
+    return Deployment(**values)
