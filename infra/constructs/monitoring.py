@@ -1,0 +1,179 @@
+"""Monitoring: the alarms an operator must act on, and one dashboard of the ingestion path."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_apigatewayv2 as apigwv2
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_kinesis as kinesis
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from cdp import resources
+
+# The consumer is "behind" when its oldest unprocessed record is older than this. Records
+# older than the mapping's max record age (6 h) go to the DLQ, so this fires long before.
+ITERATOR_AGE_THRESHOLD = Duration.minutes(5)
+# A handful of 5xx in 5 minutes is worth a look; the Lambda errors alarm catches crashes.
+API_5XX_THRESHOLD = 5
+
+
+class Monitoring(Construct):
+    """Alarms (optionally notifying an existing SNS topic) and a dashboard."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        http_api: apigwv2.IHttpApi,
+        stream: kinesis.IStream,
+        collector: lambda_.IFunction,
+        consumer: lambda_.IFunction,
+        dlq: sqs.IQueue,
+        alarm_topic_arn: str | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        one_minute = Duration.minutes(1)
+        five_minutes = Duration.minutes(5)
+
+        iterator_age = consumer.metric("IteratorAge", statistic="Maximum", period=one_minute)
+        dlq_depth = dlq.metric_approximate_number_of_messages_visible(statistic="Maximum", period=one_minute)
+        api_5xx = http_api.metric_server_error(statistic="Sum", period=five_minutes)
+        collector_errors = collector.metric_errors(statistic="Sum", period=five_minutes)
+        consumer_errors = consumer.metric_errors(statistic="Sum", period=five_minutes)
+
+        self.alarms: dict[str, cloudwatch.Alarm] = {
+            # Sustained for 5 minutes, so a single slow batch does not page anyone.
+            "ConsumerIteratorAge": cloudwatch.Alarm(
+                self,
+                "ConsumerIteratorAgeAlarm",
+                alarm_description="The stream consumer is falling behind: oldest record older than "
+                f"{ITERATOR_AGE_THRESHOLD.to_minutes()} min. Records older than "
+                f"{resources.STREAM_CONSUMER_ESM.max_record_age_s // 3600} h go to the DLQ.",
+                metric=iterator_age,
+                threshold=ITERATOR_AGE_THRESHOLD.to_milliseconds(),
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=5,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+            # Any message means a batch was given up on: events need a redrive.
+            "DlqDepth": cloudwatch.Alarm(
+                self,
+                "DlqDepthAlarm",
+                alarm_description="Batches the stream consumer gave up on are waiting in the DLQ; redrive "
+                f"them within {resources.EVENT_STREAM_RETENTION_HOURS} h of ingestion, before the stream "
+                "drops the records.",
+                metric=dlq_depth,
+                threshold=0,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=1,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+            "Api5xx": cloudwatch.Alarm(
+                self,
+                "Api5xxAlarm",
+                alarm_description="The collector API returned 5xx responses: events may have been lost "
+                "(clients retry, but not forever).",
+                metric=api_5xx,
+                threshold=API_5XX_THRESHOLD,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                evaluation_periods=1,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+            # The collector turns every expected failure into a response; an invocation
+            # error is a crash or a timeout.
+            "CollectorErrors": cloudwatch.Alarm(
+                self,
+                "CollectorErrorsAlarm",
+                alarm_description="The collector function crashed or timed out.",
+                metric=collector_errors,
+                threshold=0,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=1,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+            # Record-level failures are reported as partial batch responses, so an
+            # invocation error means the whole batch failed and is being retried.
+            "ConsumerErrors": cloudwatch.Alarm(
+                self,
+                "ConsumerErrorsAlarm",
+                alarm_description="The stream consumer crashed or timed out; the batch is retried and, "
+                "after the retries, sent to the DLQ.",
+                metric=consumer_errors,
+                threshold=0,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=1,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+        }
+
+        if alarm_topic_arn:
+            topic = sns.Topic.from_topic_arn(self, "AlarmTopic", alarm_topic_arn)
+            for alarm in self.alarms.values():
+                alarm.add_alarm_action(cw_actions.SnsAction(topic))
+                alarm.add_ok_action(cw_actions.SnsAction(topic))
+
+        self.dashboard = cloudwatch.Dashboard(
+            self,
+            "Dashboard",
+            default_interval=Duration.hours(3),
+            period_override=cloudwatch.PeriodOverride.AUTO,
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.AlarmStatusWidget(
+                title="Alarms", alarms=list(self.alarms.values()), width=24, height=3
+            )
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="API requests and errors",
+                left=[http_api.metric_count(period=five_minutes)],
+                right=[
+                    http_api.metric_client_error(period=five_minutes),
+                    http_api.metric_server_error(period=five_minutes),
+                ],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="API latency (p99)",
+                left=[
+                    http_api.metric_latency(statistic="p99", period=five_minutes),
+                    http_api.metric_integration_latency(statistic="p99", period=five_minutes),
+                ],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Collector invocations, errors, throttles",
+                left=[collector.metric_invocations(period=five_minutes)],
+                right=[collector_errors, collector.metric_throttles(period=five_minutes)],
+                width=8,
+            ),
+        )
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Stream incoming records",
+                left=[stream.metric_incoming_records(period=five_minutes, statistic="Sum")],
+                right=[stream.metric_put_records_failed_records(period=five_minutes, statistic="Sum")],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Consumer iterator age (ms)",
+                left=[iterator_age],
+                left_annotations=[
+                    cloudwatch.HorizontalAnnotation(
+                        value=ITERATOR_AGE_THRESHOLD.to_milliseconds(), label="alarm"
+                    )
+                ],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Consumer invocations, errors / DLQ depth",
+                left=[consumer.metric_invocations(period=five_minutes), consumer_errors],
+                right=[dlq_depth],
+                width=8,
+            ),
+        )

@@ -1,0 +1,216 @@
+"""Pipeline: Kinesis -> stream consumer Lambda -> dedupe, events and quarantine tables + S3 archive."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kinesis as kinesis
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as event_sources
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sqs as sqs
+from cdk_nag import NagSuppressions
+from constructs import Construct
+
+from cdp import config, resources
+from infra.constructs.function import CdpFunction
+from infra.constructs.tables import build_table, grant_item_actions
+from infra.settings import DeploymentSettings
+
+# What the consumer does with the dedupe table: claim messageIds in a transaction
+# (TransactWriteItems needs the per-item actions), read claims, complete or release them.
+DEDUPE_ACTIONS = (
+    "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:BatchWriteItem",
+)
+# Events and quarantine records are only ever written by the consumer.
+WRITE_ACTIONS = ("dynamodb:PutItem", "dynamodb:BatchWriteItem")
+
+# The archive is for replay: rarely read after the first weeks. Intelligent-Tiering
+# rather than Glacier IR because archive objects are often < 128 KB, which Glacier IR
+# bills as 128 KB, while Intelligent-Tiering just leaves them in the frequent tier.
+ARCHIVE_TIERING_AFTER = Duration.days(90)
+NONCURRENT_VERSION_EXPIRY = Duration.days(30)
+ABORT_MULTIPART_AFTER = Duration.days(7)
+ACCESS_LOG_EXPIRY = Duration.days(365)
+
+
+class Pipeline(Construct):
+    """Everything behind the stream: exactly-once-ish processing, storage and the DLQ."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: DeploymentSettings,
+        stream: kinesis.IStream,
+        quarantine_table: dynamodb.ITable,
+        code_dir: Path,
+        layer: lambda_.ILayerVersion,
+    ) -> None:
+        super().__init__(scope, construct_id)
+
+        self.tables: dict[str, dynamodb.Table] = {
+            spec.logical_id: build_table(self, spec)
+            for spec in (resources.DEDUPE_TABLE, resources.EVENTS_TABLE)
+        }
+        self.dedupe_table = self.tables[resources.DEDUPE_TABLE.logical_id]
+        self.events_table = self.tables[resources.EVENTS_TABLE.logical_id]
+        self.archive_bucket, self.access_log_bucket = self._archive()
+        self.dlq = self._dead_letter_queue()
+
+        settings_defaults = config.Settings()
+        spec = resources.STREAM_CONSUMER_FUNCTION
+        self.consumer = CdpFunction(
+            self,
+            "StreamConsumer",
+            spec=spec,
+            code_dir=code_dir,
+            layer=layer,
+            log_retention=settings.log_retention,
+            environment={
+                resources.DEDUPE_TABLE.env: self.dedupe_table.table_name,
+                resources.EVENTS_TABLE.env: self.events_table.table_name,
+                resources.QUARANTINE_TABLE.env: quarantine_table.table_name,
+                resources.ARCHIVE_BUCKET.env: self.archive_bucket.bucket_name,
+                # Explicit so operators see the effective values in the console.
+                config.ENV_VARS["dedupe_ttl_hours"]: str(settings_defaults.dedupe_ttl_hours),
+                config.ENV_VARS["event_retention_days"]: str(settings_defaults.event_retention_days),
+                config.ENV_VARS["quarantine_retention_days"]: str(
+                    settings_defaults.quarantine_retention_days
+                ),
+            },
+        )
+        role = self.consumer.role
+        grant_item_actions(self.dedupe_table, role, *DEDUPE_ACTIONS)
+        grant_item_actions(self.events_table, role, *WRITE_ACTIONS)
+        grant_item_actions(quarantine_table, role, *WRITE_ACTIONS)
+        # PutObject only (bucket.grant_put would add s3:Abort* and object-lock/tagging actions).
+        iam.Grant.add_to_principal(
+            grantee=role, actions=["s3:PutObject"], resource_arns=[self.archive_bucket.arn_for_objects("*")]
+        )
+        NagSuppressions.add_resource_suppressions(
+            role,
+            [
+                {
+                    "id": "AwsSolutions-IAM5",
+                    "reason": "The consumer writes archive objects under date-partitioned keys that are not "
+                    "known in advance; the grant is s3:PutObject only, on this one bucket.",
+                    "appliesTo": [f"Resource::<{resources.ARCHIVE_BUCKET.logical_id}.Arn>/*"],
+                }
+            ],
+            apply_to_children=True,
+        )
+
+        # Every setting, and the reason for it, is in cdp.resources.STREAM_CONSUMER_ESM;
+        # the local stack's poller reads the same spec.
+        esm = resources.STREAM_CONSUMER_ESM
+        self.event_source = event_sources.KinesisEventSource(
+            stream,
+            starting_position=lambda_.StartingPosition[esm.starting_position],
+            batch_size=esm.batch_size,
+            max_batching_window=Duration.seconds(esm.max_batching_window_s),
+            bisect_batch_on_error=esm.bisect_batch_on_error,
+            retry_attempts=esm.retry_attempts,
+            max_record_age=Duration.seconds(esm.max_record_age_s),
+            parallelization_factor=esm.parallelization_factor,
+            report_batch_item_failures=esm.report_batch_item_failures,
+            on_failure=event_sources.SqsDlq(self.dlq),
+        )
+        self.consumer.function.add_event_source(self.event_source)
+
+    def _archive(self) -> tuple[s3.Bucket, s3.Bucket]:
+        access_log_bucket = s3.Bucket(
+            self,
+            "ArchiveAccessLogs",
+            # Server access logging delivers only to SSE-S3 buckets.
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="expire-access-logs",
+                    expiration=ACCESS_LOG_EXPIRY,
+                    abort_incomplete_multipart_upload_after=ABORT_MULTIPART_AFTER,
+                )
+            ],
+            # Who read the personal-data archive is audit evidence: keep it with the data.
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        NagSuppressions.add_resource_suppressions(
+            access_log_bucket,
+            [
+                {
+                    "id": "AwsSolutions-S1",
+                    "reason": "This is the server access log target of the archive bucket; logging it into "
+                    "itself would loop and another log bucket would only move the problem.",
+                }
+            ],
+        )
+
+        archive_bucket = s3.Bucket(
+            self,
+            resources.ARCHIVE_BUCKET.logical_id,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            # Versioning protects replay data against accidental overwrite or delete.
+            versioned=True,
+            server_access_logs_bucket=access_log_bucket,
+            server_access_logs_prefix="archive/",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    id="archive-tiering",
+                    transitions=[
+                        s3.Transition(
+                            storage_class=s3.StorageClass.INTELLIGENT_TIERING,
+                            transition_after=ARCHIVE_TIERING_AFTER,
+                        )
+                    ],
+                    noncurrent_version_expiration=NONCURRENT_VERSION_EXPIRY,
+                    abort_incomplete_multipart_upload_after=ABORT_MULTIPART_AFTER,
+                )
+            ],
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        cfn_bucket = archive_bucket.node.default_child
+        assert isinstance(cfn_bucket, s3.CfnBucket)
+        cfn_bucket.override_logical_id(resources.ARCHIVE_BUCKET.logical_id)
+        return archive_bucket, access_log_bucket
+
+    def _dead_letter_queue(self) -> sqs.Queue:
+        spec = resources.STREAM_CONSUMER_DLQ
+        # Holds pointers (shard, sequence numbers) to batches that kept failing; 14 days,
+        # the SQS maximum, gives operators the most time to look at them.
+        dlq = sqs.Queue(
+            self,
+            spec.logical_id,
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=Duration.days(14),
+        )
+        cfn_queue = dlq.node.default_child
+        assert isinstance(cfn_queue, sqs.CfnQueue)
+        cfn_queue.override_logical_id(spec.logical_id)
+        NagSuppressions.add_resource_suppressions(
+            dlq,
+            [
+                {
+                    "id": "AwsSolutions-SQS3",
+                    "reason": "This queue is itself the dead-letter (on-failure) destination of the stream "
+                    "consumer; a DLQ of the DLQ would add nothing.",
+                }
+            ],
+        )
+        return dlq

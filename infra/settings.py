@@ -1,0 +1,89 @@
+"""Deployment settings read from CDK context (cdk.json, or ``-c key=value`` on the CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from aws_cdk import aws_logs as logs
+from constructs import Node
+
+KinesisCapacity = Literal["on-demand", "provisioned"]
+
+# CloudWatch Logs accepts only these retention periods; the CDK enum is name-valued in
+# Python, so the day counts are spelled out here.
+RETENTION_DAYS: dict[int, logs.RetentionDays] = {
+    1: logs.RetentionDays.ONE_DAY,
+    3: logs.RetentionDays.THREE_DAYS,
+    5: logs.RetentionDays.FIVE_DAYS,
+    7: logs.RetentionDays.ONE_WEEK,
+    14: logs.RetentionDays.TWO_WEEKS,
+    30: logs.RetentionDays.ONE_MONTH,
+    60: logs.RetentionDays.TWO_MONTHS,
+    90: logs.RetentionDays.THREE_MONTHS,
+    120: logs.RetentionDays.FOUR_MONTHS,
+    150: logs.RetentionDays.FIVE_MONTHS,
+    180: logs.RetentionDays.SIX_MONTHS,
+    365: logs.RetentionDays.ONE_YEAR,
+    400: logs.RetentionDays.THIRTEEN_MONTHS,
+    545: logs.RetentionDays.EIGHTEEN_MONTHS,
+    731: logs.RetentionDays.TWO_YEARS,
+    1096: logs.RetentionDays.THREE_YEARS,
+    1827: logs.RetentionDays.FIVE_YEARS,
+    2192: logs.RetentionDays.SIX_YEARS,
+    2557: logs.RetentionDays.SEVEN_YEARS,
+    2922: logs.RetentionDays.EIGHT_YEARS,
+    3288: logs.RetentionDays.NINE_YEARS,
+    3653: logs.RetentionDays.TEN_YEARS,
+}
+
+
+@dataclass(frozen=True)
+class DeploymentSettings:
+    """What may differ between deployments; defaults are what cdk.json ships."""
+
+    # On-demand needs no capacity planning and scales to zero cost per shard-hour;
+    # provisioned is cheaper at steady, predictable volume.
+    kinesis_capacity: KinesisCapacity = "on-demand"
+    kinesis_shards: int = 1
+    api_throttle_rate: int = 1000
+    api_throttle_burst: int = 2000
+    log_retention_days: int = 30
+    # Optional existing SNS topic the alarms notify (imported by ARN, no lookup).
+    alarm_topic_arn: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kinesis_capacity not in ("on-demand", "provisioned"):
+            raise ValueError(
+                f"kinesis_capacity must be 'on-demand' or 'provisioned', not {self.kinesis_capacity!r}"
+            )
+        if self.kinesis_shards < 1:
+            raise ValueError("kinesis_shards must be >= 1")
+        if self.api_throttle_rate < 1 or self.api_throttle_burst < 1:
+            raise ValueError("api_throttle_rate and api_throttle_burst must be >= 1")
+        if self.log_retention_days not in RETENTION_DAYS:
+            raise ValueError(
+                f"log_retention_days must be one of {sorted(RETENTION_DAYS)}, not {self.log_retention_days}"
+            )
+
+    @property
+    def log_retention(self) -> logs.RetentionDays:
+        return RETENTION_DAYS[self.log_retention_days]
+
+    @classmethod
+    def from_node(cls, node: Node) -> DeploymentSettings:
+        """Read the settings from context; CLI values arrive as strings, cdk.json ones typed."""
+        defaults = cls()
+
+        def value(key: str) -> Any:
+            found = node.try_get_context(key)
+            return getattr(defaults, key) if found is None or found == "" else found
+
+        return cls(
+            kinesis_capacity=cast(KinesisCapacity, str(value("kinesis_capacity"))),
+            kinesis_shards=int(value("kinesis_shards")),
+            api_throttle_rate=int(value("api_throttle_rate")),
+            api_throttle_burst=int(value("api_throttle_burst")),
+            log_retention_days=int(value("log_retention_days")),
+            alarm_topic_arn=value("alarm_topic_arn") or None,
+        )

@@ -1,0 +1,111 @@
+"""``CdpStack``: the whole CDP in one stack, composed of per-domain constructs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
+
+from cdp import resources
+from infra import packaging
+from infra.constructs.function import ARCHITECTURE, RUNTIME
+from infra.constructs.ingestion import Ingestion
+from infra.constructs.monitoring import Monitoring
+from infra.constructs.pipeline import Pipeline
+from infra.settings import DeploymentSettings
+
+
+class CdpStack(Stack):
+    """Ingestion (HTTP API, collector, stream), pipeline (consumer, tables, archive, DLQ), monitoring.
+
+    Environment-agnostic on purpose (no account/region, no lookups): ``cdk synth`` works
+    without AWS credentials, and one template deploys to any account and region.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: DeploymentSettings | None = None,
+        assets: packaging.LambdaAssets | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.settings = settings or DeploymentSettings.from_node(self.node)
+        assets = assets or packaging.build_assets(spec.folder for spec in resources.FUNCTIONS)
+
+        # One layer with the third-party runtime dependencies, shared by every function.
+        self.dependencies_layer = lambda_.LayerVersion(
+            self,
+            "DependenciesLayer",
+            description="CDP runtime dependencies ([project].dependencies of pyproject.toml)",
+            code=lambda_.Code.from_asset(str(assets.layer_dir)),
+            compatible_runtimes=[RUNTIME],
+            compatible_architectures=[ARCHITECTURE],
+        )
+
+        self.ingestion = Ingestion(
+            self,
+            "Ingestion",
+            settings=self.settings,
+            code_dir=assets.function_dirs[resources.COLLECTOR_FUNCTION.folder],
+            layer=self.dependencies_layer,
+        )
+        self.pipeline = Pipeline(
+            self,
+            "Pipeline",
+            settings=self.settings,
+            stream=self.ingestion.stream,
+            quarantine_table=self.ingestion.quarantine_table,
+            code_dir=assets.function_dirs[resources.STREAM_CONSUMER_FUNCTION.folder],
+            layer=self.dependencies_layer,
+        )
+        self.monitoring = Monitoring(
+            self,
+            "Monitoring",
+            http_api=self.ingestion.http_api,
+            stream=self.ingestion.stream,
+            collector=self.ingestion.collector.function,
+            consumer=self.pipeline.consumer.function,
+            dlq=self.pipeline.dlq,
+            alarm_topic_arn=self.settings.alarm_topic_arn,
+        )
+
+        self.tables: dict[str, dynamodb.Table] = {**self.ingestion.tables, **self.pipeline.tables}
+        missing = {spec.logical_id for spec in resources.TABLES} - set(self.tables)
+        if missing:  # a table added to resources.py needs an owning construct
+            raise ValueError(f"tables defined in cdp.resources but not built: {sorted(missing)}")
+
+        self._outputs()
+
+    def _outputs(self) -> None:
+        CfnOutput(self, "ApiUrl", value=self.ingestion.api_url, description="Collector endpoint (HTTP API)")
+        stream = self.ingestion.stream
+        CfnOutput(
+            self, "EventStreamName", value=stream.stream_name, description=resources.EVENT_STREAM.purpose
+        )
+        CfnOutput(self, "EventStreamArn", value=stream.stream_arn)
+        for spec in resources.TABLES:
+            CfnOutput(
+                self,
+                f"{spec.logical_id}Name",
+                value=self.tables[spec.logical_id].table_name,
+                description=f"{spec.env}: {spec.purpose}",
+            )
+        CfnOutput(
+            self,
+            "ArchiveBucketName",
+            value=self.pipeline.archive_bucket.bucket_name,
+            description=resources.ARCHIVE_BUCKET.purpose,
+        )
+        CfnOutput(
+            self,
+            "StreamConsumerDlqUrl",
+            value=self.pipeline.dlq.queue_url,
+            description=resources.STREAM_CONSUMER_DLQ.purpose,
+        )
+        CfnOutput(self, "DashboardName", value=self.monitoring.dashboard.dashboard_name)
