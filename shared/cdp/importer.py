@@ -205,7 +205,7 @@ def run_import(path: Path, client: ApiClient, state_path: Path, rejected_path: P
     rows = (row for row in read_rows(path) if row.number > state.rows_done)
     with rejected_path.open("a", encoding="utf-8") as rejected_out:
         for batch in batches(rows):
-            problems = [{"row": r.number, "reason": r.error} for r in batch if r.call is None]
+            problems: list[dict[str, Any]] = [{"row": r.number, "reason": r.error} for r in batch if r.call is None]
             sendable = [r for r in batch if r.call is not None]
             oversized = [r for r in sendable if len(json.dumps(r.call).encode()) > MAX_EVENT_BYTES]
             sendable = [r for r in sendable if r not in oversized]
@@ -225,7 +225,7 @@ def run_import(path: Path, client: ApiClient, state_path: Path, rejected_path: P
                 report.accepted += accepted
                 state.accepted += accepted
                 report.sent += len(sendable)
-            for problem in sorted(problems, key=lambda p: p["row"]):
+            for problem in sorted(problems, key=lambda p: int(p["row"] or 0)):
                 rejected_out.write(json.dumps(problem) + "\n")
             report.rejected.extend(problems)
             state.rejected += len(problems)

@@ -378,10 +378,9 @@ def collect(
     ``rejected`` records (the consumer files them in the quarantine). A request whose
     events are all refused is answered 400, with every reason.
     """
-    call_type = SHORT_PATHS.get(route, route)
-    if call_type in BATCH_PATHS:
-        call_type = None
-    elif call_type not in CALL_MODELS:
+    named = SHORT_PATHS.get(route, route)
+    call_type: str | None = None if named in BATCH_PATHS else named
+    if call_type is not None and call_type not in CALL_MODELS:
         raise RequestRejected(404, "unknown_route", f"/v1/{route} is not a tracking endpoint")
     check_content_type(headers)
     payload = parse_json(decode_body(body, headers))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from cdp import __version__
@@ -14,7 +15,7 @@ _REF = "#/components/schemas/{model}"
 
 
 def _schemas() -> dict[str, Any]:
-    models = [*CALL_MODELS.values(), BatchRequest, AcceptedResponse, ErrorResponse]
+    models: list[type[BaseModel]] = [*CALL_MODELS.values(), BatchRequest, AcceptedResponse, ErrorResponse]
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
     return dict(top.get("$defs", {}))
 

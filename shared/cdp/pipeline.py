@@ -146,7 +146,8 @@ def decode(record: InboundRecord) -> AcceptedEvent | QuarantinedRecord:
     checked = validate_event(event, None)
     if isinstance(checked, RejectedEvent):
         return refuse(checked.reason, raw, source_id, field=checked.field, message_id=checked.messageId)
-    if isinstance(event, dict) and "receivedAt" in event and event.get("messageId"):
+    assert isinstance(event, dict)  # validate_event refused anything else
+    if "receivedAt" in event and event.get("messageId"):
         normalized = event  # written by the collector (or a connector that normalised it)
     else:
         normalized = normalize_event(

@@ -50,7 +50,7 @@ class QuarantineStore:
             requests.append({"PutRequest": {"Item": item}})
         batch_write(self._ddb, self._table, requests, self._sleep)
 
-    def list(self, source_id: str, limit: int = 50, newest_first: bool = True) -> Iterator[dict[str, Any]]:
+    def entries(self, source_id: str, limit: int = 50, newest_first: bool = True) -> Iterator[dict[str, Any]]:
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "source_id = :s",

@@ -38,7 +38,7 @@ class Deployment:
     dlq_url: str = ""
 
     def client(self, service: str) -> Any:
-        return boto3.client(service)
+        return boto3.client(service)  # type: ignore[call-overload]
 
     def table(self, name: str) -> Any:
         return boto3.resource("dynamodb").Table(name)

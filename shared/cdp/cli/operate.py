@@ -84,7 +84,7 @@ def quarantine_list(ctx: click.Context, source_id: str | None, limit: int, raw: 
     deployment = _deployment(ctx)
     store = QuarantineStore(deployment.client("dynamodb"), deployment.quarantine_table)
     for source in [source_id] if source_id else store.sources():
-        for item in store.list(source, limit=limit):
+        for item in store.entries(source, limit=limit):
             if not raw:
                 item.pop("raw", None)
             item.pop("expires_at", None)
