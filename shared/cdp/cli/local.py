@@ -1,0 +1,126 @@
+"""``cdp local``: run the whole CDP on this machine, against moto, until Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from cdp import resources
+from cdp.local import DEFAULT_ACCESS_TOKEN, DEFAULT_WRITE_KEY, LOCAL_SOURCE_ID, EmbeddedStack
+
+
+def banner(stack: EmbeddedStack) -> str:
+    """What to print once the stack is up: where things are and how to use them."""
+    api, aws = stack.api_url, stack.aws_endpoint_url
+    events_table = resources.EVENTS_TABLE.local_name
+    bucket = resources.ARCHIVE_BUCKET.local_name
+    dlq = resources.STREAM_CONSUMER_DLQ.local_name
+    key = stack.write_key
+    return f"""
+CDP local stack is running.
+
+  HTTP API (Segment-compatible)  {api}
+  AWS endpoint (moto)            {aws}
+  Write key                      {key}   (source {LOCAL_SOURCE_ID})
+  Access token                   {stack.access_token}
+  Kinesis shards                 {stack.shards}
+
+Send an event:
+  curl -u {key}: -H 'Content-Type: application/json' \\
+       -d '{{"userId":"u1","event":"Signed Up"}}' {api}/v1/track
+
+From Python (segment-analytics-python):
+  import segment.analytics as analytics
+  analytics.write_key = "{key}"
+  analytics.host = "{api}"
+  analytics.track("u1", "Signed Up")
+  analytics.flush()
+
+Look at the result:
+  aws --endpoint-url {aws} dynamodb scan --table-name {events_table}
+  aws s3 ls --recursive s3://{bucket} --endpoint-url {aws}
+  aws sqs receive-message --queue-url {aws}/123456789012/{dlq} --endpoint-url {aws}
+  (any AWS credentials work, e.g. AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing)
+
+Press Ctrl-C to stop; all data lives in memory and is gone after that.
+"""
+
+
+@click.command("local")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface for the HTTP API and moto.")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port of the HTTP API.")
+@click.option("--aws-port", default=4566, show_default=True, type=int, help="Port of the moto AWS endpoint.")
+@click.option("--write-key", default=DEFAULT_WRITE_KEY, show_default=True,
+              help="Write key of the local source (src_local).")
+@click.option("--access-token", default=DEFAULT_ACCESS_TOKEN, show_default=True,
+              help="Bearer token for the read APIs (CDP_ACCESS_TOKEN).")
+@click.option("--demo/--no-demo", default=True, show_default=True,
+              help="Send the demo story (events/demo) once the stack is up.")
+@click.option("--shards", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="Shards of the Kinesis event stream (one poller each).")
+@click.option("--functions-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder holding <function>/handler.py (default: the checkout's functions/).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show the handlers' INFO logs and metrics (EMF) and what the local stack does.")
+def local(host: str, port: int, aws_port: int, write_key: str, access_token: str, demo: bool,
+          shards: int, functions_dir: Path | None, verbose: bool) -> None:
+    """Run the CDP locally: moto for AWS, the real Lambda handlers, an HTTP API and a stream poller."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # moto's server logs every request it serves; that is noise here.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        click.echo(f"\n{signal.Signals(signum).name} received, stopping...", err=True)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    quiet_env = {} if verbose else _quiet_handlers_env()
+    stack = EmbeddedStack(host=host, port=port, aws_port=aws_port, write_key=write_key,
+                          access_token=access_token, shards=shards, functions_dir=functions_dir,
+                          extra_env=quiet_env)
+    click.echo(f"Starting moto on {host}:{aws_port} and the HTTP API on {host}:{port} ...", err=True)
+    try:
+        try:
+            stack.start()
+        except (OSError, FileNotFoundError, ImportError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(banner(stack))
+        if demo and not stop.is_set():
+            _send_demo(stack)
+        stop.wait()
+    finally:
+        stack.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo("Stopped.", err=True)
+
+
+def _quiet_handlers_env() -> dict[str, str]:
+    """Keep the console readable: handlers log warnings only and print no EMF metrics.
+
+    Variables the user set win; nothing else about the handlers changes.
+    """
+    wanted = {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
+    return {name: value for name, value in wanted.items() if name not in os.environ}
+
+
+def _send_demo(stack: EmbeddedStack) -> None:
+    from cdp.local.demo import send_demo
+
+    results = send_demo(stack.api_url, stack.write_key)
+    sent = sum(r.events for r in results if r.ok)
+    for result in results:
+        if not result.ok:
+            click.echo(f"demo: {result.file} refused ({result.status}): {result.body}", err=True)
+    drained = stack.wait_idle(timeout=30)
+    click.echo(f"Demo: sent {sent} events in {len(results)} batches"
+               f"{'' if drained else ' (still processing)'}; see them with the scan command above.")

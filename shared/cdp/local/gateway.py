@@ -1,0 +1,230 @@
+"""An HTTP API (API Gateway v2) in front of a local function: ``$default`` route, payload 2.0.
+
+Each request becomes the event API Gateway would send (``lambda_events.http_api_event``)
+and the function's response is turned back into HTTP the way API Gateway does it.
+Only ``GET /health`` is answered by the gateway itself, to say whether the whole
+local stack is ready.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from cdp.local.functions import Invocation
+from cdp.local.lambda_events import apigw_request_id, http_api_event
+
+log = logging.getLogger(__name__)
+
+# API Gateway's payload limit for HTTP APIs.
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+
+Invoke = Callable[[dict[str, Any]], Invocation]
+
+
+class _GatewayServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    gateway: HttpApiGateway
+
+
+class _Status(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: _GatewayServer
+    protocol_version = "HTTP/1.1"
+    server_version = "cdp-local-apigw"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        length = self.headers.get("Content-Length")
+        if not length:
+            return b""
+        try:
+            size = int(length)
+        except ValueError as exc:
+            raise _Status(400, "Bad Request") from exc
+        if size > MAX_REQUEST_BYTES:
+            self._discard(size)
+            raise _Status(413, "Request Entity Too Large")
+        return self.rfile.read(size)
+
+    def _discard(self, size: int) -> None:
+        # Read (a bounded amount of) the refused body so the client sees the 413
+        # instead of a connection reset while it is still sending.
+        remaining = min(size, 16 * MAX_REQUEST_BYTES)
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+
+    def _read_chunked(self) -> bytes:
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(65537)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError as exc:
+                raise _Status(400, "Bad Request") from exc
+            if size == 0:
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return bytes(body)
+            if len(body) + size > MAX_REQUEST_BYTES:
+                raise _Status(413, "Request Entity Too Large")
+            body += self.rfile.read(size)
+            self.rfile.readline(65537)
+
+    def _handle(self) -> None:
+        gateway = self.server.gateway
+        request_id = apigw_request_id()
+        try:
+            body = self._read_body()
+        except _Status as status:
+            self.close_connection = True
+            self._send(status.status, {"content-type": "application/json"},
+                       json.dumps({"message": status.message}).encode(), request_id)
+            return
+        url = urlsplit(self.path)
+        if self.command == "GET" and url.path == "/health":
+            ready = gateway.is_ready()
+            payload = {"status": "ok"} if ready else {"status": "starting"}
+            self._send(200 if ready else 503, {"content-type": "application/json"},
+                       json.dumps(payload).encode(), request_id)
+            return
+        event = http_api_event(
+            method=self.command,
+            path=url.path or "/",
+            raw_query=url.query,
+            headers=list(self.headers.items()),
+            body=body,
+            source_ip=self.client_address[0],
+            protocol=self.request_version,
+            request_id=request_id,
+            now=datetime.now(UTC),
+        )
+        status, headers, payload = response_from_invocation(gateway.invoke(event))
+        self._send(status, headers, payload, request_id)
+
+    def _send(self, status: int, headers: dict[str, list[str]] | dict[str, str], body: bytes,
+              request_id: str) -> None:
+        self.send_response(status)
+        names = set()
+        for name, values in headers.items():
+            names.add(name.lower())
+            for value in [values] if isinstance(values, str) else values:
+                self.send_header(name, value)
+        if self.command == "HEAD":
+            body = b""
+        self.send_header("Content-Length", str(len(body)))
+        if "apigw-requestid" not in names:
+            self.send_header("Apigw-Requestid", request_id)
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle
+
+
+def response_from_invocation(invocation: Invocation) -> tuple[int, dict[str, list[str]], bytes]:
+    """Turn a function's result into status, headers and body, as API Gateway does.
+
+    A function error is a 500; a result without ``statusCode`` is taken as the JSON
+    body of a 200 (payload format 2.0 rules).
+    """
+    error = (500, {"content-type": ["application/json"]}, b'{"message":"Internal Server Error"}')
+    if invocation.failed:
+        if invocation.error_type == "RequestEntityTooLargeException":
+            return 413, {"content-type": ["application/json"]}, b'{"message":"Request Entity Too Large"}'
+        if invocation.error_type == "Sandbox.Timedout":
+            return 503, {"content-type": ["application/json"]}, b'{"message":"Service Unavailable"}'
+        return error
+    result = invocation.result
+    if not isinstance(result, dict) or "statusCode" not in result:
+        body = result if isinstance(result, str) else json.dumps(result)
+        return 200, {"content-type": ["application/json"]}, body.encode("utf-8")
+    try:
+        status = int(result["statusCode"])
+        headers: dict[str, list[str]] = {}
+        for name, value in (result.get("headers") or {}).items():
+            headers.setdefault(name.lower(), []).append(str(value))
+        for name, values in (result.get("multiValueHeaders") or {}).items():
+            headers.setdefault(name.lower(), []).extend(str(v) for v in values)
+        for cookie in result.get("cookies") or []:
+            headers.setdefault("set-cookie", []).append(str(cookie))
+        raw = result.get("body")
+        if raw is None:
+            payload = b""
+        elif result.get("isBase64Encoded"):
+            payload = base64.b64decode(raw)
+        else:
+            payload = str(raw).encode("utf-8")
+    except (TypeError, ValueError, AttributeError):
+        log.warning("malformed Lambda proxy response: %r", result)
+        return error
+    return status, headers, payload
+
+
+class HttpApiGateway:
+    """A threaded HTTP server that invokes ``invoke`` with an HTTP API v2 event per request."""
+
+    def __init__(self, invoke: Invoke, host: str = "127.0.0.1", port: int = 8080,
+                 ready: Callable[[], bool] = lambda: True) -> None:
+        self._invoke = invoke
+        self._ready = ready
+        self._host = host
+        self._port = port
+        self._server: _GatewayServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def invoke(self, event: dict[str, Any]) -> Invocation:
+        return self._invoke(event)
+
+    def is_ready(self) -> bool:
+        return self._ready()
+
+    def start(self) -> None:
+        server = _GatewayServer((self._host, self._port), _RequestHandler)
+        server.gateway = self
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="cdp-local-apigw", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("gateway not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self._host in ("0.0.0.0", "") else self._host  # noqa: S104
+        return f"http://{host}:{self.port}"

@@ -1,0 +1,326 @@
+"""The embedded local stack: moto, the CDP's resources, its functions, wired like in AWS.
+
+``EmbeddedStack.start()`` runs, in this process:
+
+1. moto's server (``ThreadedMotoServer``) on ``aws_port``, and points boto3 at it
+   through ``AWS_ENDPOINT_URL`` (so handlers, tests and the user's AWS CLI with
+   ``--endpoint-url`` all see one state);
+2. the tables, stream, bucket and queue of ``cdp.resources``;
+3. the source ``src_local`` with the write key, and the access token in ``CDP_ACCESS_TOKEN``;
+4. the Kinesis event source mapping (one poller per shard) into the stream consumer;
+5. the HTTP API on ``host:port`` in front of the collector.
+
+``GET /health`` answers 200 only once all of that is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+from cdp import resources
+from cdp.local.functions import LocalFunction
+from cdp.local.gateway import HttpApiGateway
+from cdp.local.kinesis_esm import KinesisEventSourceMapping, SqsDestination
+from cdp.local.lambda_events import REGION
+from cdp.local.provisioning import Provisioned, provision
+from cdp.resources import KinesisEventSourceSpec
+from cdp.sources import SourceRegistry, hash_write_key
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WRITE_KEY = "local-dev-key"
+# A fixed, printed token for the read APIs of the local stack; never valid in the cloud.
+DEFAULT_ACCESS_TOKEN = "cdp-local-dev-token"
+ACCESS_TOKEN_ENV = "CDP_ACCESS_TOKEN"
+LOCAL_SOURCE_ID = "src_local"
+LOCAL_SOURCE_NAME = "Local development"
+
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+class _SerializedApp:
+    """Runs moto's WSGI app one request at a time.
+
+    moto's backends are not safe for concurrent requests (Kinesis can hand two
+    concurrent PutRecord calls the same sequence number, DynamoDB conditions are
+    checked and written in two steps); AWS is atomic per request, so locally each
+    request runs alone.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        with self._lock:
+            return list(self._app(environ, start_response))
+
+
+class MotoServer(ThreadedMotoServer):
+    """moto's threaded server, serializing requests and failing fast if the port is taken."""
+
+    def __init__(self, ip_address: str, port: int) -> None:
+        super().__init__(ip_address=ip_address, port=port, verbose=False)
+        self._start_error: BaseException | None = None
+
+    def _server_entry(self) -> None:
+        try:
+            app = _SerializedApp(DomainDispatcherApplication(create_backend_app))
+            self._server = make_server(self._ip_address, self._port, app, True,
+                                       request_handler=MotoRequestHandler)
+        except BaseException as exc:  # e.g. the port is in use
+            self._start_error = exc
+            self._server_ready_event.set()
+            return
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+    def start(self) -> None:
+        super().start()
+        if self._start_error is not None:
+            # werkzeug exits (SystemExit) when the port is taken.
+            why = "port in use" if isinstance(self._start_error, SystemExit) else str(self._start_error)
+            raise OSError(f"cannot start moto on {self._ip_address}:{self._port}: {why}")
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
+
+
+class EmbeddedStack:
+    """The CDP running in this process against moto: start(), use, stop()."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        aws_port: int = 4566,
+        write_key: str = DEFAULT_WRITE_KEY,
+        access_token: str = DEFAULT_ACCESS_TOKEN,
+        shards: int = 1,
+        functions_dir: str | Path | None = None,
+        esm_spec: KinesisEventSourceSpec = resources.STREAM_CONSUMER_ESM,
+        retry_backoff_s: float = 0.5,
+        poll_interval_s: float = 0.1,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
+        self.host = host
+        self.write_key = write_key
+        self.access_token = access_token
+        self.shards = shards
+        self.esm_spec = esm_spec
+        self._port = port
+        self._aws_port = aws_port
+        self._functions_dir = functions_dir
+        self._retry_backoff = retry_backoff_s
+        self._poll_interval = poll_interval_s
+        self._extra_env = dict(extra_env or {})
+        self._moto: MotoServer | None = None
+        self._gateway: HttpApiGateway | None = None
+        self._mapping: KinesisEventSourceMapping | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self._ready = threading.Event()
+        self.collector: LocalFunction | None = None
+        self.stream_consumer: LocalFunction | None = None
+        self.provisioned: Provisioned | None = None
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> EmbeddedStack:
+        """Start everything; on failure, stop what was started and raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        moto = MotoServer(self.host, self._aws_port)
+        moto.start()
+        self._moto = moto
+        self._apply_env()
+
+        # Loading the handlers first surfaces import errors before anything listens.
+        self.collector = LocalFunction.from_spec(resources.COLLECTOR_FUNCTION, self._functions_dir)
+        self.stream_consumer = LocalFunction.from_spec(resources.STREAM_CONSUMER_FUNCTION,
+                                                       self._functions_dir)
+        gateway = HttpApiGateway(self.collector.invoke, host=self.host, port=self._port,
+                                 ready=self._ready.is_set)
+        gateway.start()
+        self._gateway = gateway
+
+        session = self.session()
+        self.provisioned = provision(session, shards=self.shards)
+        self._seed_source(session)
+        self.collector.warm_up()
+        self.stream_consumer.warm_up()
+
+        dlq_url = self.provisioned.queue_urls[resources.STREAM_CONSUMER_DLQ.local_name]
+        mapping = KinesisEventSourceMapping(
+            kinesis=session.client("kinesis"),
+            stream_name=resources.EVENT_STREAM.local_name,
+            function=self.stream_consumer,
+            spec=self.esm_spec,
+            on_failure=SqsDestination(session.client("sqs"), dlq_url),
+            retry_backoff_s=self._retry_backoff,
+            poll_interval_s=self._poll_interval,
+        )
+        mapping.start()
+        self._mapping = mapping
+        self._ready.set()
+        log.debug("local stack ready: API %s, AWS %s", self.api_url, self.aws_endpoint_url)
+
+    def stop(self) -> None:
+        """Stop pollers, the HTTP API and moto, and restore the environment. Safe to call twice."""
+        self._ready.clear()
+        if self._mapping is not None:
+            self._mapping.stop()
+            self._mapping = None
+        if self._gateway is not None:
+            self._gateway.stop()
+            self._gateway = None
+        if self._moto is not None:
+            if self._moto._server is not None:
+                self._moto.stop()
+            self._moto = None
+        self._restore_env()
+
+    def __enter__(self) -> EmbeddedStack:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    # --- environment ----------------------------------------------------------------
+
+    def environment(self) -> dict[str, str]:
+        """The variables a handler (or a shell running the AWS CLI) needs to use this stack."""
+        env = {
+            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            **FAKE_CREDENTIALS,
+            ACCESS_TOKEN_ENV: self.access_token,
+        }
+        for spec in (*resources.TABLES, *resources.STREAMS, *resources.BUCKETS, *resources.QUEUES):
+            env[spec.env] = spec.local_name
+        env.update(self._extra_env)
+        return env
+
+    def _apply_env(self) -> None:
+        # A profile would win over the fake credentials; moto must never see real ones.
+        for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+            self._saved_env.setdefault(name, os.environ.pop(name, None))
+        for name, value in self.environment().items():
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+        _reset_cached_clients()
+
+    def _restore_env(self) -> None:
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env.clear()
+        _reset_cached_clients()
+
+    def session(self) -> boto3.session.Session:
+        """A boto3 session bound to this stack's moto (whatever the process environment says)."""
+        return _EndpointSession(self.aws_endpoint_url)
+
+    def _seed_source(self, session: Any) -> None:
+        table = session.resource("dynamodb").Table(resources.SOURCES_TABLE.local_name)
+        if "Item" in table.get_item(Key={"key_hash": hash_write_key(self.write_key)}):
+            return
+        SourceRegistry(table).create_source(LOCAL_SOURCE_NAME, write_key=self.write_key,
+                                            source_id=LOCAL_SOURCE_ID)
+
+    # --- what callers need ---------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def port(self) -> int:
+        if self._gateway is None:
+            raise RuntimeError("stack not started")
+        return self._gateway.port
+
+    @property
+    def aws_port(self) -> int:
+        if self._moto is None:
+            raise RuntimeError("stack not started")
+        return int(self._moto.get_host_and_port()[1])
+
+    @property
+    def api_url(self) -> str:
+        if self._gateway is None:
+            raise RuntimeError("stack not started")
+        return self._gateway.url
+
+    @property
+    def aws_endpoint_url(self) -> str:
+        return f"http://{_client_host(self.host)}:{self.aws_port}"
+
+    @property
+    def mapping(self) -> KinesisEventSourceMapping:
+        if self._mapping is None:
+            raise RuntimeError("stack not started")
+        return self._mapping
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until every record on the stream has been delivered (or discarded)."""
+        return self.mapping.wait_idle(timeout)
+
+
+class _EndpointSession(boto3.session.Session):
+    """A boto3 session whose clients and resources always use one endpoint and fake keys."""
+
+    def __init__(self, endpoint_url: str) -> None:
+        super().__init__(aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                         aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                         aws_session_token=FAKE_CREDENTIALS["AWS_SESSION_TOKEN"],
+                         region_name=REGION)
+        self._endpoint_url = endpoint_url
+
+    def client(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.setdefault("endpoint_url", self._endpoint_url)
+        return super().client(*args, **kwargs)
+
+    def resource(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.setdefault("endpoint_url", self._endpoint_url)
+        return super().resource(*args, **kwargs)
+
+
+def _reset_cached_clients() -> None:
+    """Forget boto3 clients the handlers' adapters cached for another endpoint."""
+    try:
+        from cdp.aws import clients
+    except ImportError:
+        return
+    reset = getattr(clients, "reset", None)
+    if callable(reset):
+        reset()
+    from cdp import config
+
+    config.get_settings.cache_clear()
