@@ -1,0 +1,172 @@
+"""Lambda functions: runtime, architecture, tracing, logs, environment, layer and least-privilege roles."""
+
+from __future__ import annotations
+
+import pytest
+from cdk_template_view import SynthesizedStack
+
+from cdp import resources
+
+pytestmark = pytest.mark.infra
+
+COLLECTOR = resources.COLLECTOR_FUNCTION.logical_id
+CONSUMER = resources.STREAM_CONSUMER_FUNCTION.logical_id
+COMMON_ENV = {"POWERTOOLS_SERVICE_NAME": "cdp", "POWERTOOLS_METRICS_NAMESPACE": "CDP", "LOG_LEVEL": "INFO"}
+XRAY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+
+
+def test_template_has_exactly_the_functions_of_resources_py(cdp_stack: SynthesizedStack) -> None:
+    assert set(cdp_stack.of_type("AWS::Lambda::Function")) == {
+        spec.logical_id for spec in resources.FUNCTIONS
+    }
+
+
+@pytest.mark.parametrize("spec", resources.FUNCTIONS, ids=lambda spec: spec.logical_id)
+def test_function_runs_python_313_on_arm64_with_active_tracing_and_spec_sizing(
+    cdp_stack: SynthesizedStack, spec: resources.FunctionSpec
+) -> None:
+    props = cdp_stack.props(spec.logical_id)
+    assert props["Runtime"] == "python3.13"
+    assert props["Architectures"] == ["arm64"]
+    assert props["TracingConfig"] == {"Mode": "Active"}
+    assert props["Handler"] == "handler.handler"
+    assert props["MemorySize"] == spec.memory_mb
+    assert props["Timeout"] == spec.timeout_s
+    assert "ReservedConcurrentExecutions" not in props
+
+
+def test_functions_share_one_dependency_layer_built_for_arm64_python_313(cdp_stack: SynthesizedStack) -> None:
+    layers = cdp_stack.of_type("AWS::Lambda::LayerVersion")
+    assert len(layers) == 1
+    ((layer_id, layer),) = layers.items()
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    for spec in resources.FUNCTIONS:
+        assert cdp_stack.props(spec.logical_id)["Layers"] == [{"Ref": layer_id}]
+
+
+@pytest.mark.parametrize("spec", resources.FUNCTIONS, ids=lambda spec: spec.logical_id)
+def test_function_logs_to_its_own_log_group_kept_30_days_by_default(
+    cdp_stack: SynthesizedStack, spec: resources.FunctionSpec
+) -> None:
+    log_group = cdp_stack.ref_target(cdp_stack.props(spec.logical_id)["LoggingConfig"]["LogGroup"])
+    assert cdp_stack.resources[log_group]["Type"] == "AWS::Logs::LogGroup"
+    assert cdp_stack.props(log_group)["RetentionInDays"] == 30
+    others = {
+        cdp_stack.ref_target(cdp_stack.props(other.logical_id)["LoggingConfig"]["LogGroup"])
+        for other in resources.FUNCTIONS
+        if other is not spec
+    }
+    assert log_group not in others
+
+
+def test_every_log_group_follows_the_log_retention_days_context(
+    cdp_stack_non_default: SynthesizedStack,
+) -> None:
+    log_groups = cdp_stack_non_default.of_type("AWS::Logs::LogGroup")
+    assert len(log_groups) == len(resources.FUNCTIONS) + 1  # + the API access logs
+    assert {group["Properties"]["RetentionInDays"] for group in log_groups.values()} == {90}
+
+
+def test_collector_environment_names_exactly_the_resources_it_uses(cdp_stack: SynthesizedStack) -> None:
+    env = cdp_stack.props(COLLECTOR)["Environment"]["Variables"]
+    assert env == {
+        **COMMON_ENV,
+        resources.SOURCES_TABLE.env: {"Ref": resources.SOURCES_TABLE.logical_id},
+        resources.EVENT_STREAM.env: {"Ref": resources.EVENT_STREAM.logical_id},
+        "CDP_SOURCE_CACHE_SECONDS": "60",
+    }
+
+
+def test_consumer_environment_names_exactly_the_resources_it_uses(cdp_stack: SynthesizedStack) -> None:
+    env = cdp_stack.props(CONSUMER)["Environment"]["Variables"]
+    assert env == {
+        **COMMON_ENV,
+        resources.DEDUPE_TABLE.env: {"Ref": resources.DEDUPE_TABLE.logical_id},
+        resources.EVENTS_TABLE.env: {"Ref": resources.EVENTS_TABLE.logical_id},
+        resources.QUARANTINE_TABLE.env: {"Ref": resources.QUARANTINE_TABLE.logical_id},
+        resources.ARCHIVE_BUCKET.env: {"Ref": resources.ARCHIVE_BUCKET.logical_id},
+        "CDP_DEDUPE_TTL_HOURS": "48",
+        "CDP_EVENT_RETENTION_DAYS": "90",
+        "CDP_QUARANTINE_RETENTION_DAYS": "30",
+    }
+
+
+def test_each_function_has_its_own_role_trusting_only_lambda_without_managed_policies(
+    cdp_stack: SynthesizedStack,
+) -> None:
+    roles = {cdp_stack.role_of(spec.logical_id) for spec in resources.FUNCTIONS}
+    assert len(roles) == len(resources.FUNCTIONS)
+    for role in roles:
+        props = cdp_stack.props(role)
+        assert "ManagedPolicyArns" not in props
+        (statement,) = props["AssumeRolePolicyDocument"]["Statement"]
+        assert statement["Principal"] == {"Service": "lambda.amazonaws.com"}
+        assert statement["Action"] == "sts:AssumeRole"
+
+
+def _log_group_arn(cdp_stack: SynthesizedStack, function_id: str) -> str:
+    return cdp_stack.ref_target(cdp_stack.props(function_id)["LoggingConfig"]["LogGroup"]) + ".Arn"
+
+
+def test_collector_may_only_read_sources_by_key_and_put_records(cdp_stack: SynthesizedStack) -> None:
+    grants = cdp_stack.grants_of_role(cdp_stack.role_of(COLLECTOR))
+    log_group = _log_group_arn(cdp_stack, COLLECTOR)
+    assert grants == {
+        "xray:PutTraceSegments": {"*"},
+        "xray:PutTelemetryRecords": {"*"},
+        "logs:CreateLogStream": {log_group},
+        "logs:PutLogEvents": {log_group},
+        "dynamodb:GetItem": {"SourcesTable.Arn"},
+        "kinesis:PutRecord": {"EventStream.Arn"},
+        "kinesis:PutRecords": {"EventStream.Arn"},
+    }
+    assert not any(action in grants for action in ("dynamodb:PutItem", "dynamodb:Scan", "dynamodb:Query"))
+
+
+def test_consumer_may_only_use_dedupe_write_events_and_quarantine_archive_and_dlq(
+    cdp_stack: SynthesizedStack,
+) -> None:
+    grants = cdp_stack.grants_of_role(cdp_stack.role_of(CONSUMER))
+    kinesis = {action: arns for action, arns in grants.items() if action.startswith("kinesis:")}
+    others = {action: arns for action, arns in grants.items() if not action.startswith("kinesis:")}
+    log_group = _log_group_arn(cdp_stack, CONSUMER)
+    dedupe_actions = {
+        "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",
+        "dynamodb:PutItem",  # TransactWriteItems Put
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:ConditionCheckItem",  # TransactWriteItems ConditionCheck
+        "dynamodb:BatchWriteItem",
+    }
+    expected: dict[str, set[str]] = {
+        "xray:PutTraceSegments": {"*"},
+        "xray:PutTelemetryRecords": {"*"},
+        "logs:CreateLogStream": {log_group},
+        "logs:PutLogEvents": {log_group},
+        "s3:PutObject": {"ArchiveBucket.Arn/*"},
+        "sqs:SendMessage": {"StreamConsumerDlq.Arn"},
+        "sqs:GetQueueAttributes": {"StreamConsumerDlq.Arn"},
+        "sqs:GetQueueUrl": {"StreamConsumerDlq.Arn"},
+    }
+    for action in dedupe_actions:
+        expected[action] = {"DedupeTable.Arn"}
+    for action in ("dynamodb:PutItem", "dynamodb:BatchWriteItem"):
+        expected[action] = expected.get(action, set()) | {"EventsTable.Arn", "QuarantineTable.Arn"}
+    assert others == expected
+    # Reading the stream is granted by the event source mapping, on this stream only.
+    assert {"kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:DescribeStream"} <= set(kinesis)
+    assert all(arns == {"EventStream.Arn"} for arns in kinesis.values())
+    assert not any(
+        action.startswith(("kinesis:Put", "s3:Get", "s3:Delete", "dynamodb:Scan")) for action in grants
+    )
+
+
+@pytest.mark.parametrize("spec", resources.FUNCTIONS, ids=lambda spec: spec.logical_id)
+def test_only_xray_actions_are_granted_on_any_resource(
+    cdp_stack: SynthesizedStack, spec: resources.FunctionSpec
+) -> None:
+    # The cdk-nag IAM5 suppression for "Resource::*" relies on this.
+    grants = cdp_stack.grants_of_role(cdp_stack.role_of(spec.logical_id))
+    assert {action for action, arns in grants.items() if "*" in arns} == XRAY
