@@ -20,14 +20,15 @@ from infra.constructs.function import CdpFunction
 from infra.constructs.tables import build_table, grant_item_actions
 from infra.settings import DeploymentSettings
 
-# What the consumer does with the dedupe table: claim messageIds in a transaction
-# (TransactWriteItems needs the per-item actions), read claims, complete or release them.
+# What the consumer does with the dedupe table (cdp.aws.dedupe_store): claim messageIds
+# in TransactWriteItems (IAM checks the per-item actions: Put -> PutItem, ConditionCheck
+# -> ConditionCheckItem; there is no TransactWriteItems action), read claims back
+# (BatchGetItem, GetItem) and mark them completed (BatchWriteItem). No Update/Delete: the
+# store never uses them; add them here if it starts to.
 DEDUPE_ACTIONS = (
     "dynamodb:GetItem",
     "dynamodb:BatchGetItem",
     "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:DeleteItem",
     "dynamodb:ConditionCheckItem",
     "dynamodb:BatchWriteItem",
 )
