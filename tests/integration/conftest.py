@@ -14,38 +14,15 @@ from moto import mock_aws
 
 from cdp import resources
 from cdp.aws import clients
+from cdp.local.provisioning import provision
 from cdp.sources import SourceRegistry
 
 WRITE_KEY = "test-write-key"
 
 
 def create_resources() -> None:
-    ddb = boto3.client("dynamodb")
-    for spec in resources.TABLES:
-        keys = [spec.partition_key] + ([spec.sort_key] if spec.sort_key else [])
-        attrs = {k.name: k.type for k in keys}
-        kwargs: dict[str, Any] = {}
-        if spec.indexes:
-            indexes = []
-            for index in spec.indexes:
-                schema = [{"AttributeName": index.partition_key.name, "KeyType": "HASH"}]
-                attrs[index.partition_key.name] = index.partition_key.type
-                if index.sort_key:
-                    schema.append({"AttributeName": index.sort_key.name, "KeyType": "RANGE"})
-                    attrs[index.sort_key.name] = index.sort_key.type
-                indexes.append({"IndexName": index.name, "KeySchema": schema,
-                                "Projection": {"ProjectionType": "ALL"}})
-            kwargs["GlobalSecondaryIndexes"] = indexes
-        ddb.create_table(
-            TableName=spec.local_name, BillingMode="PAY_PER_REQUEST",
-            KeySchema=[{"AttributeName": spec.partition_key.name, "KeyType": "HASH"}]
-            + ([{"AttributeName": spec.sort_key.name, "KeyType": "RANGE"}] if spec.sort_key else []),
-            AttributeDefinitions=[{"AttributeName": n, "AttributeType": t} for n, t in attrs.items()],
-            **kwargs,
-        )
-    boto3.client("kinesis").create_stream(StreamName=resources.EVENT_STREAM.local_name, ShardCount=1)
-    boto3.client("s3").create_bucket(Bucket=resources.ARCHIVE_BUCKET.local_name)
-    boto3.client("sqs").create_queue(QueueName=resources.STREAM_CONSUMER_DLQ.local_name)
+    """Every resource of cdp.resources, created as the local stack creates them."""
+    provision(boto3.session.Session())
 
 
 def _reset_handler_caches() -> None:
