@@ -23,13 +23,13 @@ from infra.constructs.tables import build_table, grant_item_actions
 from infra.settings import DeploymentSettings
 
 # Access log line, one JSON object per request. No headers or bodies: write keys and
-# event payloads must never reach the logs.
+# event payloads must never reach the logs. No path either (analytics.js settings URLs
+# carry the write key) and no source IP (personal data); the collector's metrics and
+# logs say which route was used.
 ACCESS_LOG_FORMAT: dict[str, str] = {
     "requestId": "$context.requestId",
     "requestTime": "$context.requestTime",
-    "ip": "$context.identity.sourceIp",
     "httpMethod": "$context.httpMethod",
-    "path": "$context.path",
     "routeKey": "$context.routeKey",
     "protocol": "$context.protocol",
     "status": "$context.status",

@@ -72,6 +72,10 @@ def test_access_logs_are_json_lines_in_a_log_group_with_retention(cdp_stack: Syn
     fields = json.loads(settings["Format"])
     assert {"requestId", "status", "routeKey", "integrationError"} <= set(fields)
     assert all(value.startswith("$context.") for value in fields.values())
+    # Paths can carry a write key (analytics.js settings URL); IPs are personal data.
+    logged = set(fields.values())
+    assert not logged & {"$context.path", "$context.identity.sourceIp"}
+    assert not any("header" in value.lower() for value in logged)
 
 
 def test_stream_uses_aws_managed_encryption_and_retention_from_resources(cdp_stack: SynthesizedStack) -> None:
