@@ -84,7 +84,7 @@ def send_demo(api_url: str, write_key: str, directory: Path | None = None,
             method="POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 results.append(DemoResult(name, len(body["batch"]), response.status,
                                           response.read().decode("utf-8", "replace")))
         except urllib.error.HTTPError as error:

@@ -103,6 +103,15 @@ def load_handler(path: Path, module_name: str) -> Handler:
     return handler  # type: ignore[no-any-return]
 
 
+def _free_module_name(name: str) -> str:
+    # Another loader (a test fixture) may hold the plain name; never replace its module.
+    candidate, suffix = name, 0
+    while candidate in sys.modules:
+        suffix += 1
+        candidate = f"{name}_local{suffix}"
+    return candidate
+
+
 @dataclass(frozen=True)
 class Invocation:
     """The outcome of one invocation: a JSON result, or the error Lambda would report."""
@@ -145,11 +154,12 @@ class LocalFunction:
         """The function of ``spec``, its handler loaded from ``<functions dir>/<folder>/handler.py``."""
         path = functions_dir(directory) / spec.folder / "handler.py"
         if not path.is_file():
-            raise FileNotFoundError(f"no Lambda handler at {path} (set --functions-dir or ${FUNCTIONS_DIR_ENV})")
+            raise FileNotFoundError(
+                f"no Lambda handler at {path} (set --functions-dir or ${FUNCTIONS_DIR_ENV})")
         base = f"cdp_fn_{spec.folder}"
 
         def factory(index: int) -> Handler:
-            return load_handler(path, base if index == 0 else f"{base}_{index}")
+            return load_handler(path, _free_module_name(base if index == 0 else f"{base}_{index}"))
 
         return cls(local_function_name(spec), factory, memory_mb=spec.memory_mb,
                    timeout_s=spec.timeout_s, max_concurrency=max_concurrency)

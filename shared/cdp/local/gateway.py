@@ -98,17 +98,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
         request_id = apigw_request_id()
         try:
             body = self._read_body()
-        except _Status as status:
+        except _Status as refused:
             self.close_connection = True
-            self._send(status.status, {"content-type": "application/json"},
-                       json.dumps({"message": status.message}).encode(), request_id)
+            self._send(refused.status, {"content-type": "application/json"},
+                       json.dumps({"message": refused.message}).encode(), request_id)
             return
         url = urlsplit(self.path)
         if self.command == "GET" and url.path == "/health":
             ready = gateway.is_ready()
-            payload = {"status": "ok"} if ready else {"status": "starting"}
+            health = {"status": "ok"} if ready else {"status": "starting"}
             self._send(200 if ready else 503, {"content-type": "application/json"},
-                       json.dumps(payload).encode(), request_id)
+                       json.dumps(health).encode(), request_id)
             return
         event = http_api_event(
             method=self.command,
@@ -226,5 +226,5 @@ class HttpApiGateway:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self._host in ("0.0.0.0", "") else self._host  # noqa: S104
+        host = "127.0.0.1" if self._host in ("0.0.0.0", "") else self._host
         return f"http://{host}:{self.port}"

@@ -36,6 +36,10 @@ def iso_millis(moment: datetime) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
 
 
+def _iso_epoch(seconds: float) -> str:
+    return iso_millis(datetime.fromtimestamp(seconds, UTC))
+
+
 def _clf_time(moment: datetime) -> str:
     """``12/Mar/2020:19:03:58 +0000``: API Gateway's ``requestContext.time``."""
     moment = moment.astimezone(UTC)
@@ -262,8 +266,8 @@ def kinesis_on_failure_message(
             "shardId": first.shard_id,
             "startSequenceNumber": first.sequence_number,
             "endSequenceNumber": last.sequence_number,
-            "approximateArrivalOfFirstRecord": iso_millis(datetime.fromtimestamp(first.approximate_arrival, UTC)),
-            "approximateArrivalOfLastRecord": iso_millis(datetime.fromtimestamp(last.approximate_arrival, UTC)),
+            "approximateArrivalOfFirstRecord": _iso_epoch(first.approximate_arrival),
+            "approximateArrivalOfLastRecord": _iso_epoch(last.approximate_arrival),
             "batchSize": len(records),
             "streamArn": stream_arn,
         },

@@ -52,17 +52,19 @@ _SEQUENCES = (
 _WEB_CONTEXT: dict[str, Any] = {
     "library": {"name": "analytics.js", "version": "5.2.0"},
     "locale": "en-GB",
-    "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 Version/17.4 Safari/605.1.15",
+    "userAgent": ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 "
+                  "Version/17.4 Safari/605.1.15"),
     "page": {
         "path": "/products/ethiopia-yirgacheffe",
         "referrer": "https://www.google.com/",
-        "title": "Ethiopia Yirgacheffe – Northwind Coffee",
+        "title": "Ethiopia Yirgacheffe | Northwind Coffee",
         "url": "https://shop.northwind.example/products/ethiopia-yirgacheffe",
     },
 }
 _IOS_CONTEXT: dict[str, Any] = {
     "library": {"name": "analytics-ios", "version": "4.1.8"},
-    "app": {"name": "Northwind Coffee", "version": "3.2.0", "build": "3200", "namespace": "example.northwind"},
+    "app": {"name": "Northwind Coffee", "version": "3.2.0", "build": "3200",
+            "namespace": "example.northwind"},
     "device": {"manufacturer": "Apple", "model": "iPhone15,2", "type": "ios"},
     "os": {"name": "iOS", "version": "17.4.1"},
     "locale": "en-GB",
@@ -116,7 +118,7 @@ def segment_calls() -> dict[str, dict[str, Any]]:
             "properties": {
                 "path": "/products/ethiopia-yirgacheffe",
                 "referrer": "https://www.google.com/",
-                "title": "Ethiopia Yirgacheffe – Northwind Coffee",
+                "title": "Ethiopia Yirgacheffe | Northwind Coffee",
                 "url": "https://shop.northwind.example/products/ethiopia-yirgacheffe",
             },
             "context": _WEB_CONTEXT,
@@ -204,9 +206,11 @@ def _normalized(call: dict[str, Any], received_at: datetime) -> dict[str, Any]:
 def kinesis_batch_event() -> dict[str, Any]:
     """Two records as the collector writes them (``cdp.ingest``), as the mapping delivers them."""
     calls = segment_calls()
-    arrivals = (datetime(2024, 5, 2, 9, 14, 3, 640000, tzinfo=UTC), datetime(2024, 5, 2, 9, 21, 47, 655000, tzinfo=UTC))
+    arrivals = (datetime(2024, 5, 2, 9, 14, 3, 640000, tzinfo=UTC),
+                datetime(2024, 5, 2, 9, 21, 47, 655000, tzinfo=UTC))
     records = []
-    for call, arrival, sequence in zip((calls["identify"], calls["track"]), arrivals, _SEQUENCES, strict=True):
+    pairs = zip((calls["identify"], calls["track"]), arrivals, _SEQUENCES, strict=True)
+    for call, arrival, sequence in pairs:
         stream_record = accepted_record(SAMPLE_SOURCE_ID, _normalized(call, arrival), call)
         records.append(KinesisRecord(shard_id=_SHARD, sequence_number=sequence,
                                      partition_key=stream_record.partition_key, data=stream_record.data,
@@ -260,7 +264,8 @@ def sqs_batch_event() -> dict[str, Any]:
 
 
 def eventbridge_event() -> dict[str, Any]:
-    return eventbridge_scheduled_event(rule_name="cdp-scheduled", event_id="53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+    return eventbridge_scheduled_event(rule_name="cdp-scheduled",
+                                       event_id="53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
                                        time=datetime(2024, 5, 3, 2, 0, tzinfo=UTC))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,13 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import make_server
 
 from cdp import resources
+from cdp.local import moto_speedups
 from cdp.local.functions import LocalFunction
 from cdp.local.gateway import HttpApiGateway
 from cdp.local.kinesis_esm import KinesisEventSourceMapping, SqsDestination
 from cdp.local.lambda_events import REGION
 from cdp.local.provisioning import Provisioned, provision
-from cdp.resources import KinesisEventSourceSpec
+from cdp.resources import BucketSpec, KinesisEventSourceSpec, QueueSpec, StreamSpec, TableSpec
 from cdp.sources import SourceRegistry, hash_write_key
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,7 @@ class MotoServer(ThreadedMotoServer):
 
 
 def _client_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # noqa: S104
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
 class EmbeddedStack:
@@ -153,9 +155,15 @@ class EmbeddedStack:
         return self
 
     def _start(self) -> None:
+        # moto's werkzeug server logs every AWS call at INFO; the handlers' own logs matter more.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        moto_speedups.apply()
         moto = MotoServer(self.host, self._aws_port)
         moto.start()
         self._moto = moto
+        # moto keeps its state per process, shared by every server and mock_aws in it:
+        # a new stack starts from empty AWS, whatever ran in this process before.
+        self._reset_moto()
         self._apply_env()
 
         # Loading the handlers first surfaces import errors before anything listens.
@@ -199,6 +207,7 @@ class EmbeddedStack:
             self._gateway = None
         if self._moto is not None:
             if self._moto._server is not None:
+                self._reset_moto()
                 self._moto.stop()
             self._moto = None
         self._restore_env()
@@ -208,6 +217,11 @@ class EmbeddedStack:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+    def _reset_moto(self) -> None:
+        request = urllib.request.Request(f"{self.aws_endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            response.read()
 
     # --- environment ----------------------------------------------------------------
 
@@ -220,7 +234,9 @@ class EmbeddedStack:
             **FAKE_CREDENTIALS,
             ACCESS_TOKEN_ENV: self.access_token,
         }
-        for spec in (*resources.TABLES, *resources.STREAMS, *resources.BUCKETS, *resources.QUEUES):
+        specs: list[TableSpec | StreamSpec | BucketSpec | QueueSpec] = [
+            *resources.TABLES, *resources.STREAMS, *resources.BUCKETS, *resources.QUEUES]
+        for spec in specs:
             env[spec.env] = spec.local_name
         env.update(self._extra_env)
         return env

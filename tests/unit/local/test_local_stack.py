@@ -1,0 +1,123 @@
+"""EmbeddedStack wiring, with stand-in handlers: HTTP API -> collector -> Kinesis -> consumer."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from click.testing import CliRunner
+
+from cdp import resources
+from cdp.cli import main
+from cdp.cli.local import banner
+from cdp.local import EmbeddedStack
+from cdp.sources import hash_write_key
+
+COLLECTOR = '''
+import base64, json, os
+import boto3
+
+kinesis = boto3.client("kinesis")
+
+def handler(event, context):
+    body = base64.b64decode(event["body"]) if event["isBase64Encoded"] else event["body"].encode()
+    kinesis.put_record(StreamName=os.environ["CDP_EVENT_STREAM"], Data=body, PartitionKey="k")
+    return {"statusCode": 200, "headers": {"content-type": "application/json"},
+            "body": json.dumps({"success": True, "requestId": event["requestContext"]["requestId"]})}
+'''
+
+CONSUMER = '''
+import base64, os
+import boto3
+
+table = boto3.resource("dynamodb").Table(os.environ["CDP_EVENTS_TABLE"])
+
+def handler(event, context):
+    for record in event["Records"]:
+        table.put_item(Item={"pk": "stub", "sk": record["kinesis"]["sequenceNumber"],
+                             "data": base64.b64decode(record["kinesis"]["data"]).decode()})
+    return {"batchItemFailures": []}
+'''
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    functions = tmp_path_factory.mktemp("functions")
+    for folder, code in (("collector", COLLECTOR), ("stream_consumer", CONSUMER)):
+        (functions / folder).mkdir()
+        (functions / folder / "handler.py").write_text(code)
+    before = dict(os.environ)
+    with EmbeddedStack(port=0, aws_port=0, functions_dir=functions, write_key="unit-key") as running:
+        yield running
+    after = dict(os.environ)
+    for env in (before, after):
+        env.pop("PYTEST_CURRENT_TEST", None)
+    assert after == before, "stop() must restore the environment"
+
+
+def post(url: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_a_request_flows_through_the_collector_the_stream_and_the_consumer(stack: EmbeddedStack) -> None:
+    status, answer = post(f"{stack.api_url}/v1/track", {"userId": "u1", "event": "Signed Up"})
+
+    assert status == 200 and answer["success"] is True
+    assert stack.wait_idle(timeout=15)
+    items = stack.session().client("dynamodb").scan(TableName=resources.EVENTS_TABLE.local_name)["Items"]
+    assert [json.loads(i["data"]["S"]) for i in items] == [{"userId": "u1", "event": "Signed Up"}]
+
+
+def test_the_health_check_is_ok_once_started(stack: EmbeddedStack) -> None:
+    with urllib.request.urlopen(f"{stack.api_url}/health", timeout=5) as response:
+        assert (response.status, json.loads(response.read())) == (200, {"status": "ok"})
+
+
+def test_the_write_key_is_seeded_as_the_local_source(stack: EmbeddedStack) -> None:
+    table = stack.session().resource("dynamodb").Table(resources.SOURCES_TABLE.local_name)
+    item = table.get_item(Key={"key_hash": hash_write_key("unit-key")})["Item"]
+
+    assert item["source_id"] == "src_local"
+    assert item["enabled"] is True
+
+
+def test_boto3_in_this_process_talks_to_the_stacks_moto(stack: EmbeddedStack) -> None:
+    assert os.environ["AWS_ENDPOINT_URL"] == stack.aws_endpoint_url
+    assert os.environ["CDP_ACCESS_TOKEN"] == stack.access_token
+    names = boto3.client("kinesis").list_streams()["StreamNames"]
+    assert resources.EVENT_STREAM.local_name in names
+
+
+def test_the_banner_tells_how_to_send_and_look_at_events(stack: EmbeddedStack) -> None:
+    text = banner(stack)
+
+    assert stack.api_url in text and stack.aws_endpoint_url in text
+    assert "curl -u unit-key: -H 'Content-Type: application/json'" in text
+    assert f'analytics.host = "{stack.api_url}"' in text
+    assert f"dynamodb scan --table-name {resources.EVENTS_TABLE.local_name}" in text
+    assert f"s3://{resources.ARCHIVE_BUCKET.local_name}" in text
+    assert stack.access_token in text
+
+
+def test_a_taken_port_fails_fast_with_a_clear_error(stack: EmbeddedStack, tmp_path: Path) -> None:
+    clash = EmbeddedStack(port=0, aws_port=stack.aws_port, functions_dir=tmp_path)
+    with pytest.raises(OSError, match="port in use"):
+        clash.start()
+    assert os.environ["AWS_ENDPOINT_URL"] == stack.aws_endpoint_url
+
+
+def test_the_local_command_is_registered_with_its_options() -> None:
+    result = CliRunner().invoke(main, ["local", "--help"])
+
+    assert result.exit_code == 0
+    for option in ("--host", "--port", "--aws-port", "--write-key", "--access-token", "--demo / --no-demo",
+                   "--shards", "--functions-dir"):
+        assert option in result.output
