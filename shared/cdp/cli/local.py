@@ -79,6 +79,8 @@ def local(host: str, port: int, aws_port: int, write_key: str, access_token: str
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():  # a second Ctrl-C: stop waiting for a clean shutdown
+            raise KeyboardInterrupt
         click.echo(f"\n{signal.Signals(signum).name} received, stopping...", err=True)
         stop.set()
 
