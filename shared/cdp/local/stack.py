@@ -220,7 +220,7 @@ class EmbeddedStack:
 
     def _reset_moto(self) -> None:
         request = urllib.request.Request(f"{self.aws_endpoint_url}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
 
     # --- environment ----------------------------------------------------------------
