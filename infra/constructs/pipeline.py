@@ -23,14 +23,15 @@ from infra.settings import DeploymentSettings
 # What the consumer does with the dedupe table (cdp.aws.dedupe_store): claim messageIds
 # in TransactWriteItems (IAM checks the per-item actions: Put -> PutItem, ConditionCheck
 # -> ConditionCheckItem; there is no TransactWriteItems action), read claims back
-# (BatchGetItem, GetItem) and mark them completed (BatchWriteItem). No Update/Delete: the
-# store never uses them; add them here if it starts to.
+# (BatchGetItem, GetItem), mark them completed (BatchWriteItem) and, after a failure,
+# release its own claims (conditional DeleteItem). No UpdateItem: the store never uses it.
 DEDUPE_ACTIONS = (
     "dynamodb:GetItem",
     "dynamodb:BatchGetItem",
     "dynamodb:PutItem",
     "dynamodb:ConditionCheckItem",
     "dynamodb:BatchWriteItem",
+    "dynamodb:DeleteItem",
 )
 # Events and quarantine records are only ever written by the consumer.
 WRITE_ACTIONS = ("dynamodb:PutItem", "dynamodb:BatchWriteItem")

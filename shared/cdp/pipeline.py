@@ -89,6 +89,7 @@ class Archive(Protocol):
 
 class Dedupe(Protocol):
     def claim(self, owners: dict[str, str]) -> Any: ...
+    def release(self, owners: dict[str, str]) -> None: ...
     def complete(self, keys: list[str]) -> None: ...
 
 
@@ -235,5 +236,12 @@ class StreamConsumer:
             logger.exception("event stages failed", extra={"events": len(fresh)})
             for accepted in fresh:
                 outcome.failed[accepted.record.owner] = f"stage failed: {type(exc).__name__}"
+            self._release(fresh)
             return
         outcome.stored += len(fresh)
+
+    def _release(self, claimed: list[AcceptedEvent]) -> None:
+        try:
+            self._dedupe.release({a.dedupe_key: a.record.owner for a in claimed})
+        except Exception:  # the leases expire anyway
+            logger.exception("releasing claims failed", extra={"events": len(claimed)})

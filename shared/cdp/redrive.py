@@ -44,17 +44,21 @@ class FailedBatch:
 
 
 def peek(sqs: Any, queue_url: str, max_messages: int = 100) -> list[FailedBatch]:
-    """Dead-letter messages, left on the queue (visible again almost at once)."""
+    """Dead-letter messages, left on the queue and made visible again once all are read."""
     found: dict[str, FailedBatch] = {}
+    handles: list[str] = []
     for _ in range(max(1, max_messages // 10)):
         response = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                       VisibilityTimeout=2, WaitTimeSeconds=0)
+                                       VisibilityTimeout=30, WaitTimeSeconds=0)
         messages = response.get("Messages", [])
         if not messages:
             break
         for message in messages:
             batch = FailedBatch.from_message(message)
             found.setdefault(batch.message_id, batch)
+            handles.append(message["ReceiptHandle"])
+    for handle in handles:  # a redrive right after a listing must see them
+        sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=handle, VisibilityTimeout=0)
     return list(found.values())
 
 

@@ -137,6 +137,7 @@ def test_consumer_may_only_use_dedupe_write_events_and_quarantine_archive_and_dl
         "dynamodb:PutItem",  # TransactWriteItems Put
         "dynamodb:ConditionCheckItem",  # TransactWriteItems ConditionCheck
         "dynamodb:BatchWriteItem",
+        "dynamodb:DeleteItem",  # releasing its own claims after a failure
     }
     expected: dict[str, set[str]] = {
         "xray:PutTraceSegments": {"*"},
@@ -156,8 +157,10 @@ def test_consumer_may_only_use_dedupe_write_events_and_quarantine_archive_and_dl
     # Reading the stream is granted by the event source mapping, on this stream only.
     assert {"kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:DescribeStream"} <= set(kinesis)
     assert all(arns == {"EventStream.Arn"} for arns in kinesis.values())
-    forbidden = ("kinesis:Put", "s3:Get", "s3:Delete", "dynamodb:Scan", "dynamodb:Query", "dynamodb:Delete")
+    forbidden = ("kinesis:Put", "s3:Get", "s3:Delete", "dynamodb:Scan", "dynamodb:Query", "dynamodb:Update",
+                 "dynamodb:DeleteTable")
     assert not any(action.startswith(forbidden) for action in grants)
+    assert grants["dynamodb:DeleteItem"] == {"DedupeTable.Arn"}
 
 
 @pytest.mark.parametrize("spec", resources.FUNCTIONS, ids=lambda spec: spec.logical_id)

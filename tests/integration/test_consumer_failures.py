@@ -59,7 +59,7 @@ def test_failing_store_fails_the_batch_and_a_retry_converges(write_key, lambda_c
     with pytest.raises(Exception, match="All records failed"):
         consumer.handler(event, lambda_context)
     assert scan(resources.EVENTS_TABLE.local_name) == []
-    # Claims were left IN_PROGRESS with this record as owner: the retry re-claims them.
+    # The failed attempt released its claims; the retry claims them again.
     assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
     assert len(scan(resources.EVENTS_TABLE.local_name)) == 3
     assert {d["status"] for d in scan(resources.DEDUPE_TABLE.local_name)} == {"COMPLETED"}
@@ -102,3 +102,23 @@ def test_connector_record_without_receipt_time_is_normalised_with_a_stable_messa
     stored = json.loads(items[0]["payload"])
     assert stored["messageId"].startswith("kinesis-shardId-000000000000-")
     assert stored["receivedAt"] and stored["traits"] == {"plan": "gold"}
+
+
+def test_failed_batch_releases_its_claims_so_a_redriven_copy_is_not_busy(write_key, lambda_context,
+                                                                          monkeypatch):
+    event = _send_three(write_key, lambda_context)
+    store = consumer.consumer()._stages[0]
+    real_store = store.store
+    monkeypatch.setattr(store, "store", lambda pairs: (_ for _ in ()).throw(RuntimeError("down")))
+    with pytest.raises(Exception, match="All records failed"):
+        consumer.handler(event, lambda_context)
+    assert scan(resources.DEDUPE_TABLE.local_name) == []  # released, not left IN_PROGRESS
+
+    # A redriven copy is a new Kinesis record (new sequence number, new owner).
+    monkeypatch.setattr(store, "store", real_store)
+    copies = json.loads(json.dumps(event))
+    for record in copies["Records"]:
+        record["kinesis"]["sequenceNumber"] = "7" + record["kinesis"]["sequenceNumber"]
+        record["eventID"] = "shardId-000000000000:" + record["kinesis"]["sequenceNumber"]
+    assert consumer.handler(copies, lambda_context) == {"batchItemFailures": []}
+    assert len(scan(resources.EVENTS_TABLE.local_name)) == 3

@@ -3,7 +3,8 @@
 A claim is a conditional write in one TransactWriteItems call per <= 100 events:
 IN_PROGRESS with an owner (the Kinesis record's shard:sequence) and a lease. The
 same record retried may re-claim; another record with the same messageId may take
-over only after the lease expires (its owner died). After the event's effects are
+over only after the lease expires (its owner died) or the owner released the claim
+after a failure (so a redriven copy from the DLQ is not refused as busy). After the event's effects are
 stored, the claims become COMPLETED (BatchWriteItem) and stay for the TTL (>= 24 h):
 a later copy of the event is then recognised as a duplicate.
 """
@@ -107,6 +108,24 @@ class DedupeStore:
                         done.add(item["pk"]["S"])
                 request = response.get("UnprocessedKeys") or {}
         return done
+
+    def release(self, owners: dict[str, str]) -> None:
+        """Give up claims after a failure, so a redriven copy need not wait for the lease.
+
+        Conditional on still owning an IN_PROGRESS claim; best effort (a crash here
+        leaves the lease to expire). Only runs on the failure path.
+        """
+        for key, owner in owners.items():
+            try:
+                self._ddb.delete_item(
+                    TableName=self._table, Key={"pk": {"S": key}},
+                    ConditionExpression="#s = :p AND #o = :me",
+                    ExpressionAttributeNames={"#s": "status", "#o": "owner"},
+                    ExpressionAttributeValues={":p": {"S": IN_PROGRESS}, ":me": {"S": owner}},
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise
 
     def complete(self, keys: list[str]) -> None:
         """Mark claims COMPLETED; unconditional (only the claim's owner gets here)."""

@@ -1,0 +1,93 @@
+"""Operator paths through the running local stack: `cdp import`, quarantine, DLQ and redrive."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from e2e_pipeline import Pipeline
+
+from cdp.aws.event_store import DynamoEventStore
+from cdp.cli import main
+
+pytestmark = pytest.mark.e2e
+
+
+def cdp(pipeline: Pipeline, *args: str) -> Any:
+    stack = pipeline.stack
+    result = CliRunner().invoke(main, ["--aws-url", stack.aws_endpoint_url, "--api-url", stack.api_url, *args],
+                                catch_exceptions=False)
+    return result
+
+
+def test_cdp_import_sends_a_crm_export_and_reports_refused_rows(pipeline: Pipeline, tmp_path: Path):
+    export = tmp_path / "crm.csv"
+    export.write_text("userId,email,plan\ncrm-1,one@example.com,gold\n,nobody@example.com,free\n"
+                      "crm-2,two@example.com,silver\n")
+    result = cdp(pipeline, "import", str(export), "--write-key", pipeline.write_key)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary == {"rows": 3, "resumed_after": 0, "sent": 3, "accepted": 2, "rejected": 1}
+    refused = [json.loads(line) for line in (tmp_path / "crm.csv.rejected.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["reason"]) for r in refused] == [(2, "either userId or anonymousId is required")]
+
+    pipeline.drain()
+    stored = pipeline.stored()
+    imported = [e for events in stored.table.values() for e in events if e.get("userId", "").startswith("crm-")]
+    assert sorted(e["traits"]["plan"] for e in imported) == ["gold", "silver"]
+
+    # The refused row is in the quarantine, with its reason.
+    listing = cdp(pipeline, "quarantine", "list", "--source", "src_local", "--raw")
+    entries = [json.loads(line) for line in listing.output.splitlines()]
+    orphan = [e for e in entries if "nobody@example.com" in e.get("raw", "")]
+    assert orphan and orphan[0]["reason"] == "either userId or anonymousId is required"
+
+    # Running the import again sends nothing: the saved progress says it is done.
+    again = cdp(pipeline, "import", str(export), "--write-key", pipeline.write_key)
+    assert json.loads(again.stdout.strip().splitlines()[-1])["sent"] == 0
+
+
+def test_batch_that_keeps_failing_reaches_the_dlq_and_redrive_stores_it(pipeline: Pipeline, monkeypatch):
+    original = DynamoEventStore.store
+
+    def broken_for_one_person(self, events):
+        if any(event.get("userId") == "dlq-person" for _, event in events):
+            raise RuntimeError("events table unavailable")
+        original(self, events)
+
+    monkeypatch.setattr(DynamoEventStore, "store", broken_for_one_person)
+    body = json.dumps({"userId": "dlq-person", "event": "Stuck", "messageId": "dlq-msg-1"}).encode()
+    request = urllib.request.Request(f"{pipeline.api_url}/v1/track", data=body, method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": _basic(pipeline.write_key)})
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 200
+    pipeline.drain()
+
+    deadline = time.time() + 30
+    dead: list[dict[str, Any]] = []
+    while time.time() < deadline and not dead:
+        dead = [json.loads(line) for line in cdp(pipeline, "dlq", "list").output.splitlines()]
+        time.sleep(0.2)
+    assert dead and dead[0]["condition"] == "RetryAttemptsExhausted"
+    assert "dlq-msg-1" not in pipeline.stored().table
+
+    # The outage is over: redrive puts the records back on the stream and they are stored once.
+    monkeypatch.setattr(DynamoEventStore, "store", original)
+    redriven = cdp(pipeline, "dlq", "redrive").output
+    assert redriven.strip() == "redrove 1 record(s)", redriven
+    pipeline.drain()
+    stored = pipeline.stored()
+    assert len(stored.table["dlq-msg-1"]) == 1 and len(stored.archive["dlq-msg-1"]) >= 1
+    assert cdp(pipeline, "dlq", "list").output.strip() == ""
+
+
+def _basic(key: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
