@@ -1,0 +1,1052 @@
+"""Benchmark of the collection pipeline: collector -> Kinesis -> stream consumer.
+
+    .venv/bin/python -m bench.pipeline --events 100000            # the published run
+    .venv/bin/python -m bench.pipeline --events 500 --runs 1      # smoke (< 60 s)
+    .venv/bin/python -m bench.pipeline --events 20000 --profile   # where the CPU goes
+
+moto runs as a separate server process, so only our code (and boto3's work on the
+client side, which Lambda pays for too) is inside ``time.process_time()``, taken
+around each handler call and nothing else. AWS requests are counted with botocore
+hooks (bench/aws_meter.py) and DynamoDB request units computed by DynamoDB's rules.
+docs/benchmarks.md explains the method, the assumptions and the latest figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import cProfile
+import gc
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import secrets
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.aws_meter import AwsMeter
+from bench.cost_model import (
+    GB,
+    HOURS_PER_MONTH,
+    LAMBDA_MB_PER_VCPU,
+    MILLION,
+    PRICES,
+    CostLine,
+    cpu_share,
+    gb_seconds,
+)
+from bench.moto_process import MotoServerProcess, free_port
+from bench.segment_traffic import (
+    SDK_BATCH_SIZE,
+    TRAFFIC_MIX,
+    SdkRequest,
+    SegmentTrafficGenerator,
+    event_size,
+)
+from cdp import resources
+
+REPO = Path(__file__).resolve().parents[1]
+WRITE_KEY = "bench-write-key"
+SOURCE_ID = "src_bench"
+# Targets of the collection pipeline (issue): CPU per event and invocations per 1,000 events.
+TARGET_COLLECTOR_CPU_MS = 0.3
+TARGET_CONSUMER_CPU_MS = 1.0
+TARGET_INVOCATIONS_PER_1000 = 15
+# Assumptions of the duration estimate and the log volume (stated in every report).
+ASSUMED_AWS_CALL_LATENCY_MS = 10.0
+# START, END and REPORT lines Lambda writes per invocation, plus the XRAY line of an
+# active-tracing function: about 330 bytes together.
+ASSUMED_PLATFORM_LOG_BYTES = 330
+COLLECTOR = "collector"
+CONSUMER = "consumer"
+
+
+# --- environment ---------------------------------------------------------------------
+
+
+def point_at(endpoint: str, tracing: bool = False) -> None:
+    """Environment of a deployed function, with AWS replaced by the moto server.
+
+    Must run before cdp.observability or a handler is imported: Powertools reads its
+    variables at import, boto3 reads AWS_ENDPOINT_URL when a client is created.
+    With ``tracing``, Powertools' Tracer runs as in a function with active tracing
+    (X-Ray SDK patched into botocore, a subsegment per handler and AWS call), sending
+    its UDP datagrams to a local port where nothing listens.
+    """
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            # As in infra/constructs/function.py.
+            "POWERTOOLS_SERVICE_NAME": "cdp",
+            "POWERTOOLS_METRICS_NAMESPACE": "CDP",
+            "LOG_LEVEL": "INFO",
+            "POWERTOOLS_TRACE_DISABLED": "false" if tracing else "true",
+            "POWERTOOLS_DEV": "false",
+        }
+    )
+    if tracing:
+        os.environ.update(
+            {
+                "LAMBDA_TASK_ROOT": str(REPO),  # the X-Ray SDK and Powertools look for it
+                "AWS_XRAY_DAEMON_ADDRESS": f"127.0.0.1:{free_port()}",
+                "AWS_XRAY_CONTEXT_MISSING": "IGNORE_ERROR",
+                "_X_AMZN_TRACE_ID": new_trace_header(),
+            }
+        )
+
+
+def new_trace_header() -> str:
+    """What Lambda sets per invocation of a function with active tracing (sampled)."""
+    return f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};Parent={secrets.token_hex(8)};Sampled=1"
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        # Other work on the machine slows the handlers down, CPU time included: check it.
+        "load_average": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+# --- captured stdout (what CloudWatch Logs would ingest) -------------------------------
+
+
+class LogCapture(io.TextIOBase):
+    """Stands in for stdout during handler calls; keeps what the function printed."""
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.chunks.append(text)
+        return len(text)
+
+    def drain(self) -> str:
+        text = "".join(self.chunks)
+        self.chunks.clear()
+        return text
+
+
+# --- measurements ------------------------------------------------------------------------
+
+
+@dataclass
+class Invocation:
+    cpu_s: float
+    events: int
+    aws_calls: int
+    log_bytes: int
+
+
+@dataclass
+class RunResult:
+    events: int
+    stored: int = 0
+    collector: list[Invocation] = field(default_factory=list)
+    consumer: list[Invocation] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def cpu_ms_per_event(self, name: str) -> float:
+        calls = self.collector if name == COLLECTOR else self.consumer
+        return sum(c.cpu_s for c in calls) * 1000 / self.events
+
+
+@dataclass
+class Harness:
+    """The two handlers, warm, with the meter and the log capture around every call."""
+
+    collector: Any
+    consumer: Any
+    context: Any
+    meter: AwsMeter
+    logs: LogCapture
+    metric_names: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    log_samples: dict[str, str] = field(default_factory=dict)
+    profilers: dict[str, cProfile.Profile] = field(default_factory=dict)
+    tracing: bool = False
+
+    def call(self, name: str, event: dict[str, Any], events: int) -> tuple[dict[str, Any], Invocation]:
+        handler = self.collector.handler if name == COLLECTOR else self.consumer.handler
+        context = self.context
+        if self.tracing:
+            os.environ["_X_AMZN_TRACE_ID"] = new_trace_header()
+        gc_was = gc.isenabled()
+        self.meter.phase = name
+        stdout, sys.stdout = sys.stdout, self.logs
+        profiler = self.profilers.get(name)
+        try:
+            if profiler:
+                profiler.enable()
+            start = time.process_time()
+            response = handler(event, context)
+            cpu = time.process_time() - start
+            if profiler:
+                profiler.disable()
+        finally:
+            sys.stdout = stdout
+            self.meter.phase = None
+        assert gc.isenabled() == gc_was
+        calls = self.meter.pending_calls
+        self.meter.settle()
+        printed = self.logs.drain()
+        self._learn_from_logs(name, printed)
+        return response, Invocation(cpu, events, calls, len(printed.encode("utf-8")))
+
+    def _learn_from_logs(self, name: str, printed: str) -> None:
+        """Metric names in the EMF blobs (each is a custom metric) and one sample."""
+        self.log_samples.setdefault(name, printed)
+        for line in printed.splitlines():
+            if '"_aws"' not in line:
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                blob = json.loads(line)
+                for directive in blob["_aws"]["CloudWatchMetrics"]:
+                    for metric in directive["Metrics"]:
+                        self.metric_names[name].add(metric["Name"])
+
+
+def load_harness(meter: AwsMeter, endpoint: str, tracing: bool) -> tuple[Harness, dict[str, float]]:
+    """Import the handlers with the meter installed first; also returns the CPU of each import
+    (the INIT phase of a cold start)."""
+    from tests.conftest import FakeLambdaContext, load_handler
+
+    point_at(endpoint, tracing)  # again: importing tests.conftest sets its own defaults
+    from cdp.aws import clients
+    from cdp.observability import logger
+
+    meter.install()
+    clients.reset()
+    logs = LogCapture()
+    logger.logger_handler.setStream(logs)  # type: ignore[attr-defined]
+    init: dict[str, float] = {}
+    modules: dict[str, Any] = {}
+    for name, folder in ((COLLECTOR, "collector"), (CONSUMER, "stream_consumer")):
+        start = time.process_time()
+        modules[name] = load_handler(folder)
+        init[name] = time.process_time() - start
+    harness = Harness(modules[COLLECTOR], modules[CONSUMER], FakeLambdaContext(), meter, logs, tracing=tracing)
+    return harness, init
+
+
+def prepare_aws(moto: MotoServerProcess, meter: AwsMeter) -> None:
+    """Empty moto, then the tables, stream, bucket and queue of cdp.resources, and a source."""
+    import boto3
+
+    from cdp.sources import SourceRegistry
+    from tests.integration.conftest import create_resources
+
+    moto.reset()
+    meter.reset_shadow()
+    meter.phase = "setup"
+    try:
+        create_resources()
+        table: Any = boto3.resource("dynamodb").Table(resources.SOURCES_TABLE.local_name)
+        SourceRegistry(table).create_source("bench source", write_key=WRITE_KEY, source_id=SOURCE_ID)
+    finally:
+        meter.phase = None
+    meter.settle()
+
+
+def stream_records() -> tuple[str, list[dict[str, Any]]]:
+    """Every record on the stream, oldest first, shaped as Lambda's Kinesis event records
+    (same shape as tests/integration/conftest.read_stream_as_lambda_event)."""
+    import boto3
+
+    kinesis = boto3.client("kinesis")
+    name = resources.EVENT_STREAM.local_name
+    description = kinesis.describe_stream(StreamName=name)["StreamDescription"]
+    out: list[dict[str, Any]] = []
+    for shard in description["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+        while iterator:
+            page = kinesis.get_records(ShardIterator=iterator, Limit=10_000)
+            if not page["Records"]:
+                break
+            for r in page["Records"]:
+                out.append(
+                    {
+                        "kinesis": {
+                            "kinesisSchemaVersion": "1.0",
+                            "partitionKey": r["PartitionKey"],
+                            "sequenceNumber": r["SequenceNumber"],
+                            "data": base64.b64encode(r["Data"]).decode(),
+                            "approximateArrivalTimestamp": r["ApproximateArrivalTimestamp"].timestamp(),
+                        },
+                        "eventSource": "aws:kinesis",
+                        "eventVersion": "1.0",
+                        "eventID": f"{shard['ShardId']}:{r['SequenceNumber']}",
+                        "eventName": "aws:kinesis:record",
+                        "invokeIdentityArn": "arn:aws:iam::123456789012:role/consumer",
+                        "awsRegion": "us-east-1",
+                        "eventSourceARN": description["StreamARN"],
+                    }
+                )
+            iterator = page.get("NextShardIterator")
+    return description["StreamARN"], out
+
+
+def item_count(table_name: str) -> int:
+    """moto's live item count (real DynamoDB refreshes ItemCount only every ~6 h)."""
+    import boto3
+
+    table = boto3.client("dynamodb").describe_table(TableName=table_name)
+    return int(table["Table"]["ItemCount"])
+
+
+def clear_dedupe_claims(batch: list[dict[str, Any]]) -> None:
+    """Delete the claims of a consumed batch from moto's dedupe table (not metered, not timed).
+
+    moto's TransactWriteItems deep-copies the whole table once per item of the
+    transaction (for its rollback), so its cost grows with the table: at 2,000 claims
+    one transaction of 100 takes longer than the clients' 5 s read timeout. Every
+    messageId of the benchmark is unique, so removing claims after their batch changes
+    no outcome; the request-unit shadow in AwsMeter still knows every item.
+    """
+    import boto3
+
+    ddb: Any = boto3.client("dynamodb")
+    name = resources.DEDUPE_TABLE.local_name
+    keys = []
+    for record in batch:
+        envelope = json.loads(base64.b64decode(record["kinesis"]["data"]))
+        if envelope.get("kind") == "event":
+            keys.append(f"{envelope['source_id']}#{envelope['event']['messageId']}")
+    for start in range(0, len(keys), 25):
+        requests = [{"DeleteRequest": {"Key": {"pk": {"S": key}}}} for key in keys[start : start + 25]]
+        ddb.batch_write_item(RequestItems={name: requests})
+
+
+def collect_requests(harness: Harness, requests: list[SdkRequest], result: RunResult) -> None:
+    """Every request through the collector, checking each is fully accepted."""
+    from tests.integration.conftest import http_event
+
+    for request in requests:
+        event = http_event("/v1/batch", request.body, request.headers)
+        response, invocation = harness.call(COLLECTOR, event, request.events)
+        if response["statusCode"] != 200:
+            raise AssertionError(f"collector answered {response['statusCode']}: {response['body'][:500]}")
+        body = json.loads(response["body"])
+        if body.get("accepted") != request.events:
+            raise AssertionError(f"collector accepted {body.get('accepted')} of {request.events}: {body}")
+        result.collector.append(invocation)
+
+
+def consume_stream(harness: Harness, esm_batch: int, expected: int, result: RunResult) -> None:
+    """The stream, oldest first, through the consumer in ESM batches; no record may fail."""
+    _, records = stream_records()
+    if len(records) != expected:
+        raise AssertionError(f"{len(records)} records on the stream, expected {expected}")
+    for start in range(0, len(records), esm_batch):
+        batch = records[start : start + esm_batch]
+        response, invocation = harness.call(CONSUMER, {"Records": batch}, len(batch))
+        if response.get("batchItemFailures"):
+            raise AssertionError(f"consumer reported failures: {response['batchItemFailures'][:5]}")
+        result.consumer.append(invocation)
+        clear_dedupe_claims(batch)
+
+
+def run_pipeline(
+    harness: Harness,
+    moto: MotoServerProcess,
+    requests: list[SdkRequest],
+    esm_batch: int,
+    window: int,
+    progress: Callable[[str], None],
+) -> RunResult:
+    """One pass over every request: collector, then stream, then consumer, in windows.
+
+    moto is emptied before each window of about ``window`` events: its Kinesis
+    PutRecords walks every record of the shard (cost grows with the stream) and the
+    real services' costs do not depend on how much they hold, so neither do ours.
+    """
+    total = sum(r.events for r in requests)
+    result = RunResult(total)
+    started = time.monotonic()
+    per_window = max(1, window // max(1, requests[0].events))
+    done = 0
+    for first in range(0, len(requests), per_window):
+        chunk = requests[first : first + per_window]
+        events = sum(r.events for r in chunk)
+        prepare_aws(moto, harness.meter)
+        collect_requests(harness, chunk, result)
+        consume_stream(harness, esm_batch, events, result)
+        stored = item_count(resources.EVENTS_TABLE.local_name)
+        if stored != events:
+            raise AssertionError(f"events table holds {stored} items, expected {events}")
+        if item_count(resources.DEDUPE_TABLE.local_name):
+            raise AssertionError("claims left in moto's dedupe table: clear_dedupe_claims missed some")
+        result.stored += stored
+        done += events
+        progress(f"  {done:,}/{total:,} events through collector and consumer")
+    if result.stored != total:
+        raise AssertionError(f"{result.stored} events stored, expected {total}")
+    result.wall_s = time.monotonic() - started
+    return result
+
+
+# --- statistics and report --------------------------------------------------------------
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def per_event_ms(invocations: list[Invocation]) -> list[float]:
+    return [i.cpu_s * 1000 / i.events for i in invocations]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def price_label(line: CostLine) -> str:
+    if line.unit in ("requests", "WRU", "RRU"):
+        return f"${line.unit_price * MILLION:g} per M {line.unit}"
+    return f"${line.unit_price:.10f}".rstrip("0") + f" per {line.unit}"
+
+
+@dataclass
+class DurationModel:
+    name: str
+    billed_ms: Callable[[Invocation, int], float]
+
+
+def duration_models() -> list[DurationModel]:
+    return [
+        DurationModel("lower bound: duration = CPU time measured here", lambda i, mb: math.ceil(i.cpu_s * 1000)),
+        DurationModel(
+            f"CPU share: CPU time / ({'{mb}'} MB / {LAMBDA_MB_PER_VCPU} MB per vCPU)",
+            lambda i, mb: math.ceil(i.cpu_s * 1000 / cpu_share(mb)),
+        ),
+        DurationModel(
+            f"estimate: CPU share + {ASSUMED_AWS_CALL_LATENCY_MS:g} ms per AWS call (assumed)",
+            lambda i, mb: math.ceil(i.cpu_s * 1000 / cpu_share(mb) + ASSUMED_AWS_CALL_LATENCY_MS * i.aws_calls),
+        ),
+    ]
+
+
+def report(
+    args: argparse.Namespace,
+    info: dict[str, str],
+    sizes: list[int],
+    runs: list[RunResult],
+    harness: Harness,
+    init_cpu: dict[str, float],
+    first_call: dict[str, Invocation],
+    out: Callable[[str], None],
+) -> dict[str, Any]:
+    meter = harness.meter
+    n_total = sum(r.events for r in runs)
+    memory = {
+        COLLECTOR: resources.COLLECTOR_FUNCTION.memory_mb,
+        CONSUMER: resources.STREAM_CONSUMER_FUNCTION.memory_mb,
+    }
+    esm_batch = args.esm_batch_size
+    invocations = {
+        COLLECTOR: [i for r in runs for i in r.collector],
+        CONSUMER: [i for r in runs for i in r.consumer],
+    }
+    summary: dict[str, Any] = {
+        "machine": info,
+        "events_per_run": args.events,
+        "runs": len(runs),
+        "batch_size": args.batch_size,
+        "esm_batch_size": esm_batch,
+        "mean_event_bytes": statistics.mean(sizes),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+    }
+
+    out("\n## Setup")
+    out(f"- machine: {info['nproc']} cores, {info['cpu']}; Python {info['python']} ({info['platform']})")
+    out(
+        f"- load average at start {info['load_average']}, at end "
+        + " ".join(f"{v:.2f}" for v in os.getloadavg())
+        + " (the benchmark and moto alternate and count for about 1: more means other work competed "
+        "for the cores)"
+    )
+    out(
+        f"- events: {args.events:,} per run x {len(runs)} run(s); mix "
+        + ", ".join(f"{k} {v:.0%}" for k, v in TRAFFIC_MIX.items())
+    )
+    out(
+        f"- event size as sent by the SDK: mean {statistics.mean(sizes):.0f} B, median "
+        f"{statistics.median(sizes):.0f} B, min {min(sizes)} B, max {max(sizes)} B"
+    )
+    out(
+        f"- collector: {args.batch_size} events per POST /v1/batch (analytics-python flush), "
+        f"{memory[COLLECTOR]} MB; consumer: ESM batch {esm_batch}, {memory[CONSUMER]} MB"
+    )
+    tracing = "on, every invocation sampled" if args.tracing else "off (POWERTOOLS_TRACE_DISABLED)"
+    out(f"- moto server in a separate process; X-Ray tracing {tracing}; LOG_LEVEL=INFO")
+
+    out("\n## CPU per event (time.process_time around handler calls, warm)")
+    rows = []
+    for name, target in ((COLLECTOR, TARGET_COLLECTOR_CPU_MS), (CONSUMER, TARGET_CONSUMER_CPU_MS)):
+        per_run = [r.cpu_ms_per_event(name) for r in runs]
+        per_call = per_event_ms(invocations[name])
+        median_run = statistics.median(per_run)
+        rows.append(
+            [
+                name,
+                f"{median_run:.3f}",
+                ", ".join(f"{v:.3f}" for v in per_run),
+                f"{statistics.median(per_call):.3f}",
+                f"{percentile(per_call, 95):.3f}",
+                f"{statistics.median([i.cpu_s * 1000 for i in invocations[name]]):.1f}",
+                f"<= {target}",
+                "met" if median_run <= target else "MISSED",
+            ]
+        )
+        summary[f"{name}_cpu_ms_per_event"] = {
+            "median_of_runs": median_run,
+            "runs": per_run,
+            "per_invocation_median": statistics.median(per_call),
+            "per_invocation_p95": percentile(per_call, 95),
+        }
+    out(
+        markdown_table(
+            [
+                "handler",
+                "CPU ms/event (median of runs)",
+                "each run",
+                "per invocation: median ms/event",
+                "p95 ms/event",
+                "median ms/invocation",
+                "target",
+                "",
+            ],
+            rows,
+        )
+    )
+    out(
+        f"Cold start (not in the figures above): import of the handler module "
+        f"{init_cpu[COLLECTOR] * 1000:.0f} ms (collector), "
+        f"{init_cpu[CONSUMER] * 1000:.0f} ms (consumer) CPU; "
+        f"first invocation {first_call[COLLECTOR].cpu_s * 1000:.0f} ms and "
+        f"{first_call[CONSUMER].cpu_s * 1000:.0f} ms CPU (clients created, lazy imports)."
+    )
+
+    out("\n## Lambda invocations per 1,000 events")
+    per_1000 = {name: len(invocations[name]) * 1000 / n_total for name in invocations}
+    total_per_1000 = sum(per_1000.values())
+    out(
+        markdown_table(
+            ["function", "invocations / 1,000 events", "what one invocation is"],
+            [
+                [COLLECTOR, f"{per_1000[COLLECTOR]:.1f}", f"one HTTP request of {args.batch_size} events"],
+                [
+                    CONSUMER,
+                    f"{per_1000[CONSUMER]:.1f}",
+                    f"one ESM batch of {esm_batch} records (full batches)",
+                ],
+                [
+                    "total",
+                    f"{total_per_1000:.1f}",
+                    f"target <= {TARGET_INVOCATIONS_PER_1000}: "
+                    + ("met" if total_per_1000 <= TARGET_INVOCATIONS_PER_1000 else "MISSED"),
+                ],
+            ],
+        )
+    )
+    summary["invocations_per_1000"] = {**per_1000, "total": total_per_1000}
+
+    out("\n## AWS requests per event (botocore before-call hooks; HTTP attempts from before-send)")
+    rows = []
+    requests_summary: dict[str, Any] = {}
+    for name in (COLLECTOR, CONSUMER):
+        calls = meter.calls_of(name)
+        attempts = meter.attempts_of(name)
+        for (service, operation), count in calls.items():
+            rows.append(
+                [
+                    name,
+                    service,
+                    operation,
+                    f"{count / n_total:.4f}",
+                    f"{count * 1000 / n_total:.2f}",
+                    str(attempts.get((service, operation), 0) - count),
+                ]
+            )
+            requests_summary[f"{name}.{service}.{operation}"] = count / n_total
+    out(
+        markdown_table(
+            ["handler", "service", "operation", "requests / event", "per 1,000 events", "retried attempts"],
+            rows,
+        )
+    )
+    summary["aws_requests_per_event"] = requests_summary
+
+    out("\n## DynamoDB request units per event (computed by DynamoDB's rules, not moto's ConsumedCapacity)")
+    rows = []
+    write_units_per_event: dict[str, float] = defaultdict(float)
+    read_units_per_event: dict[str, float] = defaultdict(float)
+    for kind, tallies, bucket in (
+        ("write", meter.dynamodb.writes, write_units_per_event),
+        ("read", meter.dynamodb.reads, read_units_per_event),
+    ):
+        for (phase, table, operation), tally in sorted(tallies.items()):
+            if phase not in (COLLECTOR, CONSUMER):
+                continue
+            rows.append(
+                [
+                    phase,
+                    table,
+                    operation,
+                    kind,
+                    f"{tally.items / n_total:.3f}",
+                    f"{tally.bytes / max(tally.items, 1):.0f}",
+                    f"{tally.units / n_total:.3f}",
+                ]
+            )
+            bucket[f"{phase}.{table}.{operation}"] += tally.units / n_total
+    out(
+        markdown_table(
+            ["handler", "table", "operation", "units", "items / event", "mean item bytes", "units / event"],
+            rows,
+        )
+    )
+    if meter.dynamodb.unsupported:
+        out(f"Approximated (operations not modelled exactly): {dict(meter.dynamodb.unsupported)}")
+    summary["dynamodb_write_units_per_event"] = dict(write_units_per_event)
+    summary["dynamodb_read_units_per_event"] = dict(read_units_per_event)
+    wcu = sum(write_units_per_event.values())
+    rcu = sum(read_units_per_event.values())
+    out(
+        f"Total: {wcu:.3f} write units and {rcu:.5f} read units per event. Assumption: a put over an item "
+        "the benchmark has not seen written is costed on the new item (tables start empty each run)."
+    )
+
+    kinesis = meter.kinesis[COLLECTOR]
+    s3 = meter.s3[CONSUMER]
+    out("\n## Kinesis and S3 per event")
+    out(
+        markdown_table(
+            ["quantity", "per event"],
+            [
+                ["Kinesis records", f"{kinesis.records / n_total:.3f}"],
+                ["record bytes (data + partition key)", f"{kinesis.bytes / max(kinesis.records, 1):.0f}"],
+                ["PUT payload units (25 KB, provisioned)", f"{kinesis.put_payload_units / n_total:.3f}"],
+                [
+                    "on-demand ingest bytes (1 KB rounding per record)",
+                    f"{kinesis.on_demand_bytes / n_total:.0f}",
+                ],
+                ["S3 PUT requests", f"{s3.puts / n_total:.4f}"],
+                ["S3 archive bytes (gzip JSONL)", f"{s3.put_bytes / n_total:.0f}"],
+            ],
+        )
+    )
+
+    out("\n## Logs (stdout captured during handler calls: Powertools JSON logs + EMF metrics)")
+    logs_per_invocation = {name: statistics.mean(i.log_bytes for i in invocations[name]) for name in invocations}
+    for name in (COLLECTOR, CONSUMER):
+        out(
+            f"- {name}: {logs_per_invocation[name]:.0f} B per invocation measured + "
+            f"{ASSUMED_PLATFORM_LOG_BYTES} B platform lines (assumed: START/END/REPORT/XRAY); "
+            f"metrics: {', '.join(sorted(harness.metric_names[name])) or 'none'}"
+        )
+
+    # --- cost ---------------------------------------------------------------------------
+    models = duration_models()
+    lambda_gbs: dict[tuple[str, str], float] = {}
+    for model in models:
+        for name in (COLLECTOR, CONSUMER):
+            billed = sum(model.billed_ms(i, memory[name]) for i in invocations[name])
+            lambda_gbs[(model.name, name)] = gb_seconds(billed, memory[name]) / n_total * MILLION
+    estimate, lower = models[2].name, models[0].name
+    per_million = MILLION / n_total
+    log_bytes = sum(i.log_bytes + ASSUMED_PLATFORM_LOG_BYTES for name in invocations for i in invocations[name])
+    lines = [
+        CostLine(
+            "API Gateway HTTP API",
+            "requests",
+            len(invocations[COLLECTOR]) * per_million,
+            "requests",
+            PRICES.http_api_request,
+        ),
+        CostLine(
+            "Lambda",
+            "collector requests",
+            len(invocations[COLLECTOR]) * per_million,
+            "requests",
+            PRICES.lambda_request,
+        ),
+        CostLine(
+            "Lambda",
+            "consumer requests",
+            len(invocations[CONSUMER]) * per_million,
+            "requests",
+            PRICES.lambda_request,
+        ),
+        CostLine(
+            "Lambda",
+            f"collector duration, arm64 {memory[COLLECTOR]} MB (estimate)",
+            lambda_gbs[(estimate, COLLECTOR)],
+            "GB-s",
+            PRICES.lambda_gb_second_arm64,
+        ),
+        CostLine(
+            "Lambda",
+            f"consumer duration, arm64 {memory[CONSUMER]} MB (estimate)",
+            lambda_gbs[(estimate, CONSUMER)],
+            "GB-s",
+            PRICES.lambda_gb_second_arm64,
+        ),
+        CostLine(
+            "Kinesis on-demand",
+            "ingest (1 KB rounding per record)",
+            kinesis.on_demand_bytes * per_million / GB,
+            "GB",
+            PRICES.kinesis_on_demand_ingest_gb,
+        ),
+        CostLine(
+            "Kinesis on-demand",
+            "retrieval by the consumer",
+            kinesis.bytes * per_million / GB,
+            "GB",
+            PRICES.kinesis_on_demand_retrieval_gb,
+        ),
+    ]
+    for key, units in sorted(write_units_per_event.items()):
+        lines.append(
+            CostLine(
+                "DynamoDB",
+                f"write units {key.split('.', 1)[1]}",
+                units * MILLION,
+                "WRU",
+                PRICES.dynamodb_write_unit,
+            )
+        )
+    for key, units in sorted(read_units_per_event.items()):
+        lines.append(
+            CostLine(
+                "DynamoDB",
+                f"read units {key.split('.', 1)[1]}",
+                units * MILLION,
+                "RRU",
+                PRICES.dynamodb_read_unit,
+            )
+        )
+    lines += [
+        CostLine("S3", "PUT (archive objects)", s3.puts * per_million, "requests", PRICES.s3_put),
+        CostLine("CloudWatch Logs", "ingestion", log_bytes * per_million / GB, "GB", PRICES.logs_ingest_gb),
+    ]
+    provisioned_units = kinesis.put_payload_units * per_million
+    out("\n## Cost per million events (variable; us-east-1 list prices of BENCHMARKING.md)")
+    out(
+        f"Traffic: mix above, mean event {statistics.mean(sizes):.0f} B, {args.batch_size} events per "
+        f"collector request, ESM batch {esm_batch}, {memory[COLLECTOR]} MB / {memory[CONSUMER]} MB arm64, "
+        "Kinesis on-demand, full batches."
+    )
+    rows = [
+        [
+            line.service,
+            line.item,
+            f"{line.quantity_per_million:,.{0 if line.unit != 'GB' else 3}f} {line.unit}",
+            price_label(line),
+            f"${line.cost:.4f}",
+        ]
+        for line in lines
+    ]
+    total = sum(line.cost for line in lines)
+    rows.append(["**total**", "Kinesis on-demand, Lambda estimate", "", "", f"**${total:.2f}**"])
+    out(markdown_table(["service", "item", "quantity / M events", "price", "$ / M events"], rows))
+    by_service: dict[str, float] = defaultdict(float)
+    for line in lines:
+        by_service[line.service] += line.cost
+    out("\nBy service: " + ", ".join(f"{s} ${c:.3f}" for s, c in sorted(by_service.items(), key=lambda x: -x[1])))
+
+    lambda_lower = sum(lambda_gbs[(lower, n)] for n in (COLLECTOR, CONSUMER)) * PRICES.lambda_gb_second_arm64
+    lambda_est = sum(lambda_gbs[(estimate, n)] for n in (COLLECTOR, CONSUMER)) * PRICES.lambda_gb_second_arm64
+    out("\nLambda duration under each model (GB-s per million events; $ at arm64 / x86_64):")
+    rows = []
+    for model in models:
+        gbs = {n: lambda_gbs[(model.name, n)] for n in (COLLECTOR, CONSUMER)}
+        both = sum(gbs.values())
+        rows.append(
+            [
+                model.name.replace("{mb}", str(memory[COLLECTOR])),
+                f"{gbs[COLLECTOR]:,.1f}",
+                f"{gbs[CONSUMER]:,.1f}",
+                f"${both * PRICES.lambda_gb_second_arm64:.3f}",
+                f"${both * PRICES.lambda_gb_second_x86_64:.3f}",
+            ]
+        )
+    out(markdown_table(["duration model", "collector GB-s", "consumer GB-s", "arm64", "x86_64"], rows))
+    kinesis_od = sum(line.cost for line in lines if line.service == "Kinesis on-demand")
+    kinesis_prov = provisioned_units * PRICES.kinesis_put_payload_unit
+    out(
+        f"\nKinesis provisioned instead of on-demand: {provisioned_units:,.0f} PUT payload units = "
+        f"${kinesis_prov:.4f} per million events (retrieval included) plus shard-hours; "
+        f"total would be ${total - kinesis_od + kinesis_prov:.2f}. With the Lambda lower bound instead of "
+        f"the estimate: ${total - lambda_est + lambda_lower:.2f}."
+    )
+    metric_count = len(harness.metric_names[COLLECTOR] | harness.metric_names[CONSUMER])
+    archive_gb_month = s3.put_bytes * per_million / GB
+    out(
+        "\nFixed monthly costs (not per event): Kinesis on-demand stream "
+        f"${PRICES.kinesis_on_demand_stream_hour * HOURS_PER_MONTH:.2f}/month "
+        f"(or ${PRICES.kinesis_shard_hour * HOURS_PER_MONTH:.2f} per provisioned shard-month); "
+        f"{metric_count} custom metrics (EMF, dimension service) "
+        f"${metric_count * PRICES.custom_metric_month:.2f}/month. Storage grows with retention: "
+        f"S3 archive {archive_gb_month:.3f} GB per million events = "
+        f"${archive_gb_month * PRICES.s3_storage_gb_month:.4f} per month kept; DynamoDB storage not priced."
+    )
+    fixed = PRICES.kinesis_on_demand_stream_hour * HOURS_PER_MONTH + metric_count * PRICES.custom_metric_month
+    out(
+        "\nMonthly total = fixed + variable: "
+        + ", ".join(
+            f"{m:g} M events ${fixed + m * total:,.2f} (${(fixed + m * total) / m:.2f}/M)" for m in (1, 10, 100)
+        )
+    )
+    out(
+        "Comparison: Twilio Segment Team ~$48 per million events at the cap; RudderStack Cloud Growth from "
+        "$265/month for 1 million events."
+    )
+    summary["cost_per_million"] = {f"{line.service}: {line.item}": line.cost for line in lines}
+    summary["cost_per_million_total"] = total
+    summary["cost_by_service"] = dict(by_service)
+    summary["fixed_monthly"] = fixed
+    return summary
+
+
+# --- profile -----------------------------------------------------------------------------
+
+_CATEGORIES = (
+    ("/shared/cdp/", "cdp (our code)"),
+    ("/functions/", "cdp handlers"),
+    ("pydantic", "pydantic"),
+    ("/botocore/", "botocore"),
+    ("/boto3/", "boto3"),
+    ("/urllib3/", "HTTP client (urllib3, http.client, socket)"),
+    ("/http/client.py", "HTTP client (urllib3, http.client, socket)"),
+    ("socket", "HTTP client (urllib3, http.client, socket)"),
+    ("aws_lambda_powertools", "Powertools"),
+    ("/json/", "json"),
+    ("_json", "json"),
+    ("zlib", "gzip/zlib"),
+    ("gzip", "gzip/zlib"),
+    ("hashlib", "hashlib"),
+    ("_hashlib", "hashlib"),
+    ("binascii", "base64"),
+    ("base64", "base64"),
+    ("/logging/", "logging"),
+    ("datetime", "datetime"),
+    ("uuid", "uuid"),
+    ("/email/", "HTTP client (urllib3, http.client, socket)"),
+)
+
+
+def category(path: str, function: str) -> str:
+    where = f"{path} {function}"
+    for needle, name in _CATEGORIES:
+        if needle in where:
+            return name
+    return "other (stdlib, builtins)"
+
+
+def profile_report(
+    name: str, profiler: cProfile.Profile, events: int, out: Callable[[str], None], top: int = 30
+) -> dict[str, float]:
+    stats = pstats.Stats(profiler)
+    raw: dict[tuple[str, int, str], tuple[int, int, float, float, Any]] = stats.stats  # type: ignore[attr-defined]
+    total = sum(tt for _, _, tt, _, _ in raw.values())
+    by_category: dict[str, float] = defaultdict(float)
+    for (path, _, function), (_, _, tt, _, _) in raw.items():
+        by_category[category(path, function)] += tt
+    out(f"\n### {name}: CPU by package (self time; profiled, so slower than the figures above)")
+    out(
+        markdown_table(
+            ["package", "share"],
+            [[c, f"{t / total:.1%}"] for c, t in sorted(by_category.items(), key=lambda x: -x[1])],
+        )
+    )
+
+    def label(key: tuple[str, int, str]) -> str:
+        path, line, function = key
+        for marker in ("site-packages/", "/shared/", "/functions/", "/lib/python3.11/"):
+            if marker in path:
+                path = path.split(marker, 1)[1]
+                break
+        return f"{function} ({path}:{line})" if path != "~" else function
+
+    out(f"\n### {name}: top functions by cumulative time (share of the handler's CPU)")
+    ranked = sorted(raw.items(), key=lambda kv: -kv[1][3])
+    rows = [[label(k), f"{v[3] / total:.1%}", f"{v[2] / total:.1%}", str(v[1])] for k, v in ranked[:top]]
+    out(markdown_table(["function", "cumulative", "self", "calls"], rows))
+    out(f"\n### {name}: top functions by self time")
+    ranked = sorted(raw.items(), key=lambda kv: -kv[1][2])
+    rows = [[label(k), f"{v[2] / total:.1%}", f"{v[2] * 1000 / events:.4f}", str(v[1])] for k, v in ranked[:top]]
+    out(markdown_table(["function", "self", "profiled ms / event", "calls"], rows))
+    return {c: t / total for c, t in by_category.items()}
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=100_000,
+        help="events per run (default 100000, about 5 minutes on 2 cores; per-event figures do not depend on it)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=SDK_BATCH_SIZE,
+        help="events per collector request (analytics-python flushes up to 100)",
+    )
+    parser.add_argument(
+        "--esm-batch-size",
+        type=int,
+        default=resources.STREAM_CONSUMER_ESM.batch_size,
+        help="records per consumer invocation (default: STREAM_CONSUMER_ESM.batch_size, "
+        f"{resources.STREAM_CONSUMER_ESM.batch_size})",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="runs, each on an emptied moto; CPU figures are the median of runs",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the runs, profile both handlers (cProfile, CPU clock) and print where the time goes",
+    )
+    parser.add_argument(
+        "--profile-events", type=int, default=20_000, help="events for the profiling pass (default 20000)"
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=10_000,
+        help="events between two resets of moto (its Kinesis slows down as the stream grows); no figure depends on it",
+    )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="run Powertools' Tracer as with active X-Ray tracing, every invocation sampled",
+    )
+    parser.add_argument(
+        "--profile-out", metavar="DIR", help="also save the profiles as DIR/<handler>.pstats (for snakeviz etc.)"
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    if min(args.events, args.batch_size, args.esm_batch_size, args.runs) < 1:
+        parser.error("--events, --batch-size, --esm-batch-size and --runs must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = print
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    info = machine()
+    print(f"# Collection pipeline benchmark ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
+    print(f"command: python -m bench.pipeline {' '.join(sys.argv[1:] if argv is None else argv)}")
+    with MotoServerProcess() as moto:
+        point_at(moto.endpoint, args.tracing)
+        progress(f"moto server on {moto.endpoint} (pid separate from ours: {os.getpid()})")
+        meter = AwsMeter(resources.TABLES)
+        harness, init_cpu = load_harness(meter, moto.endpoint, args.tracing)
+
+        generator = SegmentTrafficGenerator(WRITE_KEY, seed=args.seed)
+        events = generator.events(args.events)
+        sizes = [event_size(e) for e in events]
+        requests = list(generator.requests(events, args.batch_size))
+        del events
+        warmup_generator = SegmentTrafficGenerator(WRITE_KEY, seed=args.seed + 1)
+        warmup = list(warmup_generator.requests(warmup_generator.events(2 * args.batch_size), args.batch_size))
+        progress(f"{args.events:,} events generated, mean {statistics.mean(sizes):.0f} B, {len(requests):,} requests")
+        # Everything made so far lives for the whole run: keep it out of the GC's way,
+        # so collections inside handler calls scan what a real function would have.
+        gc.collect()
+        gc.freeze()
+
+        # Warm-up: the first calls create clients and finish lazy imports (cold start).
+        prepare_aws(moto, meter)
+        warm = RunResult(sum(r.events for r in warmup))
+        collect_requests(harness, warmup, warm)
+        consume_stream(harness, args.esm_batch_size, warm.events, warm)
+        first_call = {COLLECTOR: warm.collector[0], CONSUMER: warm.consumer[0]}
+        meter.clear_tallies()
+
+        runs: list[RunResult] = []
+        for run in range(args.runs):
+            progress(f"run {run + 1}/{args.runs}")
+            result = run_pipeline(harness, moto, requests, args.esm_batch_size, args.window, progress)
+            runs.append(result)
+            progress(
+                f"run {run + 1}: collector {result.cpu_ms_per_event(COLLECTOR):.3f} ms/event, consumer "
+                f"{result.cpu_ms_per_event(CONSUMER):.3f} ms/event CPU; {result.wall_s:.0f} s wall"
+            )
+
+        summary = report(args, info, sizes, runs, harness, init_cpu, first_call, out)
+
+        if args.profile:
+            out("\n## Profile (cProfile with the process CPU clock, handler calls only)")
+            profiled = requests[: max(1, args.profile_events // args.batch_size)]
+            n_profiled = sum(r.events for r in profiled)
+            progress(f"profiling on {n_profiled:,} events")
+            harness.profilers = {
+                COLLECTOR: cProfile.Profile(time.process_time),
+                CONSUMER: cProfile.Profile(time.process_time),
+            }
+            run_pipeline(harness, moto, profiled, args.esm_batch_size, args.window, progress)
+            profilers, harness.profilers = harness.profilers, {}
+            if args.profile_out:
+                os.makedirs(args.profile_out, exist_ok=True)
+                for name, profiler in profilers.items():
+                    profiler.dump_stats(os.path.join(args.profile_out, f"{name}.pstats"))
+            summary["profile"] = {
+                name: profile_report(name, profilers[name], n_profiled, out) for name in (COLLECTOR, CONSUMER)
+            }
+    summary["wall_s"] = time.monotonic() - started
+    out(f"\nTotal wall time {summary['wall_s']:.0f} s.")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=2, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
