@@ -141,8 +141,25 @@ def health() -> Response:
     return _json(200, {"status": "ok"})
 
 
+def _allowed_methods(path: str) -> str | None:
+    """The methods a known path accepts, for a 405 instead of a 404."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 2 and parts[0] == "v1":
+        return "POST, OPTIONS"
+    if len(parts) == 4 and parts[:2] == ["v1", "projects"] and parts[3] == "settings":
+        return "GET"
+    if path in ("/openapi.json", "/docs", "/health"):
+        return "GET"
+    return None
+
+
 @app.not_found
 def not_found(_exc: Exception) -> Response:
+    allowed = _allowed_methods(app.current_event.path)
+    if allowed:
+        return _json(405, {"success": False, "error": {
+            "code": "method_not_allowed", "message": f"use {allowed.split(',')[0]} for this path"}},
+            headers={"Allow": allowed})
     return _json(404, {"success": False, "error": {"code": "not_found", "message": "no such route"}})
 
 

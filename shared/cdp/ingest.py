@@ -229,6 +229,13 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _safe_iso(moment: datetime) -> str | None:
+    try:
+        return _iso(moment)
+    except OverflowError:
+        return None
+
+
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -264,9 +271,10 @@ def normalize_event(raw: dict[str, Any], call: CommonFields, received_at: dateti
                     message_id_factory: Callable[[], str] = lambda: str(uuid.uuid4())) -> dict[str, Any]:
     """The stored form of an event: the original fields plus what the server sets.
 
-    Sets ``receivedAt``, a ``messageId`` when absent, ``type``, normalised ids, and
-    corrects client clock skew: ``timestamp = receivedAt - (sentAt - originalTimestamp)``.
-    Applying it to its own output changes nothing (the stream consumer relies on that).
+    Sets ``receivedAt`` (always the server's), a ``messageId`` when absent, ``type``,
+    normalised ids, and corrects client clock skew:
+    ``timestamp = receivedAt - (sentAt - originalTimestamp)`` (``receivedAt`` when that is
+    out of range). The stream consumer normalises only events that lack ``receivedAt``.
     """
     event = dict(raw)
     defaults = batch_defaults or {}
@@ -281,26 +289,30 @@ def normalize_event(raw: dict[str, Any], call: CommonFields, received_at: dateti
         if value is not None:
             event[id_field] = value
     event.pop("writeKey", None)
-    # An event normalised once already (stream replay) keeps its receipt time.
-    already = call.receivedAt is not None and "receivedAt" in raw
-    received = _aware(call.receivedAt) if already and call.receivedAt else received_at
+    # receivedAt is always the server's: a client cannot set it.
+    received = received_at
     event["receivedAt"] = _iso(received)
     event["messageId"] = call.messageId or message_id_factory()
 
     sent_at = call.sentAt or defaults.get("sentAt")
     original = call.originalTimestamp or call.timestamp
+    timestamp = received
     if original is not None:
         original = _aware(original)
-        event["originalTimestamp"] = _iso(original)
-        if sent_at is not None:
-            skew = _aware(sent_at) - original
-            event["timestamp"] = _iso(received - skew)
-        else:
-            event["timestamp"] = _iso(original)
-    else:
-        event["timestamp"] = _iso(received)
+        original_text = _safe_iso(original)
+        # A time that cannot be expressed in UTC (year 1 with an offset) stays as sent.
+        event["originalTimestamp"] = original_text or raw.get("originalTimestamp") or raw.get("timestamp")
+        if original_text and sent_at is not None:
+            try:
+                corrected = received - (_aware(sent_at) - original)
+                timestamp = corrected if _safe_iso(corrected) else received
+            except OverflowError:  # absurd client clocks: fall back to the receipt time
+                timestamp = received
+        elif original_text:
+            timestamp = original
+    event["timestamp"] = _iso(timestamp)
     if sent_at is not None:
-        event["sentAt"] = _iso(_aware(sent_at))
+        event["sentAt"] = _safe_iso(_aware(sent_at)) or raw.get("sentAt") or defaults.get("sentAt")
     return event
 
 
@@ -350,7 +362,7 @@ def events_of(body: dict[str, Any], call_type: str | None) -> tuple[list[Any], d
         raise RequestRejected(400, "empty_batch", "batch is empty", field="batch")
     defaults: dict[str, Any] = {}
     for key in ("context", "integrations"):
-        if key in body:
+        if body.get(key) is not None:
             if not isinstance(body[key], dict):
                 raise RequestRejected(400, "invalid_batch", f"{key} must be a JSON object", field=key)
             defaults[key] = body[key]

@@ -27,10 +27,12 @@ from typing import Any, Protocol
 
 from cdp.aws.archive import archive_key
 from cdp.ingest import RECORD_VERSION, normalize_event, validate_event
+from cdp.keys import bounded
 from cdp.observability import logger
 from cdp.segment import RejectedEvent
 
 UNKNOWN_SOURCE = "unknown"
+MAX_SOURCE_ID_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class AcceptedEvent:
 
     @property
     def dedupe_key(self) -> str:
-        return f"{self.source_id}#{self.event['messageId']}"
+        return f"{self.source_id}#{bounded(self.event['messageId'])}"
 
 
 @dataclass
@@ -115,6 +117,20 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _short_text(value: Any, limit: int = 1024) -> str | None:
+    return value[:limit] if isinstance(value, str) and value else None
+
+
+def _valid_iso(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value
+
+
 def decode(record: InboundRecord) -> AcceptedEvent | QuarantinedRecord:
     """Turn a record into an event to store, or a quarantine entry saying why not."""
     arrival = _iso(record.arrival)
@@ -129,16 +145,19 @@ def decode(record: InboundRecord) -> AcceptedEvent | QuarantinedRecord:
     if not isinstance(envelope, dict) or envelope.get("v") != RECORD_VERSION:
         return refuse(f"unknown record format; expected an object with v={RECORD_VERSION}", envelope)
     source_id = envelope.get("source_id")
-    if not isinstance(source_id, str) or not source_id:
-        return refuse("record has no source_id", envelope)
+    if not isinstance(source_id, str) or not source_id.strip() or len(source_id) > MAX_SOURCE_ID_LENGTH:
+        return refuse(f"record needs a source_id of 1 to {MAX_SOURCE_ID_LENGTH} characters", envelope)
     kind = envelope.get("kind")
     if kind == "rejected":
         rejection = envelope.get("rejection") or {}
+        if not isinstance(rejection, dict):
+            rejection = {}
         return QuarantinedRecord(
-            record, source_id, envelope.get("received_at") or arrival,
-            str(rejection.get("reason", "refused by the collector")), envelope.get("raw"),
-            field=rejection.get("field"), index=rejection.get("index"),
-            message_id=rejection.get("messageId"),
+            record, source_id, _valid_iso(envelope.get("received_at")) or arrival,
+            _short_text(rejection.get("reason")) or "refused by the collector", envelope.get("raw"),
+            field=_short_text(rejection.get("field")),
+            index=rejection["index"] if type(rejection.get("index")) is int else None,
+            message_id=_short_text(rejection.get("messageId")),
         )
     if kind != "event":
         return refuse(f"unknown record kind {kind!r}", envelope, source_id)

@@ -16,8 +16,12 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
     Tag,
     TypeAdapter,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -43,9 +47,26 @@ def _id_value(value: Any) -> Any:
 Identifier = Annotated[
     str,
     BeforeValidator(_id_value),
-    Field(max_length=MAX_ID_LENGTH, json_schema_extra={"examples": ["user-123"]}),
+    Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S"),
+    # Integers are accepted and stored as strings, as Segment does.
+    WithJsonSchema({"anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": r"\S"},
+        {"type": "integer"},
+    ], "examples": ["user-123"]}),
 ]
 Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
+
+
+def _timestamp_text(value: Any) -> Any:
+    """Timestamps are ISO 8601 strings; numbers are refused (their unit is ambiguous)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"must be an ISO 8601 string, not {type(value).__name__}")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp_text)]
 Properties = dict[str, Any]
 
 
@@ -75,24 +96,32 @@ class Context(BaseModel):
     userAgent: str | None = Field(default=None, max_length=2048)
 
 
-Integrations = dict[str, bool | dict[str, Any]]
+Integrations = dict[str, StrictBool | dict[str, Any]]
 
 
 class CommonFields(BaseModel):
     """Fields every call may carry (Segment "common fields")."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+        # What _needs_an_identity enforces, said in the schema for generated clients.
+        json_schema_extra={"anyOf": [
+            {"required": ["userId"], "properties": {"userId": {"type": ["string", "integer"]}}},
+            {"required": ["anonymousId"], "properties": {"anonymousId": {"type": ["string", "integer"]}}},
+        ]},
+    )
 
     anonymousId: Identifier | None = None
     userId: Identifier | None = None
     messageId: Identifier | None = None
     context: Context | None = None
     integrations: Integrations | None = None
-    timestamp: datetime | None = None
-    originalTimestamp: datetime | None = None
-    sentAt: datetime | None = None
-    receivedAt: datetime | None = None
-    version: int | str | None = None
+    timestamp: Timestamp | None = None
+    originalTimestamp: Timestamp | None = None
+    sentAt: Timestamp | None = None
+    receivedAt: Timestamp | None = None
+    version: StrictInt | StrictStr | None = None
     channel: str | None = None
 
     @model_validator(mode="after")
@@ -170,10 +199,10 @@ class BatchRequest(BaseModel):
     """``/v1/batch``: up to 2,500 calls; batch-level context and integrations apply to each."""
 
     model_config = ConfigDict(extra="allow")
-    batch: list[SegmentCall] = Field(max_length=2500)
+    batch: list[SegmentCall] = Field(min_length=1, max_length=2500)
     context: Context | None = None
     integrations: Integrations | None = None
-    sentAt: datetime | None = None
+    sentAt: Timestamp | None = None
     writeKey: str | None = None
 
 

@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from e2e_pipeline import Pipeline
 
 from cdp.aws.event_store import DynamoEventStore
-from cdp.cli import main
 
 pytestmark = pytest.mark.e2e
+CDP = Path(sys.executable).parent / "cdp"
 
 
-def cdp(pipeline: Pipeline, *args: str) -> Any:
+def cdp(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `cdp` command, in its own process, talking to the stack over the network."""
     stack = pipeline.stack
-    result = CliRunner().invoke(main, ["--aws-url", stack.aws_endpoint_url, "--api-url", stack.api_url, *args],
-                                catch_exceptions=False)
-    return result
+    return subprocess.run(
+        [str(CDP), "--aws-url", stack.aws_endpoint_url, "--api-url", stack.api_url, *args],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"},
+    )
 
 
 def test_cdp_import_sends_a_crm_export_and_reports_refused_rows(pipeline: Pipeline, tmp_path: Path):
@@ -30,7 +35,7 @@ def test_cdp_import_sends_a_crm_export_and_reports_refused_rows(pipeline: Pipeli
     export.write_text("userId,email,plan\ncrm-1,one@example.com,gold\n,nobody@example.com,free\n"
                       "crm-2,two@example.com,silver\n")
     result = cdp(pipeline, "import", str(export), "--write-key", pipeline.write_key)
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary == {"rows": 3, "resumed_after": 0, "sent": 3, "accepted": 2, "rejected": 1}
     refused = [json.loads(line) for line in (tmp_path / "crm.csv.rejected.jsonl").read_text().splitlines()]
@@ -38,12 +43,12 @@ def test_cdp_import_sends_a_crm_export_and_reports_refused_rows(pipeline: Pipeli
 
     pipeline.drain()
     stored = pipeline.stored()
-    imported = [e for events in stored.table.values() for e in events if e.get("userId", "").startswith("crm-")]
+    imported = [e for events in stored.table.values() for e in events if str(e.get("userId") or "").startswith("crm-")]
     assert sorted(e["traits"]["plan"] for e in imported) == ["gold", "silver"]
 
     # The refused row is in the quarantine, with its reason.
     listing = cdp(pipeline, "quarantine", "list", "--source", "src_local", "--raw")
-    entries = [json.loads(line) for line in listing.output.splitlines()]
+    entries = [json.loads(line) for line in listing.stdout.splitlines()]
     orphan = [e for e in entries if "nobody@example.com" in e.get("raw", "")]
     assert orphan and orphan[0]["reason"] == "either userId or anonymousId is required"
 
@@ -72,19 +77,19 @@ def test_batch_that_keeps_failing_reaches_the_dlq_and_redrive_stores_it(pipeline
     deadline = time.time() + 30
     dead: list[dict[str, Any]] = []
     while time.time() < deadline and not dead:
-        dead = [json.loads(line) for line in cdp(pipeline, "dlq", "list").output.splitlines()]
+        dead = [json.loads(line) for line in cdp(pipeline, "dlq", "list").stdout.splitlines()]
         time.sleep(0.2)
     assert dead and dead[0]["condition"] == "RetryAttemptsExhausted"
     assert "dlq-msg-1" not in pipeline.stored().table
 
     # The outage is over: redrive puts the records back on the stream and they are stored once.
     monkeypatch.setattr(DynamoEventStore, "store", original)
-    redriven = cdp(pipeline, "dlq", "redrive").output
+    redriven = cdp(pipeline, "dlq", "redrive").stdout
     assert redriven.strip() == "redrove 1 record(s)", redriven
     pipeline.drain()
     stored = pipeline.stored()
     assert len(stored.table["dlq-msg-1"]) == 1 and len(stored.archive["dlq-msg-1"]) >= 1
-    assert cdp(pipeline, "dlq", "list").output.strip() == ""
+    assert cdp(pipeline, "dlq", "list").stdout.strip() == ""
 
 
 def _basic(key: str) -> str:

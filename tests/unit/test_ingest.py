@@ -265,16 +265,31 @@ def test_client_message_id_is_kept_and_original_payload_untouched():
     assert raw == copy
 
 
-def test_normalizing_twice_changes_nothing():
-    first = _normalize({"type": "track", "userId": "u", "event": "E", "timestamp": "2026-11-28T13:00:00Z",
-                        "sentAt": "2026-11-28T13:00:05Z"})
-    call = validate_event(first, None)
-    assert not isinstance(call, RejectedEvent)
-    later = datetime(2030, 1, 1, tzinfo=UTC)
-    assert normalize_event(first, call, later) == first
+def test_client_cannot_set_received_at():
+    event = _normalize({"type": "track", "userId": "u", "event": "E", "receivedAt": "2001-01-01T00:00:00Z"})
+    assert event["receivedAt"] == "2026-11-28T12:00:00.000Z"
+
+
+def test_absurd_client_clock_falls_back_to_receipt_time():
+    # receivedAt - (sentAt - originalTimestamp) would be past year 9999.
+    event = _normalize({"type": "track", "userId": "u", "event": "E", "timestamp": "9999-08-05T12:49:44Z",
+                        "sentAt": "0001-06-06T18:23:28Z"})
+    assert event["timestamp"] == event["receivedAt"]
+    assert event["originalTimestamp"] == "9999-08-05T12:49:44.000Z"
+
+
+def test_timestamps_must_be_iso_strings():
+    assert rejected("track", {"userId": "u", "event": "E", "timestamp": 1700000000}).field == "timestamp"
 
 
 def test_partition_key_hides_the_identifier_and_prefers_user_id():
     key = partition_key({"userId": "ana@example.com", "anonymousId": "a"})
     assert "ana" not in key and len(key) == 32
     assert key == partition_key({"userId": "ana@example.com", "anonymousId": "other"})
+
+
+def test_time_not_expressible_in_utc_is_kept_as_sent():
+    event = _normalize({"type": "track", "userId": "u", "event": "E",
+                        "originalTimestamp": "0001-01-01T00:00:00.0+01:00", "sentAt": "2026-11-28T12:00:00Z"})
+    assert event["originalTimestamp"] == "0001-01-01T00:00:00.0+01:00"
+    assert event["timestamp"] == event["receivedAt"]

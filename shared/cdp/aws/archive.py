@@ -21,7 +21,9 @@ def archive_key(prefix: str, moment: datetime, shard_id: str, first_seq: str, la
 
 
 def encode_lines(lines: list[dict[str, Any]]) -> bytes:
-    text = "".join(json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n" for line in lines)
+    # ASCII-only JSON: U+2028, U+0085 and friends inside strings would otherwise end a
+    # "line" for readers that split on every Unicode line break (Python's splitlines).
+    text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
     return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
 
 
@@ -36,4 +38,4 @@ class S3Archive:
 
     def read(self, key: str) -> list[dict[str, Any]]:
         body = self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
-        return [json.loads(line) for line in gzip.decompress(body).decode("utf-8").splitlines() if line]
+        return [json.loads(line) for line in gzip.decompress(body).decode("ascii").split("\n") if line]

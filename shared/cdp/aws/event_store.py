@@ -1,6 +1,7 @@
 """The events table: every accepted event, per person, newest last.
 
-Key: ``pk`` = ``u#<userId>`` or ``a#<anonymousId>``; ``sk`` = ``<timestamp>#<messageId>``.
+Key: ``pk`` = ``u#<userId>`` or ``a#<anonymousId>``; ``sk`` = ``<timestamp>#<messageId>``
+(ids longer than DynamoDB's key limits allow are replaced by their SHA-256, see cdp.keys).
 Writing the same event again writes the same item (idempotent). The unification
 stage (next issue) re-keys history by profile; this key is its input.
 """
@@ -14,18 +15,19 @@ from datetime import datetime
 from typing import Any
 
 from cdp.aws.dedupe_store import batch_write
+from cdp.keys import bounded
 
 
 def person_key(event: dict[str, Any]) -> str:
     if event.get("userId"):
-        return f"u#{event['userId']}"
-    return f"a#{event['anonymousId']}"
+        return f"u#{bounded(event['userId'])}"
+    return f"a#{bounded(event['anonymousId'])}"
 
 
 def event_item(source_id: str, event: dict[str, Any], expires_at: int) -> dict[str, Any]:
     item: dict[str, Any] = {
         "pk": {"S": person_key(event)},
-        "sk": {"S": f"{event['timestamp']}#{event['messageId']}"},
+        "sk": {"S": f"{event['timestamp']}#{bounded(event['messageId'], 256)}"},
         "message_id": {"S": event["messageId"]},
         "source_id": {"S": source_id},
         "type": {"S": event["type"]},

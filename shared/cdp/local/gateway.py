@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -142,6 +143,20 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle
+
+    def _refuse_method(self) -> None:
+        # HTTP APIs route only GET/POST/PUT/PATCH/DELETE/HEAD/OPTIONS; other methods
+        # never reach the function. Answer them with a JSON 405 rather than
+        # http.server's HTML 501.
+        self._send(405, {"content-type": "application/json", "allow": "GET, POST, OPTIONS"},
+                   json.dumps({"message": f"method {self.command} is not supported"}).encode(),
+                   uuid.uuid4().hex)
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, CONNECT, QUERY, ...): http.server looks up do_<METHOD>.
+        if name.startswith("do_"):
+            return self._refuse_method
+        raise AttributeError(name)
 
 
 def response_from_invocation(invocation: Invocation) -> tuple[int, dict[str, list[str]], bytes]:
