@@ -21,16 +21,10 @@ from infra.constructs.tables import build_table, grant_item_actions
 from infra.settings import DeploymentSettings
 
 # What the consumer does with the dedupe table (cdp.aws.dedupe_store): claim messageIds
-# in TransactWriteItems (IAM checks the per-item actions: Put -> PutItem, ConditionCheck
-# -> ConditionCheckItem; there is no TransactWriteItems action), read claims back
-# (BatchGetItem, GetItem), mark them completed (BatchWriteItem) and, after a failure,
-# release its own claims (conditional DeleteItem). No UpdateItem: the store never uses it.
+# (conditional PutItem) and, after a failure, release its own claims (conditional
+# DeleteItem). Nothing else: no reads, no updates.
 DEDUPE_ACTIONS = (
-    "dynamodb:GetItem",
-    "dynamodb:BatchGetItem",
     "dynamodb:PutItem",
-    "dynamodb:ConditionCheckItem",
-    "dynamodb:BatchWriteItem",
     "dynamodb:DeleteItem",
 )
 # Events and quarantine records are only ever written by the consumer.

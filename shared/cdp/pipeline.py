@@ -4,11 +4,11 @@
    (undecodable, unknown version, invalid event, or refused by the collector) go to
    the quarantine, in S3 and the quarantine table: they count as handled, so a
    poison record never blocks its shard.
-2. Claim each event's messageId in the dedupe table (one transaction per 100).
-   Duplicates are skipped; events claimed by another live consumer are retried.
+2. Claim each event's messageId in the dedupe table (one conditional write each,
+   side by side). Duplicates are skipped.
 3. Run the stages on the claimed events, in stream order: archive to S3, then store
-   (the unification stage of the next issue slots in here, before the store).
-4. Mark the claims completed.
+   (the unification stage of the next issue slots in here, before the store). On
+   failure, release the claims so nothing waits on them.
 
 A failing step fails the records it was working on, and only those; the handler
 reports them as batch item failures and Lambda retries them. Every step is
@@ -55,6 +55,7 @@ class AcceptedEvent:
     source_id: str
     event: dict[str, Any]
     raw: Any
+    redrive_of: str | None = None  # the record this one is a DLQ redrive of
 
     @property
     def dedupe_key(self) -> str:
@@ -90,7 +91,7 @@ class Archive(Protocol):
 
 
 class Dedupe(Protocol):
-    def claim(self, owners: dict[str, str]) -> Any: ...
+    def claim(self, owners: dict[str, str], redrive_of: dict[str, str] | None = None) -> Any: ...
     def release(self, owners: dict[str, str]) -> None: ...
     def complete(self, keys: list[str]) -> None: ...
 
@@ -175,7 +176,7 @@ def decode(record: InboundRecord) -> AcceptedEvent | QuarantinedRecord:
             # Deterministic, so a redelivered record gets the same id and dedupes.
             message_id_factory=lambda: f"kinesis-{record.shard_id}-{record.sequence_number}",
         )
-    return AcceptedEvent(record, source_id, normalized, raw)
+    return AcceptedEvent(record, source_id, normalized, raw, _short_text(envelope.get("redrive_of"), 256))
 
 
 class StreamConsumer:
@@ -231,26 +232,25 @@ class StreamConsumer:
                 outcome.duplicates += 1
             else:
                 first[accepted.dedupe_key] = accepted
+        redriven = {k: a.redrive_of for k, a in first.items() if a.redrive_of}
         try:
-            claim = self._dedupe.claim({k: a.record.owner for k, a in first.items()})
+            claim = self._dedupe.claim({k: a.record.owner for k, a in first.items()}, redriven)
         except Exception as exc:
             logger.exception("dedupe claim failed", extra={"events": len(first)})
             for accepted in first.values():
                 outcome.failed[accepted.record.owner] = f"dedupe claim failed: {type(exc).__name__}"
             return
         outcome.duplicates += len(claim.duplicates)
-        for key in claim.busy:
-            outcome.failed[first[key].record.owner] = "messageId claimed by another consumer"
         fresh = [first[k] for k in first if k in claim.claimed]
         if not fresh:
             return
         pairs = [(a.source_id, a.event) for a in fresh]
-        lines = [{"source_id": a.source_id, "event": a.event} for a in fresh]
+        # The archive keeps the event as stored and as the client sent it.
+        lines = [{"source_id": a.source_id, "event": a.event, "raw": a.raw} for a in fresh]
         try:
             self._archive.write(self._batch_key("events", records), lines)
             for stage in self._stages:
                 stage.store(pairs)
-            self._dedupe.complete([a.dedupe_key for a in fresh])
         except Exception as exc:
             logger.exception("event stages failed", extra={"events": len(fresh)})
             for accepted in fresh:

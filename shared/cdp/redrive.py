@@ -3,7 +3,9 @@
 A Kinesis event source mapping's on-failure destination receives a pointer to the
 failed batch (shard and sequence range), not the records. Redrive reads that range
 from the stream (while it is still retained) and writes the records again; the
-consumer's messageId dedupe makes a redrive of already-stored events harmless.
+consumer's messageId dedupe makes a redrive of already-stored events harmless. Each
+record written again carries ``redrive_of`` (the original record), which lets it take
+over the dedupe claim its original may have left behind.
 """
 
 from __future__ import annotations
@@ -62,6 +64,18 @@ def peek(sqs: Any, queue_url: str, max_messages: int = 100) -> list[FailedBatch]
     return list(found.values())
 
 
+def with_redrive_of(data: bytes, owner: str) -> bytes:
+    """Mark a record as the redrive of ``owner``, so its dedupe claim is honoured."""
+    try:
+        envelope = json.loads(data)
+    except ValueError:
+        return data  # not ours to change: the consumer quarantines it
+    if not isinstance(envelope, dict):
+        return data
+    envelope.setdefault("redrive_of", owner)
+    return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
+
+
 def read_range(kinesis: Any, stream_name: str, batch: FailedBatch) -> list[StreamRecord]:
     iterator = kinesis.get_shard_iterator(
         StreamName=stream_name, ShardId=batch.shard_id, ShardIteratorType="AT_SEQUENCE_NUMBER",
@@ -73,7 +87,8 @@ def read_range(kinesis: Any, stream_name: str, batch: FailedBatch) -> list[Strea
         for record in page["Records"]:
             if int(record["SequenceNumber"]) > end:
                 return records
-            records.append(StreamRecord(record["PartitionKey"], record["Data"]))
+            owner = f"{batch.shard_id}:{record['SequenceNumber']}"
+            records.append(StreamRecord(record["PartitionKey"], with_redrive_of(record["Data"], owner)))
         if not page["Records"] and page.get("MillisBehindLatest", 0) == 0:
             break
         iterator = page.get("NextShardIterator")

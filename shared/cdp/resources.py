@@ -86,7 +86,7 @@ DEDUPE_TABLE = TableSpec(
     env="CDP_DEDUPE_TABLE",
     partition_key=Key("pk"),
     ttl_attribute="expires_at",
-    purpose="messageId claims (IN_PROGRESS / COMPLETED) so each event is processed once.",
+    purpose="messageId claims (owner = Kinesis record) so each event is processed once.",
 )
 
 EVENTS_TABLE = TableSpec(

@@ -40,7 +40,7 @@ class Pipeline:
             page = self._ddb.scan(**kwargs)
             for item in page["Items"]:
                 event = json.loads(item["payload"]["S"])
-                assert item["message_id"]["S"] == event["messageId"]
+                assert item["sk"]["S"].endswith("#" + event["messageId"])
                 found.setdefault(event["messageId"], []).append(event)
             if "LastEvaluatedKey" not in page:
                 return found

@@ -132,11 +132,7 @@ def test_consumer_may_only_use_dedupe_write_events_and_quarantine_archive_and_dl
     others = {action: arns for action, arns in grants.items() if not action.startswith("kinesis:")}
     log_group = _log_group_arn(cdp_stack, CONSUMER)
     dedupe_actions = {
-        "dynamodb:GetItem",
-        "dynamodb:BatchGetItem",
-        "dynamodb:PutItem",  # TransactWriteItems Put
-        "dynamodb:ConditionCheckItem",  # TransactWriteItems ConditionCheck
-        "dynamodb:BatchWriteItem",
+        "dynamodb:PutItem",  # conditional claims
         "dynamodb:DeleteItem",  # releasing its own claims after a failure
     }
     expected: dict[str, set[str]] = {

@@ -57,7 +57,7 @@ def test_tracked_event_is_stored_once_and_archived(write_key, lambda_context):
     assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
     assert len(scan(resources.EVENTS_TABLE.local_name)) == 1
     dedupe = scan(resources.DEDUPE_TABLE.local_name)
-    assert [d["status"] for d in dedupe] == ["COMPLETED"]
+    assert [d["pk"] for d in dedupe] == ["src_test#m-1"]
 
 
 def test_sdk_retry_with_same_message_id_is_a_duplicate(write_key, lambda_context):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from cdp.aws.dedupe_store import batch_write
+from cdp.aws.dynamo import batch_write
 from cdp.keys import bounded
 
 
@@ -25,19 +25,15 @@ def person_key(event: dict[str, Any]) -> str:
 
 
 def event_item(source_id: str, event: dict[str, Any], expires_at: int) -> dict[str, Any]:
+    # Only keys, source and payload: everything else is inside the payload, and most
+    # events then fit in one write unit (1 KB).
     item: dict[str, Any] = {
         "pk": {"S": person_key(event)},
         "sk": {"S": f"{event['timestamp']}#{bounded(event['messageId'], 256)}"},
-        "message_id": {"S": event["messageId"]},
         "source_id": {"S": source_id},
-        "type": {"S": event["type"]},
-        "received_at": {"S": event["receivedAt"]},
         "payload": {"S": json.dumps(event, separators=(",", ":"), ensure_ascii=False)},
         "expires_at": {"N": str(expires_at)},
     }
-    name = event.get("event") or event.get("name")
-    if isinstance(name, str) and name:
-        item["name"] = {"S": name}
     return item
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
-from cdp.aws.dedupe_store import batch_write
+from cdp.aws.dynamo import batch_write
 
 MAX_INLINE_RAW = 64 * 1024
 
