@@ -1,0 +1,1 @@
+"""Identity resolution: identifiers, their configuration and (next) the identity graph."""
