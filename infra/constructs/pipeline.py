@@ -57,7 +57,9 @@ class Pipeline(Construct):
 
         self.tables: dict[str, dynamodb.Table] = {
             spec.logical_id: build_table(self, spec)
-            for spec in (resources.DEDUPE_TABLE, resources.EVENTS_TABLE)
+            # The identity table is created now; the consumer uses it (and gets its
+            # grants) when identity resolution is wired in (issue 3).
+            for spec in (resources.DEDUPE_TABLE, resources.EVENTS_TABLE, resources.IDENTITY_TABLE)
         }
         self.dedupe_table = self.tables[resources.DEDUPE_TABLE.logical_id]
         self.events_table = self.tables[resources.EVENTS_TABLE.logical_id]

@@ -109,7 +109,15 @@ QUARANTINE_TABLE = TableSpec(
     purpose="Rejected events with the reason, for operators to list and redrive.",
 )
 
-TABLES: tuple[TableSpec, ...] = (SOURCES_TABLE, DEDUPE_TABLE, EVENTS_TABLE, QUARANTINE_TABLE)
+IDENTITY_TABLE = TableSpec(
+    logical_id="IdentityTable",
+    local_name="cdp-identity",
+    env="CDP_IDENTITY_TABLE",
+    partition_key=Key("pk"),
+    purpose="Identity graph: identifier -> profile, and each profile's identifiers and merge state.",
+)
+
+TABLES: tuple[TableSpec, ...] = (SOURCES_TABLE, DEDUPE_TABLE, EVENTS_TABLE, QUARANTINE_TABLE, IDENTITY_TABLE)
 
 # --- Kinesis ---------------------------------------------------------------------
 
