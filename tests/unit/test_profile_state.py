@@ -1,0 +1,56 @@
+"""Profile state folds events in any order (and merges in any order) to the same result."""
+
+from __future__ import annotations
+
+from functools import reduce
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdp.identity.profile_state import ProfileState, fold_event, merge_states
+
+
+def identify(n: int, at: str, **traits) -> dict:
+    return {"type": "identify", "messageId": f"m{n}", "timestamp": at, "traits": traits,
+            "context": {"locale": f"l{n}", "ip": "203.0.113.9"}}
+
+
+def test_latest_event_timestamp_wins_not_arrival_order():
+    early = identify(1, "2026-01-01T00:00:00.000Z", plan="free", name="Ana")
+    late = identify(2, "2026-02-01T00:00:00.000Z", plan="pro")
+    state = fold_event(fold_event(ProfileState(), late), early)  # late arrives first
+    assert state.traits["plan"].value == "pro" and state.traits["name"].value == "Ana"
+    assert (state.first_seen, state.last_seen) == ("2026-01-01T00:00:00.000Z", "2026-02-01T00:00:00.000Z")
+    assert state.last_context == {"locale": "l2"}  # no IP kept by default
+    assert state.event_count == 2
+
+
+def test_track_context_traits_count_but_group_traits_are_the_accounts():
+    track = {"type": "track", "messageId": "t", "timestamp": "2026-01-01T00:00:00.000Z", "event": "E",
+             "context": {"traits": {"email": "a@example.com"}}}
+    group = {"type": "group", "messageId": "g", "timestamp": "2026-01-02T00:00:00.000Z", "groupId": "acme",
+             "traits": {"plan": "enterprise"}}
+    state = fold_event(fold_event(ProfileState(), track), group)
+    assert set(state.traits) == {"email"}
+
+
+events = st.lists(
+    st.builds(
+        lambda n, day, plan, city: identify(n, f"2026-01-{day:02d}T00:00:00.000Z", plan=plan, city=city),
+        st.integers(0, 50), st.integers(1, 28), st.sampled_from(["free", "pro", None]), st.sampled_from(["a", "b"]),
+    ),
+    min_size=1, max_size=12, unique_by=lambda e: e["messageId"],
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=events, data=st.data())
+def test_any_order_and_any_merge_split_give_the_same_state(events, data):
+    in_order = reduce(fold_event, events, ProfileState())
+    shuffled = data.draw(st.permutations(events))
+    assert reduce(fold_event, shuffled, ProfileState()) == in_order
+    # Split between two profiles that are merged later: same state as one profile.
+    cut = data.draw(st.integers(0, len(shuffled)))
+    left = reduce(fold_event, shuffled[:cut], ProfileState())
+    right = reduce(fold_event, shuffled[cut:], ProfileState())
+    assert merge_states(left, right) == in_order == merge_states(right, left)
