@@ -50,7 +50,7 @@ def traits_of(event: dict[str, Any]) -> dict[str, TraitValue]:
     """Traits an event sets: ``traits`` of identify (and ``context.traits`` of any call)."""
     at, message_id = event["timestamp"], event["messageId"]
     found: dict[str, TraitValue] = {}
-    context = event.get("context") if isinstance(event.get("context"), dict) else {}
+    context = _context(event)
     sources = [context.get("traits")]
     if event.get("type") == "identify":
         sources.append(event.get("traits"))  # the call's own traits win over context's
@@ -61,6 +61,11 @@ def traits_of(event: dict[str, Any]) -> dict[str, TraitValue]:
     return found
 
 
+def _context(event: dict[str, Any]) -> dict[str, Any]:
+    context = event.get("context")
+    return context if isinstance(context, dict) else {}
+
+
 def _min(a: str | None, b: str | None) -> str | None:
     return b if a is None else a if b is None else min(a, b)
 
@@ -69,7 +74,7 @@ def fold_event(state: ProfileState, event: dict[str, Any]) -> ProfileState:
     """The state after one (deduplicated) event of this profile."""
     at, message_id = event["timestamp"], event["messageId"]
     newer = state.last_seen is None or (at, message_id) > (state.last_seen, state.last_seen_message)
-    context = event.get("context") if isinstance(event.get("context"), dict) else {}
+    context = _context(event)
     return replace(
         state,
         traits=merge_traits(state.traits, traits_of(event)) if event.get("type") != "group" else state.traits,
