@@ -34,7 +34,8 @@ test: $(VENV)/.dev-installed node_modules/.installed
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check shared functions infra tests bench
-	$(VENV)/bin/mypy shared/cdp functions
+	$(VENV)/bin/mypy shared/cdp infra bench
+	for handler in functions/*/handler.py; do $(VENV)/bin/mypy $$handler || exit 1; done
 
 bench: $(VENV)/.dev-installed
 	$(PY) -m bench.pipeline
