@@ -30,6 +30,12 @@ MAX_NAME_LENGTH = 1024
 CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 
 
+# Whitespace as JSON Schema's (ECMAScript's) \s knows it, so the published schema's
+# pattern and this validator agree (Python's str.strip() also strips \x1c-\x1f, \x85).
+ECMA_WHITESPACE = " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+
+
 def _id_value(value: Any) -> Any:
     """Segment accepts numeric ids and stores them as strings; other types are errors."""
     if isinstance(value, bool):
@@ -37,7 +43,7 @@ def _id_value(value: Any) -> Any:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
-        stripped = value.strip()
+        stripped = value.strip(ECMA_WHITESPACE)
         if not stripped:
             raise ValueError("must not be empty")
         return stripped

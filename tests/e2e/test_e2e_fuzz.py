@@ -28,7 +28,9 @@ BATCH_PATHS = ("/v1/batch", "/v1/b", "/v1/import")
 
 
 @schema.parametrize()
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+# derandomize: CI runs the same generated cases every time (a failure is reproducible,
+# never a coin toss); change the seed locally with --hypothesis-seed to explore more.
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_api_answers_every_generated_request_as_documented(case, pipeline: Pipeline):
     token = base64.b64encode(f"{pipeline.write_key}:".encode()).decode()
     response = case.call(base_url=pipeline.api_url, headers={"Authorization": f"Basic {token}"})

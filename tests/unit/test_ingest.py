@@ -293,3 +293,9 @@ def test_time_not_expressible_in_utc_is_kept_as_sent():
                         "originalTimestamp": "0001-01-01T00:00:00.0+01:00", "sentAt": "2026-11-28T12:00:00Z"})
     assert event["originalTimestamp"] == "0001-01-01T00:00:00.0+01:00"
     assert event["timestamp"] == event["receivedAt"]
+
+
+def test_ids_are_trimmed_of_the_whitespace_the_published_schema_knows():
+    _, stream = run("identify", {"userId": "\u00a0ana\u3000", "anonymousId": "\x1e"})
+    event = stream.envelopes()[0]["event"]
+    assert event["userId"] == "ana" and event["anonymousId"] == "\x1e"
