@@ -21,8 +21,8 @@ from infra.constructs.tables import build_table, grant_item_actions
 from infra.settings import DeploymentSettings
 
 # What the consumer does with the dedupe table (cdp.aws.dedupe_store): claim messageIds
-# (conditional PutItem) and, after a failure, release its own claims (conditional
-# DeleteItem). Nothing else: no reads, no updates.
+# (conditional puts inside TransactWriteItems, which IAM checks as PutItem) and, after a
+# failure, release its own claims (conditional DeleteItem). No reads, no updates.
 DEDUPE_ACTIONS = (
     "dynamodb:PutItem",
     "dynamodb:DeleteItem",

@@ -57,7 +57,7 @@ def test_every_event_is_stored_exactly_once(message_ids, batch_size, crash_on, s
         ddb = boto3.client("dynamodb")
         stage = CrashingStage(DynamoEventStore(ddb, resources.EVENTS_TABLE.local_name), crash_on)
         consumer = StreamConsumer(
-            dedupe=DedupeStore(ddb, resources.DEDUPE_TABLE.local_name),
+            dedupe=DedupeStore(ddb, resources.DEDUPE_TABLE.local_name, sleep=lambda s: None),
             archive=S3Archive(boto3.client("s3"), resources.ARCHIVE_BUCKET.local_name),
             stages=[stage],
             quarantine=QuarantineStore(ddb, resources.QUARANTINE_TABLE.local_name),
