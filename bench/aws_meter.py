@@ -4,13 +4,18 @@ Every botocore client created after ``AwsMeter.install()`` (any session: the han
 build theirs with ``boto3.session.Session().client``) gets three event hooks:
 
 - ``before-call``: one per API call; keeps the serialised request body (the bytes that
-  go on the wire, so resource-level conversions cannot hide anything);
+  go on the wire, so resource-level conversions cannot hide anything) and the thread
+  that made the call;
 - ``before-send``: one per HTTP attempt, so retries would show up;
-- ``after-call``: the HTTP status and, for DynamoDB reads, the raw response body.
+- ``after-call``: the HTTP status (a failed condition is a 400 and still billed) and,
+  for DynamoDB reads and BatchWriteItem, the raw response body.
 
-The hooks only append to a list; the analysis runs in ``settle()``, which the
+The hooks only append to lists; the analysis runs in ``settle()``, which the
 benchmark calls outside the timed region, so the meter costs the handlers nearly
 nothing. Requests are attributed to the current ``phase`` (None: not recorded).
+Calls may come from several threads at once (the consumer claimed from a thread pool
+in 6d330bc): ``after-call`` finds its call through botocore's per-call ``context``
+dict, never by position.
 
 DynamoDB request units are computed by DynamoDB's published rules (on-demand mode),
 never taken from moto's ``ConsumedCapacity``; see ``DynamoCapacity``.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -95,6 +101,7 @@ class UnitTally:
     items: int = 0
     units: float = 0.0
     bytes: int = 0
+    refused: int = 0  # items of calls that failed (e.g. a condition): billed all the same
 
 
 class DynamoCapacity:
@@ -183,24 +190,31 @@ class DynamoCapacity:
         units: float,
         size: int,
         new_call: bool,
+        refused: bool = False,
     ) -> None:
         tally = bucket[(phase, table, operation)]
         tally.calls += 1 if new_call else 0
         tally.items += 1
         tally.units += units
         tally.bytes += size
+        tally.refused += 1 if refused else 0
 
     def request(
         self, phase: str, operation: str, body: dict[str, Any], status: int, response: dict[str, Any] | None
     ) -> None:
-        """Account one API call (``body``: the request's DynamoDB JSON)."""
+        """Account one API call (``body``: the request's DynamoDB JSON).
+
+        A conditional PutItem / DeleteItem whose condition fails (HTTP 400,
+        ConditionalCheckFailedException) consumes the same write units as one that
+        succeeds (the larger of the stored and the new item), but changes nothing.
+        """
         ok = status < 400
         if operation == "PutItem":
             units, size = self._put(body["TableName"], body["Item"], apply=ok)
-            self._record(self.writes, phase, body["TableName"], operation, units, size, True)
+            self._record(self.writes, phase, body["TableName"], operation, units, size, True, not ok)
         elif operation == "DeleteItem":
             units, size = self._delete(body["TableName"], body["Key"], apply=ok)
-            self._record(self.writes, phase, body["TableName"], operation, units, size, True)
+            self._record(self.writes, phase, body["TableName"], operation, units, size, True, not ok)
         elif operation == "BatchWriteItem":
             unprocessed = (response or {}).get("UnprocessedItems") or {}
             for table, requests in body["RequestItems"].items():
@@ -230,7 +244,7 @@ class DynamoCapacity:
                     stored = self._items.get(self._key(table, spec["Key"]))
                     size = stored.size if stored else 0
                     units = write_units(size)
-                self._record(self.writes, phase, table, operation, 2 * units, size, table not in seen_tables)
+                self._record(self.writes, phase, table, operation, 2 * units, size, table not in seen_tables, not ok)
                 seen_tables.add(table)
         elif operation == "UpdateItem":
             # Needs the item after the update; not used by the code benchmarked here.
@@ -303,6 +317,7 @@ class _Call:
     service: str
     operation: str
     body: Any
+    thread: int = 0
     status: int = 0
     response: bytes | None = None
 
@@ -334,6 +349,7 @@ class AwsMeter:
     s3: dict[str, S3Tally] = field(default_factory=lambda: defaultdict(S3Tally))
     dynamodb: DynamoCapacity = field(init=False)
     _pending: list[_Call] = field(default_factory=list)
+    _sent: list[tuple[str, str, str]] = field(default_factory=list)
     _installed: bool = False
 
     def __post_init__(self) -> None:
@@ -364,26 +380,28 @@ class AwsMeter:
 
     # Hooks must return None: a value returned from before-call/before-send replaces the request.
 
-    def _before_call(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+    # list.append is atomic under the GIL: the hooks need no lock, even from the pool threads.
+
+    def _before_call(self, model: Any, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         if self.phase is None:
             return
         service = model.service_model.service_name
         body = params.get("body")
         # S3 bodies are streams: keep their length only.
         kept = payload_length(body) if service == "s3" else body
-        self._pending.append(_Call(self.phase, service, model.name, kept))
+        call = _Call(self.phase, service, model.name, kept, threading.get_ident())
+        context["bench_call"] = call
+        self._pending.append(call)
 
     def _before_send(self, event_name: str, **_: Any) -> None:
         if self.phase is None:
             return
         _when, service, operation = event_name.split(".", 2)
-        self.attempts[(self.phase, service, operation)] += 1
+        self._sent.append((self.phase, service, operation))
 
-    def _after_call(self, model: Any, http_response: Any, **_: Any) -> None:
-        if self.phase is None or not self._pending:
-            return
-        call = self._pending[-1]
-        if call.operation != model.name:  # pragma: no cover - calls never nest
+    def _after_call(self, http_response: Any, context: dict[str, Any], **_: Any) -> None:
+        call = context.get("bench_call")
+        if not isinstance(call, _Call):
             return
         call.status = int(getattr(http_response, "status_code", 0) or 0)
         if call.service == "dynamodb" and (call.operation in DYNAMODB_READS or call.operation == "BatchWriteItem"):
@@ -396,8 +414,17 @@ class AwsMeter:
         """API calls recorded since the last ``settle()``."""
         return len(self._pending)
 
+    def pending_calls_off_thread(self, thread: int) -> tuple[int, int]:
+        """Of those, the calls made from other threads than ``thread`` (the handler's, e.g.
+        a thread pool running calls side by side), and how many threads made them."""
+        others = [call.thread for call in self._pending if call.thread != thread]
+        return len(others), len(set(others))
+
     def settle(self) -> None:
         pending, self._pending = self._pending, []
+        sent, self._sent = self._sent, []
+        for key in sent:
+            self.attempts[key] += 1
         for call in pending:
             self.calls[(call.phase, call.service, call.operation)] += 1
             if call.service == "dynamodb":

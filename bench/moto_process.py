@@ -42,6 +42,10 @@ class MotoServerProcess:
         self.stop()
         raise RuntimeError(f"moto server did not answer on {self.endpoint} within {timeout_s} s")
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
     def reset(self) -> None:
         """Forget every resource (moto's reset API), as if the server were new."""
         request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
