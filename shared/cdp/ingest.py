@@ -8,7 +8,6 @@ format written to Kinesis is documented in docs/record-format.md.
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 import json
 import uuid
@@ -431,7 +430,3 @@ def collect(
                               rejected=rejected)
     return CollectionResult(accepted=accepted, rejected=rejected)
 
-
-def gzip_bytes(data: bytes) -> bytes:
-    """gzip, used by tests and the CLI importer."""
-    return gzip.compress(data)

@@ -9,6 +9,7 @@ from typing import Any
 import boto3
 
 from cdp import resources
+from cdp.config import Settings
 
 LOCAL_API_URL = "http://127.0.0.1:8080"
 LOCAL_AWS_URL = "http://127.0.0.1:4566"
@@ -26,15 +27,18 @@ OUTPUTS = {
 }
 
 
+_LOCAL = Settings()  # the local names of every resource, from cdp.resources
+
+
 @dataclass
 class Deployment:
     api_url: str = LOCAL_API_URL
-    sources_table: str = resources.SOURCES_TABLE.local_name
-    dedupe_table: str = resources.DEDUPE_TABLE.local_name
-    events_table: str = resources.EVENTS_TABLE.local_name
-    quarantine_table: str = resources.QUARANTINE_TABLE.local_name
-    event_stream: str = resources.EVENT_STREAM.local_name
-    archive_bucket: str = resources.ARCHIVE_BUCKET.local_name
+    sources_table: str = _LOCAL.sources_table
+    dedupe_table: str = _LOCAL.dedupe_table
+    events_table: str = _LOCAL.events_table
+    quarantine_table: str = _LOCAL.quarantine_table
+    event_stream: str = _LOCAL.event_stream
+    archive_bucket: str = _LOCAL.archive_bucket
     dlq_url: str = ""
 
     def client(self, service: str) -> Any:
