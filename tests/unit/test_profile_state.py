@@ -7,7 +7,14 @@ from functools import reduce
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdp.identity.profile_state import ProfileState, fold_event, merge_states
+from cdp.identity.profile_state import (
+    ProfileState,
+    fold_account_event,
+    fold_event,
+    merge_states,
+    state_from_json,
+    state_to_json,
+)
 
 
 def identify(n: int, at: str, **traits) -> dict:
@@ -22,7 +29,7 @@ def test_latest_event_timestamp_wins_not_arrival_order():
     assert state.traits["plan"].value == "pro" and state.traits["name"].value == "Ana"
     assert (state.first_seen, state.last_seen) == ("2026-01-01T00:00:00.000Z", "2026-02-01T00:00:00.000Z")
     assert state.last_context == {"locale": "l2"}  # no IP kept by default
-    assert state.event_count == 2
+    assert fold_event(state, late) == state  # idempotent: a replay changes nothing
 
 
 def test_track_context_traits_count_but_group_traits_are_the_accounts():
@@ -54,3 +61,25 @@ def test_any_order_and_any_merge_split_give_the_same_state(events, data):
     left = reduce(fold_event, shuffled[:cut], ProfileState())
     right = reduce(fold_event, shuffled[cut:], ProfileState())
     assert merge_states(left, right) == in_order == merge_states(right, left)
+
+
+def test_state_round_trips_through_its_stored_json():
+    state = reduce(fold_event, [identify(1, "2026-01-01T00:00:00.000Z", plan="pro", seats=3, tags=["a"]),
+                                identify(2, "2026-01-02T00:00:00.000Z", city="Lisboa")], ProfileState())
+    assert state_from_json(state_to_json(state)) == state
+    assert state_from_json(None) == ProfileState()
+
+
+def test_ip_is_kept_only_when_allowed():
+    event = identify(1, "2026-01-01T00:00:00.000Z")
+    assert "ip" not in fold_event(ProfileState(), event).last_context
+    assert fold_event(ProfileState(), event, keep_ip=True).last_context["ip"] == "203.0.113.9"
+
+
+def test_account_state_takes_group_traits_latest_wins():
+    g1 = {"type": "group", "messageId": "g1", "timestamp": "2026-01-02T00:00:00.000Z", "groupId": "acme",
+          "traits": {"plan": "enterprise", "name": "Acme"}}
+    g2 = {"type": "group", "messageId": "g2", "timestamp": "2026-01-01T00:00:00.000Z", "groupId": "acme",
+          "traits": {"plan": "trial"}}
+    state = fold_account_event(fold_account_event(ProfileState(), g1), g2)
+    assert {k: v.value for k, v in state.traits.items()} == {"plan": "enterprise", "name": "Acme"}

@@ -3,12 +3,15 @@
 Traits are a last-writer-wins map: each trait keeps the value of the event with the
 latest ``timestamp`` (ties broken by ``messageId``), so any arrival order, and merging
 profiles in any order, gives the same traits. ``first_seen`` is a minimum,
-``last_seen`` a maximum, ``last_context`` follows the latest event, and the event count
-is a sum (exact because the pipeline stores each messageId once).
+``last_seen`` a maximum, and ``last_context`` follows the latest event. Every field is
+idempotent as well (a join semilattice), so applying an event or a whole stored state
+twice changes nothing: the consumer can retry any write. Counts are not kept here: they
+come from the deduplicated event history, which merges combine without double counting.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,7 +37,6 @@ class ProfileState:
     last_seen: str | None = None
     last_seen_message: str = ""
     last_context: dict[str, Any] = field(default_factory=dict)
-    event_count: int = 0
 
 
 def merge_traits(a: dict[str, TraitValue], b: dict[str, TraitValue]) -> dict[str, TraitValue]:
@@ -70,19 +72,34 @@ def _min(a: str | None, b: str | None) -> str | None:
     return b if a is None else a if b is None else min(a, b)
 
 
-def fold_event(state: ProfileState, event: dict[str, Any]) -> ProfileState:
-    """The state after one (deduplicated) event of this profile."""
+def fold_event(state: ProfileState, event: dict[str, Any], keep_ip: bool = False) -> ProfileState:
+    """The state after one event of this profile (applying it twice changes nothing)."""
     at, message_id = event["timestamp"], event["messageId"]
     newer = state.last_seen is None or (at, message_id) > (state.last_seen, state.last_seen_message)
     context = _context(event)
+    kept = CONTEXT_FIELDS + ("ip",) if keep_ip else CONTEXT_FIELDS
     return replace(
         state,
         traits=merge_traits(state.traits, traits_of(event)) if event.get("type") != "group" else state.traits,
         first_seen=_min(state.first_seen, at),
         last_seen=at if newer else state.last_seen,
         last_seen_message=message_id if newer else state.last_seen_message,
-        last_context={k: context[k] for k in CONTEXT_FIELDS if k in context} if newer else state.last_context,
-        event_count=state.event_count + 1,
+        last_context={k: context[k] for k in kept if k in context} if newer else state.last_context,
+    )
+
+
+def fold_account_event(state: ProfileState, event: dict[str, Any]) -> ProfileState:
+    """An account's state after one ``group`` event: the call's ``traits`` are the account's."""
+    at, message_id = event["timestamp"], event["messageId"]
+    traits = event.get("traits")
+    found = {str(k): TraitValue(v, at, message_id) for k, v in traits.items()} if isinstance(traits, dict) else {}
+    newer = state.last_seen is None or (at, message_id) > (state.last_seen, state.last_seen_message)
+    return replace(
+        state,
+        traits=merge_traits(state.traits, found),
+        first_seen=_min(state.first_seen, at),
+        last_seen=at if newer else state.last_seen,
+        last_seen_message=message_id if newer else state.last_seen_message,
     )
 
 
@@ -96,5 +113,28 @@ def merge_states(a: ProfileState, b: ProfileState) -> ProfileState:
         last_seen=latest.last_seen,
         last_seen_message=latest.last_seen_message,
         last_context=latest.last_context,
-        event_count=a.event_count + b.event_count,
+    )
+
+
+def state_to_json(state: ProfileState) -> str:
+    """The stored form (``state`` attribute of ``prof#`` and ``acct#`` items)."""
+    return json.dumps({
+        "traits": {name: [t.value, t.at, t.message_id] for name, t in sorted(state.traits.items())},
+        "first_seen": state.first_seen,
+        "last_seen": state.last_seen,
+        "last_seen_message": state.last_seen_message,
+        "last_context": state.last_context,
+    }, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def state_from_json(text: str | None) -> ProfileState:
+    if not text:
+        return ProfileState()
+    data = json.loads(text)
+    return ProfileState(
+        traits={name: TraitValue(v[0], v[1], v[2]) for name, v in (data.get("traits") or {}).items()},
+        first_seen=data.get("first_seen"),
+        last_seen=data.get("last_seen"),
+        last_seen_message=data.get("last_seen_message") or "",
+        last_context=data.get("last_context") or {},
     )
