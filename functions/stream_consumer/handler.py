@@ -1,4 +1,4 @@
-"""Stream consumer: Kinesis event source mapping -> dedupe, archive, store.
+"""Stream consumer: Kinesis event source mapping -> dedupe, archive, store, unify.
 
 Powertools' BatchProcessor decodes each record and builds the partial batch
 response; the batch-wide work (one claim transaction, one S3 object, batched
@@ -20,10 +20,13 @@ from cdp.aws.archive import S3Archive
 from cdp.aws.clients import client
 from cdp.aws.dedupe_store import DedupeStore
 from cdp.aws.event_store import DynamoEventStore
+from cdp.aws.identity_graph import DynamoIdentityGraph
+from cdp.aws.profile_store import ProfileRecords
 from cdp.aws.quarantine_store import QuarantineStore
-from cdp.config import get_settings
+from cdp.config import get_settings, identity_config
 from cdp.observability import logger, metrics, tracer
 from cdp.pipeline import InboundRecord, StreamConsumer
+from cdp.unification import UnificationStage
 
 processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
 
@@ -36,10 +39,15 @@ class RecordNotProcessed(Exception):
 def consumer() -> StreamConsumer:
     settings = get_settings()
     ddb = client("dynamodb")
+    identity = identity_config(settings)
+    graph = DynamoIdentityGraph(ddb, settings.identity_table, identity, records_table=settings.events_table)
     return StreamConsumer(
         dedupe=DedupeStore(ddb, settings.dedupe_table, ttl_hours=settings.dedupe_ttl_hours),
         archive=S3Archive(client("s3"), settings.archive_bucket),
-        stages=[DynamoEventStore(ddb, settings.events_table, settings.event_retention_days)],
+        stages=[
+            DynamoEventStore(ddb, settings.events_table, settings.event_retention_days),
+            UnificationStage(graph, ProfileRecords(ddb, settings.events_table), identity, settings.keep_ip),
+        ],
         quarantine=QuarantineStore(ddb, settings.quarantine_table, settings.quarantine_retention_days),
     )
 

@@ -27,8 +27,19 @@ DEDUPE_ACTIONS = (
     "dynamodb:PutItem",
     "dynamodb:DeleteItem",
 )
-# Events and quarantine records are only ever written by the consumer.
+# Events and quarantine records are only ever written by the consumer; the merge log in
+# the events table is written inside the identity graph's TransactWriteItems (checked
+# by IAM as PutItem).
 WRITE_ACTIONS = ("dynamodb:PutItem", "dynamodb:BatchWriteItem")
+# The identity graph (cdp.aws.identity_graph): batched reads, conditional puts and
+# updates inside TransactWriteItems (IAM checks each as PutItem/UpdateItem, plus
+# ConditionCheckItem), single conditional updates of profile states. Nothing is deleted.
+IDENTITY_ACTIONS = (
+    "dynamodb:BatchGetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:ConditionCheckItem",
+)
 
 # The archive is for replay: rarely read after the first weeks. Intelligent-Tiering
 # rather than Glacier IR because archive objects are often < 128 KB, which Glacier IR
@@ -57,12 +68,11 @@ class Pipeline(Construct):
 
         self.tables: dict[str, dynamodb.Table] = {
             spec.logical_id: build_table(self, spec)
-            # The identity table is created now; the consumer uses it (and gets its
-            # grants) when identity resolution is wired in (issue 3).
             for spec in (resources.DEDUPE_TABLE, resources.EVENTS_TABLE, resources.IDENTITY_TABLE)
         }
         self.dedupe_table = self.tables[resources.DEDUPE_TABLE.logical_id]
         self.events_table = self.tables[resources.EVENTS_TABLE.logical_id]
+        self.identity_table = self.tables[resources.IDENTITY_TABLE.logical_id]
         self.archive_bucket, self.access_log_bucket = self._archive()
         self.dlq = self._dead_letter_queue()
 
@@ -78,6 +88,7 @@ class Pipeline(Construct):
             environment={
                 resources.DEDUPE_TABLE.env: self.dedupe_table.table_name,
                 resources.EVENTS_TABLE.env: self.events_table.table_name,
+                resources.IDENTITY_TABLE.env: self.identity_table.table_name,
                 resources.QUARANTINE_TABLE.env: quarantine_table.table_name,
                 resources.ARCHIVE_BUCKET.env: self.archive_bucket.bucket_name,
                 # Explicit so operators see the effective values in the console.
@@ -91,6 +102,7 @@ class Pipeline(Construct):
         role = self.consumer.role
         grant_item_actions(self.dedupe_table, role, *DEDUPE_ACTIONS)
         grant_item_actions(self.events_table, role, *WRITE_ACTIONS)
+        grant_item_actions(self.identity_table, role, *IDENTITY_ACTIONS)
         grant_item_actions(quarantine_table, role, *WRITE_ACTIONS)
         # PutObject only (bucket.grant_put would add s3:Abort* and object-lock/tagging actions).
         iam.Grant.add_to_principal(

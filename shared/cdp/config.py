@@ -8,6 +8,7 @@ from functools import lru_cache
 from pydantic import BaseModel, Field
 
 from cdp import resources
+from cdp.identity.config import IdentityConfig
 
 
 class Settings(BaseModel):
@@ -17,6 +18,7 @@ class Settings(BaseModel):
     dedupe_table: str = resources.DEDUPE_TABLE.local_name
     events_table: str = resources.EVENTS_TABLE.local_name
     quarantine_table: str = resources.QUARANTINE_TABLE.local_name
+    identity_table: str = resources.IDENTITY_TABLE.local_name
     event_stream: str = resources.EVENT_STREAM.local_name
     archive_bucket: str = resources.ARCHIVE_BUCKET.local_name
     # A messageId seen within this window is a duplicate (the issue asks for >= 24 h).
@@ -25,6 +27,11 @@ class Settings(BaseModel):
     quarantine_retention_days: int = Field(default=30, ge=1)
     # How long a positive / negative write-key lookup is cached in a warm function.
     source_cache_seconds: int = Field(default=60, ge=0)
+    # Identity resolution: identifier types, priorities, limits, blocked values, phone
+    # region (JSON of cdp.identity.config.IdentityConfig; empty: the defaults).
+    identity_config: str = ""
+    # Keep the IP address in a profile's last context (it is personal data).
+    keep_ip: bool = False
 
 
 ENV_VARS: dict[str, str] = {
@@ -32,13 +39,23 @@ ENV_VARS: dict[str, str] = {
     "dedupe_table": resources.DEDUPE_TABLE.env,
     "events_table": resources.EVENTS_TABLE.env,
     "quarantine_table": resources.QUARANTINE_TABLE.env,
+    "identity_table": resources.IDENTITY_TABLE.env,
     "event_stream": resources.EVENT_STREAM.env,
     "archive_bucket": resources.ARCHIVE_BUCKET.env,
     "dedupe_ttl_hours": "CDP_DEDUPE_TTL_HOURS",
     "event_retention_days": "CDP_EVENT_RETENTION_DAYS",
     "quarantine_retention_days": "CDP_QUARANTINE_RETENTION_DAYS",
     "source_cache_seconds": "CDP_SOURCE_CACHE_SECONDS",
+    "identity_config": "CDP_IDENTITY_CONFIG",
+    "keep_ip": "CDP_KEEP_IP",
 }
+
+
+def identity_config(settings: Settings) -> IdentityConfig:
+    """The deployment's identity resolution settings (defaults like Segment's)."""
+    if not settings.identity_config.strip():
+        return IdentityConfig()
+    return IdentityConfig.model_validate_json(settings.identity_config)
 
 
 def settings_from_env(environ: dict[str, str] | None = None) -> Settings:

@@ -84,6 +84,7 @@ def test_consumer_environment_names_exactly_the_resources_it_uses(cdp_stack: Syn
         **COMMON_ENV,
         resources.DEDUPE_TABLE.env: {"Ref": resources.DEDUPE_TABLE.logical_id},
         resources.EVENTS_TABLE.env: {"Ref": resources.EVENTS_TABLE.logical_id},
+        resources.IDENTITY_TABLE.env: {"Ref": resources.IDENTITY_TABLE.logical_id},
         resources.QUARANTINE_TABLE.env: {"Ref": resources.QUARANTINE_TABLE.logical_id},
         resources.ARCHIVE_BUCKET.env: {"Ref": resources.ARCHIVE_BUCKET.logical_id},
         "CDP_DEDUPE_TTL_HOURS": "48",
@@ -124,7 +125,7 @@ def test_collector_may_only_read_sources_by_key_and_put_records(cdp_stack: Synth
     assert not any(action in grants for action in ("dynamodb:PutItem", "dynamodb:Scan", "dynamodb:Query"))
 
 
-def test_consumer_may_only_use_dedupe_write_events_and_quarantine_archive_and_dlq(
+def test_consumer_may_only_use_dedupe_write_events_and_quarantine_identity_archive_and_dlq(
     cdp_stack: SynthesizedStack,
 ) -> None:
     grants = cdp_stack.grants_of_role(cdp_stack.role_of(CONSUMER))
@@ -149,14 +150,19 @@ def test_consumer_may_only_use_dedupe_write_events_and_quarantine_archive_and_dl
         expected[action] = {"DedupeTable.Arn"}
     for action in ("dynamodb:PutItem", "dynamodb:BatchWriteItem"):
         expected[action] = expected.get(action, set()) | {"EventsTable.Arn", "QuarantineTable.Arn"}
+    # The identity graph: batched reads, conditional puts/updates (in transactions too).
+    for action in ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+                   "dynamodb:ConditionCheckItem"):
+        expected[action] = expected.get(action, set()) | {"IdentityTable.Arn"}
     assert others == expected
     # Reading the stream is granted by the event source mapping, on this stream only.
     assert {"kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:DescribeStream"} <= set(kinesis)
     assert all(arns == {"EventStream.Arn"} for arns in kinesis.values())
-    forbidden = ("kinesis:Put", "s3:Get", "s3:Delete", "dynamodb:Scan", "dynamodb:Query", "dynamodb:Update",
+    forbidden = ("kinesis:Put", "s3:Get", "s3:Delete", "dynamodb:Scan", "dynamodb:Query", "dynamodb:UpdateTable",
                  "dynamodb:DeleteTable")
     assert not any(action.startswith(forbidden) for action in grants)
     assert grants["dynamodb:DeleteItem"] == {"DedupeTable.Arn"}
+    assert grants["dynamodb:UpdateItem"] == {"IdentityTable.Arn"}
 
 
 @pytest.mark.parametrize("spec", resources.FUNCTIONS, ids=lambda spec: spec.logical_id)

@@ -77,7 +77,7 @@ def fold_event(state: ProfileState, event: dict[str, Any], keep_ip: bool = False
     at, message_id = event["timestamp"], event["messageId"]
     newer = state.last_seen is None or (at, message_id) > (state.last_seen, state.last_seen_message)
     context = _context(event)
-    kept = CONTEXT_FIELDS + ("ip",) if keep_ip else CONTEXT_FIELDS
+    kept = (*CONTEXT_FIELDS, "ip") if keep_ip else CONTEXT_FIELDS
     return replace(
         state,
         traits=merge_traits(state.traits, traits_of(event)) if event.get("type") != "group" else state.traits,

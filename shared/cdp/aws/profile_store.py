@@ -1,0 +1,48 @@
+"""Profile records in the events table: blocked merges and account links.
+
+Keys (docs/identity.md, "Storage layout"):
+- ``p#<profile_id>`` / ``blocked#<messageId>``: an event whose identifiers merge
+  protection dropped, and the profiles they would have merged;
+- ``p#<profile_id>`` / ``group#<groupId>``: the profile belongs to the account;
+- ``g#<groupId>`` / ``member#<profile_id>``: the account's member.
+
+Every key is derived from the event, so writing a record again (a retry, a duplicate)
+writes the same item: plain ``BatchWriteItem`` puts are idempotent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cdp.aws.dynamo import batch_write
+from cdp.keys import bounded
+
+
+def blocked_record(profile_id: str, message_id: str, at: str, dropped: list[str],
+                   profiles: list[str]) -> dict[str, Any]:
+    return {"pk": {"S": f"p#{profile_id}"}, "sk": {"S": f"blocked#{bounded(message_id, 256)}"},
+            "message_id": {"S": message_id}, "at": {"S": at},
+            "dropped": {"L": [{"S": d} for d in dropped]}, "profiles": {"L": [{"S": p} for p in profiles]}}
+
+
+def membership_records(profile_id: str, group_id: str) -> list[dict[str, Any]]:
+    # No timestamp: the items must be the same whichever group call is written last.
+    key = bounded(group_id)
+    return [
+        {"pk": {"S": f"p#{profile_id}"}, "sk": {"S": f"group#{key}"}, "group_id": {"S": group_id}},
+        {"pk": {"S": f"g#{key}"}, "sk": {"S": f"member#{profile_id}"}, "profile_id": {"S": profile_id}},
+    ]
+
+
+class ProfileRecords:
+    def __init__(self, dynamodb: Any, table_name: str, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._ddb = dynamodb
+        self._table = table_name
+        self._sleep = sleep
+
+    def put(self, items: list[dict[str, Any]]) -> None:
+        # BatchWriteItem refuses two writes of one key; equal keys carry equal items.
+        unique = {(item["pk"]["S"], item["sk"]["S"]): item for item in items}
+        batch_write(self._ddb, self._table, [{"PutRequest": {"Item": i}} for i in unique.values()], self._sleep)
