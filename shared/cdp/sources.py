@@ -13,9 +13,12 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,8 @@ class SourceRegistry:
         kwargs: dict[str, Any] = {}
         while True:
             page = self._table.scan(**kwargs)
-            items.extend(page.get("Items", []))
+            # The table also holds access tokens (cdp.access_tokens), which have no source.
+            items.extend(i for i in page.get("Items", []) if "source_id" in i)
             if "LastEvaluatedKey" not in page:
                 break
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -118,33 +122,44 @@ class SourceRegistry:
         return len(page.get("Items", []))
 
 
-class CachedSourceLookup:
-    """Write-key lookups cached in a warm function, so most requests cost no read.
+class CachedLookup(Generic[T]):
+    """Secret lookups (write keys, access tokens) cached in a warm function, by hash.
 
-    A disabled key stops working within ``ttl_seconds``; unknown keys are cached for a
-    shorter time so a new key works quickly and floods of bad keys stay cheap.
+    Most requests then cost no read. A disabled secret stops working within
+    ``ttl_seconds``; unknown secrets are cached for a shorter time so a new one works
+    quickly and floods of bad ones stay cheap. Only hashes are kept as cache keys.
     """
 
-    def __init__(self, registry: SourceRegistry, ttl_seconds: float = 60.0,
-                 negative_ttl_seconds: float = 10.0, clock: Any = time.monotonic) -> None:
-        self._registry = registry
+    def __init__(self, find: Callable[[str], T | None], key_of: Callable[[str], str],
+                 ttl_seconds: float = 60.0, negative_ttl_seconds: float = 10.0,
+                 clock: Callable[[], float] | None = None) -> None:
+        self._find = find
+        self._key_of = key_of
         self._ttl = ttl_seconds
         self._negative_ttl = negative_ttl_seconds
-        self._clock = clock
-        self._cache: dict[str, tuple[float, Source | None]] = {}
+        self._clock = clock or time.monotonic
+        self._cache: dict[str, tuple[float, T | None]] = {}
         self._lock = threading.Lock()
 
-    def find(self, write_key: str) -> Source | None:
-        key_hash = hash_write_key(write_key)
+    def find(self, secret: str) -> T | None:
+        key = self._key_of(secret)
         now = self._clock()
         with self._lock:
-            hit = self._cache.get(key_hash)
+            hit = self._cache.get(key)
         if hit and hit[0] > now:
             return hit[1]
-        source = self._registry.find_by_write_key(write_key)
-        ttl = self._ttl if source else self._negative_ttl
+        found = self._find(secret)
+        ttl = self._ttl if found else self._negative_ttl
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[key_hash] = (now + ttl, source)
-        return source
+            self._cache[key] = (now + ttl, found)
+        return found
+
+
+class CachedSourceLookup(CachedLookup[Source]):
+    """Write-key lookups cached in a warm function (see ``CachedLookup``)."""
+
+    def __init__(self, registry: SourceRegistry, ttl_seconds: float = 60.0,
+                 negative_ttl_seconds: float = 10.0, clock: Callable[[], float] | None = None) -> None:
+        super().__init__(registry.find_by_write_key, hash_write_key, ttl_seconds, negative_ttl_seconds, clock)
