@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from aws_cdk import aws_logs as logs
 from constructs import Node
+
+from cdp.identity.config import IdentityConfig
 
 KinesisCapacity = Literal["on-demand", "provisioned"]
 
@@ -51,6 +54,9 @@ class DeploymentSettings:
     log_retention_days: int = 30
     # Optional existing SNS topic the alarms notify (imported by ARN, no lookup).
     alarm_topic_arn: str | None = None
+    # Identity resolution: identifier types, priorities, limits, blocked values, phone
+    # region (docs/identity.md); validated at synth time, so a typo fails `cdk synth`.
+    identity_config: IdentityConfig = field(default_factory=IdentityConfig)
 
     def __post_init__(self) -> None:
         if self.kinesis_capacity not in ("on-demand", "provisioned"):
@@ -86,4 +92,14 @@ class DeploymentSettings:
             api_throttle_burst=int(value("api_throttle_burst")),
             log_retention_days=int(value("log_retention_days")),
             alarm_topic_arn=value("alarm_topic_arn") or None,
+            identity_config=_identity_config(value("identity_config")),
         )
+
+
+def _identity_config(found: Any) -> IdentityConfig:
+    """Context ``identity_config``: an object in cdk.json, or a JSON string with ``-c``."""
+    if isinstance(found, IdentityConfig):
+        return found
+    if isinstance(found, str):
+        found = json.loads(found)
+    return IdentityConfig.model_validate(found)

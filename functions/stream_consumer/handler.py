@@ -20,6 +20,7 @@ from cdp.aws.archive import S3Archive
 from cdp.aws.clients import client
 from cdp.aws.dedupe_store import DedupeStore
 from cdp.aws.event_store import DynamoEventStore
+from cdp.aws.identity_config_store import IdentityConfigStore
 from cdp.aws.identity_graph import DynamoIdentityGraph
 from cdp.aws.profile_store import ProfileRecords
 from cdp.aws.quarantine_store import QuarantineStore
@@ -39,14 +40,15 @@ class RecordNotProcessed(Exception):
 def consumer() -> StreamConsumer:
     settings = get_settings()
     ddb = client("dynamodb")
-    identity = identity_config(settings)
-    graph = DynamoIdentityGraph(ddb, settings.identity_table, identity, records_table=settings.events_table)
+    identity = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings))
+    graph = DynamoIdentityGraph(ddb, settings.identity_table, identity.current(), records_table=settings.events_table)
     return StreamConsumer(
         dedupe=DedupeStore(ddb, settings.dedupe_table, ttl_hours=settings.dedupe_ttl_hours),
         archive=S3Archive(client("s3"), settings.archive_bucket),
         stages=[
             DynamoEventStore(ddb, settings.events_table, settings.event_retention_days),
-            UnificationStage(graph, ProfileRecords(ddb, settings.events_table), identity, settings.keep_ip),
+            UnificationStage(graph, ProfileRecords(ddb, settings.events_table), identity.current,
+                             settings.keep_ip),
         ],
         quarantine=QuarantineStore(ddb, settings.quarantine_table, settings.quarantine_retention_days),
     )

@@ -33,9 +33,11 @@ DEDUPE_ACTIONS = (
 WRITE_ACTIONS = ("dynamodb:PutItem", "dynamodb:BatchWriteItem")
 # The identity graph (cdp.aws.identity_graph): batched reads, conditional puts and
 # updates inside TransactWriteItems (IAM checks each as PutItem/UpdateItem, plus
-# ConditionCheckItem), single conditional updates of profile states. Nothing is deleted.
+# ConditionCheckItem), single conditional updates of profile states, and GetItem of the
+# identity settings an admin may have set (cdp.aws.identity_config_store). Nothing is deleted.
 IDENTITY_ACTIONS = (
     "dynamodb:BatchGetItem",
+    "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
     "dynamodb:ConditionCheckItem",
@@ -97,6 +99,9 @@ class Pipeline(Construct):
                 config.ENV_VARS["quarantine_retention_days"]: str(
                     settings_defaults.quarantine_retention_days
                 ),
+                # The deployment's identity resolution settings (CDK context
+                # ``identity_config``); an admin may override them at run time.
+                config.ENV_VARS["identity_config"]: settings.identity_config.model_dump_json(),
             },
         )
         role = self.consumer.role

@@ -21,6 +21,7 @@ same graph and profiles.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,11 +48,13 @@ class UnificationStats:
 
 
 class UnificationStage:
-    def __init__(self, graph: DynamoIdentityGraph, records: Records, config: IdentityConfig,
-                 keep_ip: bool = False) -> None:
+    def __init__(self, graph: DynamoIdentityGraph, records: Records,
+                 config: IdentityConfig | Callable[[], IdentityConfig], keep_ip: bool = False) -> None:
         self._graph = graph
         self._records = records
-        self._config = config
+        # The settings in force, asked for once per batch (an admin may change them).
+        self._settings = config if callable(config) else (lambda: config)
+        self._config = self._settings()
         self._keep_ip = keep_ip
         self.stats = UnificationStats()
 
@@ -69,7 +72,8 @@ class UnificationStage:
 
     def store(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         graph = self._graph
-        graph.begin_batch()
+        self._config = self._settings()
+        graph.begin_batch(self._config)
         extracted = [(event, extract_identifiers(event, self._config)) for _, event in events]
         wanted: set[Identifier] = set()
         for _, found in extracted:

@@ -6,6 +6,8 @@ import pytest
 from cdk_template_view import SynthesizedStack
 
 from cdp import resources
+from cdp.identity.config import IdentityConfig
+from infra.settings import DeploymentSettings
 
 pytestmark = pytest.mark.infra
 
@@ -90,6 +92,7 @@ def test_consumer_environment_names_exactly_the_resources_it_uses(cdp_stack: Syn
         "CDP_DEDUPE_TTL_HOURS": "48",
         "CDP_EVENT_RETENTION_DAYS": "90",
         "CDP_QUARANTINE_RETENTION_DAYS": "30",
+        "CDP_IDENTITY_CONFIG": IdentityConfig().model_dump_json(),
     }
 
 
@@ -151,7 +154,7 @@ def test_consumer_may_only_use_dedupe_write_events_and_quarantine_identity_archi
     for action in ("dynamodb:PutItem", "dynamodb:BatchWriteItem"):
         expected[action] = expected.get(action, set()) | {"EventsTable.Arn", "QuarantineTable.Arn"}
     # The identity graph: batched reads, conditional puts/updates (in transactions too).
-    for action in ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
+    for action in ("dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
                    "dynamodb:ConditionCheckItem"):
         expected[action] = expected.get(action, set()) | {"IdentityTable.Arn"}
     assert others == expected
@@ -172,3 +175,24 @@ def test_only_xray_actions_are_granted_on_any_resource(
     # The cdk-nag IAM5 suppression for "Resource::*" relies on this.
     grants = cdp_stack.grants_of_role(cdp_stack.role_of(spec.logical_id))
     assert {action for action, arns in grants.items() if "*" in arns} == XRAY
+
+
+def test_identity_settings_follow_context_and_are_validated_at_synth(
+    cdp_stack_non_default: SynthesizedStack,
+) -> None:
+    env = cdp_stack_non_default.props(CONSUMER)["Environment"]["Variables"]
+    deployed = IdentityConfig.model_validate_json(env["CDP_IDENTITY_CONFIG"])
+    assert deployed.type_of("email").limit == 2 and deployed.default_phone_region == "PT"
+    with pytest.raises(ValueError, match="limit"):
+        DeploymentSettings.from_node(_Context({"identity_config": '{"types": [{"name": "email", "priority": 1, '
+                                                                   '"limit": 0}]}'}))
+
+
+class _Context:
+    """A stand-in for a construct node's context lookups."""
+
+    def __init__(self, values: dict[str, object]) -> None:
+        self._values = values
+
+    def try_get_context(self, key: str) -> object:
+        return self._values.get(key)

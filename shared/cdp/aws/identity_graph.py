@@ -89,9 +89,11 @@ class DynamoIdentityGraph:
 
     # --- reads -------------------------------------------------------------------------
 
-    def begin_batch(self) -> None:
-        """Forget what was read: a new batch starts from DynamoDB's current state."""
+    def begin_batch(self, config: IdentityConfig | None = None) -> None:
+        """Forget what was read: a new batch starts from DynamoDB's current state (and settings)."""
         self._cache.clear()
+        if config is not None:
+            self._config = config
 
     def _fetch(self, keys: Iterable[str], consistent: bool) -> None:
         unique = [k for k in dict.fromkeys(keys)]

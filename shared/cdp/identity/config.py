@@ -8,7 +8,7 @@ limit, the event's lowest-priority identifiers are dropped first.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_serializer, field_validator
 
 DEFAULT_BLOCKED_VALUES = frozenset({
     "", "null", "none", "nil", "undefined", "anonymous", "unknown", "n/a", "na", "0", "-1",
@@ -51,6 +51,10 @@ class IdentityConfig(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError("identifier type names must be unique")
         return types
+
+    @field_serializer("blocked_values")
+    def _sorted(self, values: frozenset[str]) -> list[str]:
+        return sorted(values)  # a stable form: the deployed environment must not change per synth
 
     def type_of(self, name: str) -> IdentifierType:
         for candidate in self.types:
