@@ -39,6 +39,8 @@ class Pipeline:
         while True:
             page = self._ddb.scan(**kwargs)
             for item in page["Items"]:
+                if not item["pk"]["S"].startswith(("u#", "a#")):
+                    continue  # profile records (merge log, account links), not history
                 event = json.loads(item["payload"]["S"])
                 assert item["sk"]["S"].endswith("#" + event["messageId"])
                 found.setdefault(event["messageId"], []).append(event)
