@@ -28,7 +28,7 @@ import json
 import math
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +81,21 @@ def item_size(item: dict[str, dict[str, Any]]) -> int:
     return sum(len(name.encode("utf-8")) + value_size(value) for name, value in item.items())
 
 
+def item_kind(key: dict[str, Any], key_names: tuple[str | None, str | None]) -> str:
+    """What kind of item a key names, from the prefixes of its key values: ``ident#`` /
+    ``prof#`` / ``acct#`` in the identity table; ``u#``, ``a#`` (history) and ``p#merge#``
+    (merge log) in the events table; ``*`` where the key has no such prefix."""
+    parts = []
+    for name in key_names:
+        value = key.get(name, {}).get("S") if name else None
+        if not isinstance(value, str):
+            continue
+        prefix, hash_sign, _ = value.partition("#")
+        if hash_sign and prefix.isalpha() and len(prefix) <= 8:
+            parts.append(prefix + "#")
+    return "".join(parts) or "*"
+
+
 def write_units(size: int) -> int:
     return max(1, math.ceil(size / WRITE_UNIT_BYTES))
 
@@ -93,6 +108,52 @@ def read_units(size: int) -> int:
 class _Stored:
     size: int
     index_keys: tuple[Any, ...]
+    item: dict[str, Any] | None = None  # DynamoDB JSON; the input of the next update
+
+
+class UpdateNotModelled(Exception):
+    """An update expression the meter cannot apply (the report says so)."""
+
+
+def updated_item(
+    item: dict[str, Any] | None,
+    key_map: dict[str, Any],
+    key_names: tuple[str, ...],
+    expression: str,
+    names: dict[str, str] | None,
+    values: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The item after ``UpdateItem``: ``item`` (None: not there yet) with ``expression`` applied.
+
+    Uses moto's parser and executor in this process (the same code the moto server runs),
+    on a copy: the update expression language (SET with ``+``/``-``, ``if_not_exists``,
+    ``list_append``, nested paths; REMOVE; ADD; DELETE) is moto's to keep right.
+    """
+    from types import SimpleNamespace
+
+    from moto.dynamodb.models.dynamo_type import DynamoType, Item
+    from moto.dynamodb.parsing.executors import UpdateExpressionExecutor
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
+    from moto.dynamodb.parsing.validators import UpdateExpressionValidator
+
+    attrs = json.loads(json.dumps(item if item is not None else key_map))
+    target = Item(DynamoType(attrs[key_names[0]]), None, attrs)
+    # The validator reads the key attributes of the table (they may not be updated).
+    table: Any = SimpleNamespace(table_key_attrs=list(key_names), attr=[], attribute_keys=list(key_names))
+    try:
+        tree = UpdateExpressionParser.make(expression)
+        validated = UpdateExpressionValidator(
+            tree,
+            expression_attribute_names=names or {},
+            expression_attribute_values=values or {},
+            item=target,
+            table=table,
+        ).validate()
+        validated.normalize()
+        UpdateExpressionExecutor(validated, target, names or {}).execute()
+    except Exception as exc:  # moto's parse and validation errors have no common base
+        raise UpdateNotModelled(f"{type(exc).__name__}: {exc}") from exc
+    return dict(target.to_json()["Attributes"])
 
 
 @dataclass
@@ -105,13 +166,14 @@ class UnitTally:
 
 
 class DynamoCapacity:
-    """Request units by DynamoDB's rules, with a shadow of every item size written.
+    """Request units by DynamoDB's rules, with a shadow of every item written.
 
-    The shadow (size of each item the meter saw written, per table and key) gives the
-    "larger of the old and the new item" rule for puts and deletes, and full item sizes
+    The shadow (each item the meter saw written, per table and key) gives the "larger
+    of the old and the new item" rule for puts, deletes and updates (an update's new
+    item is the shadow item with the update expression applied), and full item sizes
     for reads (DynamoDB charges the whole item even with a projection). Items written
     before the meter was installed are unknown: the response's item is used for reads,
-    and a put over such an item is costed on the new item only.
+    and a put or update over such an item is costed on the new item only.
     """
 
     def __init__(self, tables: Iterable[TableSpec]) -> None:
@@ -124,10 +186,20 @@ class DynamoCapacity:
         # (phase, table, operation) -> units
         self.writes: dict[tuple[str, str, str], UnitTally] = defaultdict(UnitTally)
         self.reads: dict[tuple[str, str, str], UnitTally] = defaultdict(UnitTally)
+        # The same split further by the kind of item (``item_kind``): (phase, table, operation, kind).
+        self.write_kinds: dict[tuple[str, str, str, str], UnitTally] = defaultdict(UnitTally)
+        self.read_kinds: dict[tuple[str, str, str, str], UnitTally] = defaultdict(UnitTally)
+        # What was approximated, and why (the report lists it).
         self.unsupported: Counter[str] = Counter()
 
     def forget(self) -> None:
         self._items.clear()
+
+    def stored_items(self, table: str) -> Iterator[dict[str, Any]]:
+        """Every item of ``table`` as the meter last saw it written (DynamoDB JSON)."""
+        for (name, _, _), stored in self._items.items():
+            if name == table and stored.item is not None:
+                yield stored.item
 
     # --- keys and index entries ------------------------------------------------------
 
@@ -136,6 +208,10 @@ class DynamoCapacity:
         if pk is None:  # a table we do not know: key by the whole key map given
             return (table, json.dumps(item, sort_keys=True), None)
         return (table, json.dumps(item.get(pk)), json.dumps(item.get(sk)) if sk else None)
+
+    def _key_names(self, table: str, key_map: dict[str, Any]) -> tuple[str, ...]:
+        pk, sk = self._keys.get(table, (None, None))
+        return tuple(n for n in (pk, sk) if n) if pk else tuple(key_map)
 
     def _index_keys(self, table: str, item: dict[str, Any]) -> tuple[Any, ...]:
         return tuple(
@@ -160,14 +236,18 @@ class DynamoCapacity:
     # --- writes ------------------------------------------------------------------------
 
     def _put(self, table: str, item: dict[str, Any], apply: bool) -> tuple[int, int]:
-        key = self._key(table, item)
+        return self._replace(table, self._key(table, item), item, apply)
+
+    def _replace(self, table: str, key: tuple[str, Any, Any], item: dict[str, Any], apply: bool) -> tuple[int, int]:
+        """The stored item at ``key`` becomes ``item``: units of the larger of the two, plus
+        the indexes; returns the units and the new item's size."""
         old = self._items.get(key)
         size = item_size(item)
         index_keys = self._index_keys(table, item)
         units = write_units(max(size, old.size if old else 0))
         units += self._index_writes(table, old, size, index_keys)
         if apply:
-            self._items[key] = _Stored(size, index_keys)
+            self._items[key] = _Stored(size, index_keys, item)
         return units, size
 
     def _delete(self, table: str, key_map: dict[str, Any], apply: bool) -> tuple[int, int]:
@@ -181,6 +261,40 @@ class DynamoCapacity:
             self._items.pop(key, None)
         return units, size
 
+    def _update(self, table: str, spec: dict[str, Any], apply: bool, operation: str) -> tuple[int, int]:
+        """UpdateItem (alone or in a transaction): the larger of the item before and after.
+
+        Returns the units and the size of the item after the update.
+        """
+        key = self._key(table, spec["Key"])
+        old = self._items.get(key)
+        expression = spec.get("UpdateExpression")
+        if not expression:  # legacy AttributeUpdates: not modelled, sized on the stored item
+            self.unsupported[f"{operation} without UpdateExpression (sized on the stored item)"] += 1
+            size = old.size if old else 0
+            return write_units(size), size
+        try:
+            new = updated_item(
+                old.item if old else None,
+                spec["Key"],
+                self._key_names(table, spec["Key"]),
+                expression,
+                spec.get("ExpressionAttributeNames"),
+                spec.get("ExpressionAttributeValues"),
+            )
+        except UpdateNotModelled as exc:
+            self.unsupported[f"{operation}: {exc} (sized on the stored item)"] += 1
+            size = old.size if old else 0
+            return write_units(size), size
+        return self._replace(table, key, new, apply)
+
+    def _condition_check(self, table: str, key_map: dict[str, Any]) -> tuple[int, int]:
+        """A transaction's ConditionCheck is billed as a write of the item it checks
+        (2 units per KB in the transaction, at least 1 KB), and changes nothing."""
+        stored = self._items.get(self._key(table, key_map))
+        size = stored.size if stored else 0
+        return write_units(size), size
+
     def _record(
         self,
         bucket: dict[tuple[str, str, str], UnitTally],
@@ -191,30 +305,36 @@ class DynamoCapacity:
         size: int,
         new_call: bool,
         refused: bool = False,
+        key: dict[str, Any] | None = None,
     ) -> None:
-        tally = bucket[(phase, table, operation)]
-        tally.calls += 1 if new_call else 0
-        tally.items += 1
-        tally.units += units
-        tally.bytes += size
-        tally.refused += 1 if refused else 0
+        kinds = self.write_kinds if bucket is self.writes else self.read_kinds
+        kind = item_kind(key, self._keys.get(table, (None, None))) if key is not None else "?"
+        for tally in (bucket[(phase, table, operation)], kinds[(phase, table, operation, kind)]):
+            tally.calls += 1 if new_call else 0
+            tally.items += 1
+            tally.units += units
+            tally.bytes += size
+            tally.refused += 1 if refused else 0
 
     def request(
         self, phase: str, operation: str, body: dict[str, Any], status: int, response: dict[str, Any] | None
     ) -> None:
         """Account one API call (``body``: the request's DynamoDB JSON).
 
-        A conditional PutItem / DeleteItem whose condition fails (HTTP 400,
+        A conditional PutItem / UpdateItem / DeleteItem whose condition fails (HTTP 400,
         ConditionalCheckFailedException) consumes the same write units as one that
         succeeds (the larger of the stored and the new item), but changes nothing.
         """
         ok = status < 400
         if operation == "PutItem":
             units, size = self._put(body["TableName"], body["Item"], apply=ok)
-            self._record(self.writes, phase, body["TableName"], operation, units, size, True, not ok)
+            self._record(self.writes, phase, body["TableName"], operation, units, size, True, not ok, body["Item"])
         elif operation == "DeleteItem":
             units, size = self._delete(body["TableName"], body["Key"], apply=ok)
-            self._record(self.writes, phase, body["TableName"], operation, units, size, True, not ok)
+            self._record(self.writes, phase, body["TableName"], operation, units, size, True, not ok, body["Key"])
+        elif operation == "UpdateItem":
+            units, size = self._update(body["TableName"], body, apply=ok, operation=operation)
+            self._record(self.writes, phase, body["TableName"], operation, units, size, True, not ok, body["Key"])
         elif operation == "BatchWriteItem":
             unprocessed = (response or {}).get("UnprocessedItems") or {}
             for table, requests in body["RequestItems"].items():
@@ -224,10 +344,12 @@ class DynamoCapacity:
                     if json.dumps(request, sort_keys=True) in skipped:
                         continue  # not written, not charged; the caller retries it
                     if "PutRequest" in request:
-                        units, size = self._put(table, request["PutRequest"]["Item"], apply=ok)
+                        key = request["PutRequest"]["Item"]
+                        units, size = self._put(table, key, apply=ok)
                     else:
-                        units, size = self._delete(table, request["DeleteRequest"]["Key"], apply=ok)
-                    self._record(self.writes, phase, table, operation, units, size, first)
+                        key = request["DeleteRequest"]["Key"]
+                        units, size = self._delete(table, key, apply=ok)
+                    self._record(self.writes, phase, table, operation, units, size, first, key=key)
                     first = False
         elif operation == "TransactWriteItems":
             # 2 write units per KB per item; a cancelled transaction still consumes them.
@@ -239,19 +361,15 @@ class DynamoCapacity:
                     units, size = self._put(table, spec["Item"], apply=ok)
                 elif action == "Delete":
                     units, size = self._delete(table, spec["Key"], apply=ok)
-                else:  # Update / ConditionCheck: sized on the stored item (assumption)
-                    self.unsupported[f"TransactWriteItems.{action}"] += 1
-                    stored = self._items.get(self._key(table, spec["Key"]))
-                    size = stored.size if stored else 0
-                    units = write_units(size)
-                self._record(self.writes, phase, table, operation, 2 * units, size, table not in seen_tables, not ok)
+                elif action == "Update":
+                    units, size = self._update(table, spec, apply=ok, operation=f"{operation}.Update")
+                else:
+                    units, size = self._condition_check(table, spec["Key"])
+                key = spec.get("Item") or spec["Key"]
+                self._record(
+                    self.writes, phase, table, operation, 2 * units, size, table not in seen_tables, not ok, key
+                )
                 seen_tables.add(table)
-        elif operation == "UpdateItem":
-            # Needs the item after the update; not used by the code benchmarked here.
-            self.unsupported["UpdateItem"] += 1
-            stored = self._items.get(self._key(body["TableName"], body["Key"]))
-            size = stored.size if stored else 0
-            self._record(self.writes, phase, body["TableName"], operation, write_units(size), size, True)
         elif operation in DYNAMODB_READS:
             self._read(phase, operation, body, response or {})
 
@@ -264,31 +382,56 @@ class DynamoCapacity:
         return item_size(returned) if returned else 0
 
     def _read(self, phase: str, operation: str, body: dict[str, Any], response: dict[str, Any]) -> None:
+        """Reads: 1 unit per 4 KB, half if eventually consistent, double if transactional.
+
+        GetItem, BatchGetItem and TransactGetItems round each item up (a missing item
+        costs the minimum, as a present one of 0 bytes would); BatchGetItem's unprocessed
+        keys are not read, so not charged. Query and Scan round up the total size of
+        the items read (returned here: a FilterExpression or ``Select: COUNT`` would hide
+        items that were read and charged, so such calls are listed as approximated).
+        """
         if operation == "GetItem":
             table = body["TableName"]
             size = self._stored_size(table, body["Key"], response.get("Item"))
             factor = 1.0 if body.get("ConsistentRead") else 0.5
-            self._record(self.reads, phase, table, operation, read_units(size) * factor, size, True)
+            self._record(self.reads, phase, table, operation, read_units(size) * factor, size, True, key=body["Key"])
         elif operation == "BatchGetItem":
+            unprocessed = response.get("UnprocessedKeys") or {}
             for table, spec in body["RequestItems"].items():
                 factor = 1.0 if spec.get("ConsistentRead") else 0.5
                 returned = {self._key(table, item): item for item in response.get("Responses", {}).get(table, [])}
+                skipped = {self._key(table, k) for k in unprocessed.get(table, {}).get("Keys", [])}
                 first = True
                 for key_map in spec["Keys"]:
-                    item = returned.get(self._key(table, key_map))
-                    size = self._stored_size(table, key_map, item)
-                    self._record(self.reads, phase, table, operation, read_units(size) * factor, size, first)
+                    key = self._key(table, key_map)
+                    if key in skipped:
+                        continue  # not read, not charged; the caller asks again
+                    size = self._stored_size(table, key_map, returned.get(key))
+                    units = read_units(size) * factor
+                    self._record(self.reads, phase, table, operation, units, size, first, key=key_map)
                     first = False
         elif operation == "TransactGetItems":
-            for entry in body["TransactItems"]:
+            answers = response.get("Responses") or []
+            seen_tables: set[str] = set()
+            for position, entry in enumerate(body["TransactItems"]):
                 spec = entry["Get"]
-                size = self._stored_size(spec["TableName"], spec["Key"], None)
-                self._record(self.reads, phase, spec["TableName"], operation, 2 * read_units(size), size, True)
+                table = spec["TableName"]
+                answer = answers[position].get("Item") if position < len(answers) else None
+                size = self._stored_size(table, spec["Key"], answer)
+                units = 2 * read_units(size)
+                self._record(
+                    self.reads, phase, table, operation, units, size, table not in seen_tables, key=spec["Key"]
+                )
+                seen_tables.add(table)
         else:  # Query / Scan: the total size read, rounded up once
             table = body["TableName"]
-            size = sum(self._stored_size(table, item, item) for item in response.get("Items", []))
+            if body.get("FilterExpression") or body.get("Select") == "COUNT":
+                self.unsupported[f"{operation} with a filter or COUNT (only the returned items counted)"] += 1
+            items = response.get("Items", [])
+            size = sum(self._stored_size(table, item, item) for item in items)
             factor = 1.0 if body.get("ConsistentRead") else 0.5
-            self._record(self.reads, phase, table, operation, read_units(size) * factor, size, True)
+            first_item = items[0] if items else None
+            self._record(self.reads, phase, table, operation, read_units(size) * factor, size, True, key=first_item)
 
 
 # --- the hooks -------------------------------------------------------------------------
@@ -457,6 +600,8 @@ class AwsMeter:
         self.s3.clear()
         self.dynamodb.writes.clear()
         self.dynamodb.reads.clear()
+        self.dynamodb.write_kinds.clear()
+        self.dynamodb.read_kinds.clear()
         self.dynamodb.unsupported.clear()
 
     def reset_shadow(self) -> None:

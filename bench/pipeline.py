@@ -1,8 +1,13 @@
-"""Benchmark of the collection pipeline: collector -> Kinesis -> stream consumer.
+"""Benchmark of the pipeline: collector -> Kinesis -> stream consumer (store, unify).
 
     .venv/bin/python -m bench.pipeline --events 100000            # the published run
     .venv/bin/python -m bench.pipeline --events 500 --runs 1      # smoke (< 60 s)
     .venv/bin/python -m bench.pipeline --events 20000 --profile   # where the CPU goes
+    .venv/bin/python -m bench.pipeline --traffic identity --events 50000  # identity resolution
+
+Traffic: ``mixed`` (bench/segment_traffic.py: each event's person drawn at random from
+a pool) or ``identity`` (bench/identity_traffic.py: people with devices and sessions
+over time, the reference mix of identity resolution).
 
 moto runs as a separate server process, so only our code (and boto3's work on the
 client side, which Lambda pays for too) is inside ``time.process_time()``, taken
@@ -51,6 +56,7 @@ from bench.cost_model import (
     cpu_share,
     gb_seconds,
 )
+from bench.identity_traffic import IdentityMix, IdentityTrafficGenerator
 from bench.moto_process import MotoServerProcess, free_port
 from bench.segment_traffic import (
     SDK_BATCH_SIZE,
@@ -69,6 +75,10 @@ SOURCE_ID = "src_bench"
 TARGET_COLLECTOR_CPU_MS = 0.3
 TARGET_CONSUMER_CPU_MS = 1.0
 TARGET_INVOCATIONS_PER_1000 = 15
+# Targets of identity resolution (issue 3), on the reference identity mix: DynamoDB
+# request units per event, the whole pipeline.
+TARGET_WRITE_UNITS_PER_EVENT = 1.5
+TARGET_READ_UNITS_PER_EVENT = 2.0
 # Assumptions of the duration estimate and the log volume (stated in every report).
 ASSUMED_AWS_CALL_LATENCY_MS = 10.0
 # START, END and REPORT lines Lambda writes per invocation, plus the XRAY line of an
@@ -261,6 +271,7 @@ class RunResult:
     collector: list[Invocation] = field(default_factory=list)
     consumer: list[Invocation] = field(default_factory=list)
     wall_s: float = 0.0
+    identity: IdentityOutcome | None = None
 
     def cpu_ms_per_event(self, name: str) -> float:
         calls = self.collector if name == COLLECTOR else self.consumer
@@ -488,6 +499,108 @@ def item_count(table_name: str) -> int:
     return int(table["Table"]["ItemCount"])
 
 
+def scan_items(table_name: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Every item of a table in moto (not metered: no phase is set)."""
+    import boto3
+
+    paginator = boto3.client("dynamodb").get_paginator("scan")
+    for page in paginator.paginate(TableName=table_name, **kwargs):
+        yield from page.get("Items", [])
+
+
+def history_count() -> int:
+    """Items of the events table that are event history (``u#`` / ``a#`` partitions, one
+    per event); the table also holds the unification stage's records (``p#``, ``g#``)."""
+    import boto3
+
+    paginator = boto3.client("dynamodb").get_paginator("scan")
+    pages = paginator.paginate(
+        TableName=resources.EVENTS_TABLE.local_name,
+        Select="COUNT",
+        FilterExpression="begins_with(pk, :u) OR begins_with(pk, :a)",
+        ExpressionAttributeValues={":u": {"S": "u#"}, ":a": {"S": "a#"}},
+    )
+    return sum(int(page["Count"]) for page in pages)
+
+
+def renew_stream() -> None:
+    """Delete and create the event stream (not metered): moto's Kinesis slows down as a
+    stream grows (see ``run_pipeline``); the tables keep everything."""
+    import boto3
+
+    from cdp.local.provisioning import ensure_stream
+
+    kinesis = boto3.client("kinesis")
+    kinesis.delete_stream(StreamName=resources.EVENT_STREAM.local_name, EnforceConsumerDeletion=True)
+    ensure_stream(kinesis, resources.EVENT_STREAM)
+
+
+@dataclass
+class IdentityOutcome:
+    """What identity resolution left in the tables after a run (read from moto)."""
+
+    profiles: int = 0  # prof# items: every profile ever created
+    live: int = 0
+    merged: int = 0  # status "merged": merged into another profile
+    identifiers: int = 0  # ident# items
+    accounts: int = 0  # acct# items
+    merge_log: int = 0  # p#<id> / merge#<id> records in the events table
+    blocked: int = 0  # p#<id> / blocked#<messageId> records
+    account_links: int = 0  # p#<id> / group#<groupId> records
+    members: int = 0  # g#<groupId> / member#<profileId> records
+    identifiers_by_type: dict[str, int] = field(default_factory=dict)
+    profile_bytes: list[int] = field(default_factory=list)  # size of each live profile item
+    # Items of the identity table whose size in moto differs from the meter's shadow
+    # (which applies every update expression itself): should be 0.
+    shadow_mismatches: int = 0
+
+    def per_1000(self, count: int, events: int) -> float:
+        return count * 1000 / max(events, 1)
+
+
+def identity_outcome(meter: AwsMeter) -> IdentityOutcome:
+    """Count profiles, merges, identifiers and records in moto's identity and events tables,
+    and check the meter's idea of every identity item's size against moto's."""
+    from bench.aws_meter import item_size
+
+    outcome = IdentityOutcome()
+    by_type: dict[str, int] = defaultdict(int)
+    shadow = {i["pk"]["S"]: item_size(i) for i in meter.dynamodb.stored_items(resources.IDENTITY_TABLE.local_name)}
+    for item in scan_items(resources.IDENTITY_TABLE.local_name):
+        pk = item["pk"]["S"]
+        outcome.shadow_mismatches += shadow.get(pk) != item_size(item)
+        if pk.startswith("prof#"):
+            outcome.profiles += 1
+            if item.get("status", {}).get("S") == "merged":
+                outcome.merged += 1
+            else:
+                outcome.live += 1
+                outcome.profile_bytes.append(item_size(item))
+        elif pk.startswith("ident#"):
+            outcome.identifiers += 1
+            by_type[pk.removeprefix("ident#").split(":", 1)[0]] += 1
+        elif pk.startswith("acct#"):
+            outcome.accounts += 1
+    outcome.identifiers_by_type = dict(sorted(by_type.items()))
+    records = scan_items(
+        resources.EVENTS_TABLE.local_name,
+        FilterExpression="begins_with(pk, :p) OR begins_with(pk, :g)",
+        ExpressionAttributeValues={":p": {"S": "p#"}, ":g": {"S": "g#"}},
+        ProjectionExpression="pk, sk",
+    )
+    for item in records:
+        sk = item["sk"]["S"]
+        if sk.startswith("merge#"):
+            outcome.merge_log += 1
+        elif sk.startswith("blocked#"):
+            outcome.blocked += 1
+        elif sk.startswith("group#"):
+            outcome.account_links += 1
+        elif sk.startswith("member#"):
+            outcome.members += 1
+    return outcome
+
+
 def clear_dedupe_claims(batch: list[dict[str, Any]]) -> None:
     """Delete the claims of a consumed batch from moto's dedupe table (not metered, not timed).
 
@@ -552,34 +665,39 @@ def run_pipeline(
 ) -> RunResult:
     """One pass over every request: collector, then stream, then consumer, in windows.
 
-    moto is emptied before each window of about ``window`` events: its Kinesis
-    PutRecords walks every record of the shard (``list(records.keys())[-1]`` per record,
-    so its cost grows with the stream) and the real services' costs do not depend on
-    how much they hold, so neither do ours. Each window checks that the events table
-    holds exactly one item per event (and the dedupe table none, see clear_dedupe_claims).
+    moto starts empty, and only the stream is renewed between windows of about
+    ``window`` events: moto's Kinesis PutRecords walks every record of the shard
+    (``list(records.keys())[-1]`` per record, so its cost grows with the stream), and the
+    real service's costs do not depend on how much it holds, so neither do ours. The
+    tables keep everything for the whole run: the identity graph must remember the
+    people it met. Each window checks that the events table holds one history item per
+    event so far (and the dedupe table none, see clear_dedupe_claims).
     """
     total = sum(r.events for r in requests)
     result = RunResult(total)
     started = time.monotonic()
     per_window = max(1, window // max(1, requests[0].events))
     done = 0
+    prepare_aws(moto, harness.meter)
     for first in range(0, len(requests), per_window):
         chunk = requests[first : first + per_window]
         events = sum(r.events for r in chunk)
-        prepare_aws(moto, harness.meter)
+        if first:
+            renew_stream()
         collect_requests(harness, chunk, result)
         consume_stream(harness, esm_batch, events, result)
-        stored = item_count(resources.EVENTS_TABLE.local_name)
-        if stored != events:
-            raise AssertionError(f"events table holds {stored} items, expected {events}")
+        done += events
+        stored = history_count()
+        if stored != done:
+            raise AssertionError(f"events table holds {stored} history items, expected {done}")
         if item_count(resources.DEDUPE_TABLE.local_name):
             raise AssertionError("claims left in moto's dedupe table: clear_dedupe_claims missed some")
-        result.stored += stored
-        done += events
+        result.stored = stored
         progress(f"  {done:,}/{total:,} events through collector and consumer")
     if result.stored != total:
         raise AssertionError(f"{result.stored} events stored, expected {total}")
     result.wall_s = time.monotonic() - started
+    result.identity = identity_outcome(harness.meter)
     return result
 
 
@@ -677,10 +795,9 @@ def report(
         + " ".join(f"{v:.2f}" for v in os.getloadavg())
         + " (the benchmark and moto alternate and count for about 1)"
     )
-    out(
-        f"- events: {args.events:,} per run x {len(runs)} run(s); mix "
-        + ", ".join(f"{k} {v:.0%}" for k, v in TRAFFIC_MIX.items())
-    )
+    out(f"- events: {args.events:,} per run x {len(runs)} run(s)")
+    for line in info["traffic"]:
+        out(f"- {line}")
     out(
         f"- event size as sent by the SDK: mean {statistics.mean(sizes):.0f} B, median "
         f"{statistics.median(sizes):.0f} B, min {min(sizes)} B, max {max(sizes)} B"
@@ -854,9 +971,15 @@ def report(
     wcu = sum(write_units_per_event.values())
     rcu = sum(read_units_per_event.values())
     out(
-        f"Total: {wcu:.3f} write units and {rcu:.5f} read units per event. Assumption: a put over an item "
+        f"Total: {wcu:.3f} write units and {rcu:.3f} read units per event. Assumption: a put over an item "
         "the benchmark has not seen written is costed on the new item (tables start empty each run)."
     )
+    summary["dynamodb_units_per_event"] = request_units_summary(
+        meter, n_total, wcu, rcu, out, targets=args.traffic == "identity"
+    )
+    identity_summary = identity_report(runs, out)
+    if identity_summary:
+        summary["identity"] = identity_summary
 
     kinesis = meter.kinesis[COLLECTOR]
     s3 = meter.s3[CONSUMER]
@@ -1051,6 +1174,122 @@ def report(
     return summary
 
 
+def request_units_summary(
+    meter: AwsMeter, n_total: int, wcu: float, rcu: float, out: Callable[[str], None], targets: bool
+) -> Any:
+    """Request units per event by table, and by table, operation and kind of item; the targets."""
+    by_table: dict[tuple[str, str], float] = defaultdict(float)
+    for kind, tallies in (("write", meter.dynamodb.writes), ("read", meter.dynamodb.reads)):
+        for (phase, table, _), tally in tallies.items():
+            if phase in (COLLECTOR, CONSUMER):
+                by_table[(kind, table)] += tally.units / n_total
+    out("\nBy table (units per event):")
+    out(
+        markdown_table(
+            ["table", "write units / event", "read units / event"],
+            [
+                [table, f"{by_table.get(('write', table), 0):.3f}", f"{by_table.get(('read', table), 0):.3f}"]
+                for table in sorted({t for _, t in by_table})
+            ],
+        )
+    )
+    out("\nBy kind of item (key prefix: ident#, prof#, acct# identity graph; u#/a# history; p#merge# merge log, ...):")
+    rows = []
+    by_kind: dict[str, float] = {}
+    for kind, kind_tallies in (("write", meter.dynamodb.write_kinds), ("read", meter.dynamodb.read_kinds)):
+        for (phase, table, operation, item), tally in sorted(kind_tallies.items(), key=lambda kv: -kv[1].units):
+            if phase not in (COLLECTOR, CONSUMER) or not tally.units:
+                continue
+            rows.append(
+                [
+                    kind,
+                    table,
+                    operation,
+                    item,
+                    f"{tally.items * 1000 / n_total:.1f}",
+                    f"{tally.bytes / max(tally.items, 1):.0f}",
+                    str(tally.refused),
+                    f"{tally.units / n_total:.3f}",
+                ]
+            )
+            by_kind[f"{kind}.{table}.{operation}.{item}"] = tally.units / n_total
+    out(
+        markdown_table(
+            ["units", "table", "operation", "item", "items / 1,000 events", "mean bytes", "refused", "units / event"],
+            rows,
+        )
+    )
+    verdict = {
+        "write": "met" if wcu <= TARGET_WRITE_UNITS_PER_EVENT else "MISSED",
+        "read": "met" if rcu <= TARGET_READ_UNITS_PER_EVENT else "MISSED",
+    }
+    if targets:
+        out(
+            f"\nTargets of identity resolution (issue 3, reference identity mix): <= {TARGET_WRITE_UNITS_PER_EVENT} "
+            f"write units per event: {wcu:.3f}, {verdict['write']}; <= {TARGET_READ_UNITS_PER_EVENT} read units per "
+            f"event: {rcu:.3f}, {verdict['read']}."
+        )
+    return {
+        "write_total": wcu,
+        "read_total": rcu,
+        "by_table": {f"{k}.{t}": v for (k, t), v in by_table.items()},
+        "by_kind": by_kind,
+        "targets": verdict,
+    }
+
+
+def identity_report(runs: list[RunResult], out: Callable[[str], None]) -> dict[str, Any] | None:
+    """Merges, profiles and records per 1,000 events, from the tables after the last run."""
+    last = runs[-1]
+    outcome = last.identity
+    if outcome is None:
+        return None
+    n = last.events
+
+    def per_1000(count: int) -> str:
+        return f"{outcome.per_1000(count, n):.2f}"
+
+    out("\n## Identity resolution (identity and events tables after the last run, read from moto)")
+    profile_bytes = outcome.profile_bytes or [0]
+    out(
+        markdown_table(
+            ["quantity", "count", "per 1,000 events"],
+            [
+                ["profiles created (prof# items)", f"{outcome.profiles:,}", per_1000(outcome.profiles)],
+                ["merges (prof# items with status merged)", f"{outcome.merged:,}", per_1000(outcome.merged)],
+                ["merge log records (p#<id> / merge#<id>)", f"{outcome.merge_log:,}", per_1000(outcome.merge_log)],
+                ["live profiles", f"{outcome.live:,}", per_1000(outcome.live)],
+                ["identifiers (ident# items)", f"{outcome.identifiers:,}", per_1000(outcome.identifiers)],
+                ["blocked merges (p#<id> / blocked#)", f"{outcome.blocked:,}", per_1000(outcome.blocked)],
+                ["accounts (acct# items)", f"{outcome.accounts:,}", per_1000(outcome.accounts)],
+                ["account links (group#) / members (g#)", f"{outcome.account_links:,} / {outcome.members:,}", ""],
+            ],
+        )
+    )
+    out(
+        "Identifiers by type: " + ", ".join(f"{k} {v:,}" for k, v in outcome.identifiers_by_type.items()) + "; live "
+        f"profile items: mean {statistics.mean(profile_bytes):,.0f} B, max {max(profile_bytes):,} B (the size every "
+        "state update is billed on)."
+    )
+    if outcome.merge_log != outcome.merged:
+        out(f"NOTE: {outcome.merged} merged profiles but {outcome.merge_log} merge log records.")
+    out(
+        f"Meter check: {outcome.shadow_mismatches} identity items whose size in moto differs from the size the "
+        "meter computed from the requests (updates applied by the meter itself); 0 expected."
+    )
+    return {
+        "profiles_per_1000": outcome.per_1000(outcome.profiles, n),
+        "merges_per_1000": outcome.per_1000(outcome.merged, n),
+        "live_profiles": outcome.live,
+        "identifiers": outcome.identifiers,
+        "identifiers_by_type": outcome.identifiers_by_type,
+        "blocked": outcome.blocked,
+        "accounts": outcome.accounts,
+        "merge_log": outcome.merge_log,
+        "mean_profile_bytes": statistics.mean(profile_bytes),
+    }
+
+
 # --- profile -----------------------------------------------------------------------------
 
 _CATEGORIES = (
@@ -1175,12 +1414,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-out", metavar="DIR", help="also save the profiles as DIR/<handler>.pstats (for snakeviz etc.)"
     )
+    parser.add_argument(
+        "--traffic",
+        choices=("mixed", "identity"),
+        default="mixed",
+        help="mixed: events of random people in the proportions of bench/segment_traffic.py (default); identity: "
+        "people with devices and sessions over time, the reference mix of bench/identity_traffic.py",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=IdentityMix().rate_per_s,
+        help=f"identity traffic: events per second reaching the collector (default {IdentityMix().rate_per_s:g}); "
+        "sets the run's time window and how people's events interleave",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
-    if min(args.events, args.batch_size, args.esm_batch_size, args.runs) < 1:
-        parser.error("--events, --batch-size, --esm-batch-size and --runs must be positive")
+    if min(args.events, args.batch_size, args.esm_batch_size, args.runs) < 1 or args.rate <= 0:
+        parser.error("--events, --batch-size, --esm-batch-size, --runs and --rate must be positive")
     return args
+
+
+def traffic_generator(args: argparse.Namespace) -> SegmentTrafficGenerator:
+    if args.traffic == "identity":
+        return IdentityTrafficGenerator(WRITE_KEY, seed=args.seed, mix=IdentityMix(rate_per_s=args.rate))
+    return SegmentTrafficGenerator(WRITE_KEY, seed=args.seed)
+
+
+def traffic_description(args: argparse.Namespace, generator: SegmentTrafficGenerator) -> list[str]:
+    """The traffic's mix, as set and as generated, for the report."""
+    if isinstance(generator, IdentityTrafficGenerator):
+        return [
+            "identity traffic (bench/identity_traffic.py), seed " + str(args.seed),
+            *("mix: " + line for line in generator.mix.describe()),
+            *("generated: " + line for line in generator.stats.describe()),
+        ]
+    return [
+        "mixed traffic (bench/segment_traffic.py), seed "
+        + str(args.seed)
+        + ": "
+        + ", ".join(f"{k} {v:.0%}" for k, v in TRAFFIC_MIX.items())
+        + "; 5,000 people, 65 % identified"
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1192,7 +1468,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
 
     info = machine()
-    print(f"# Collection pipeline benchmark ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
+    print(f"# Pipeline benchmark, {args.traffic} traffic ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
     print(f"command: python -m bench.pipeline {' '.join(sys.argv[1:] if argv is None else argv)}")
     with MotoServerProcess() as moto, contextlib.ExitStack() as stack:
         point_at(moto.endpoint, args.tracing)
@@ -1202,11 +1478,12 @@ def main(argv: list[str] | None = None) -> int:
         harness.pool = pool = PoolTap(harness)
         stack.enter_context(pool.installed())
 
-        generator = SegmentTrafficGenerator(WRITE_KEY, seed=args.seed)
+        generator = traffic_generator(args)
         events = generator.events(args.events)
         sizes = [event_size(e) for e in events]
         requests = list(generator.requests(events, args.batch_size))
         del events
+        info["traffic"] = traffic_description(args, generator)
         warmup_generator = SegmentTrafficGenerator(WRITE_KEY, seed=args.seed + 1)
         warmup = list(warmup_generator.requests(warmup_generator.events(2 * args.batch_size), args.batch_size))
         progress(f"{args.events:,} events generated, mean {statistics.mean(sizes):.0f} B, {len(requests):,} requests")
