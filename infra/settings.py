@@ -9,6 +9,7 @@ from typing import Any, Literal, cast
 from aws_cdk import aws_logs as logs
 from constructs import Node
 
+from cdp.access_tokens import valid_space_id
 from cdp.identity.config import IdentityConfig
 
 KinesisCapacity = Literal["on-demand", "provisioned"]
@@ -57,6 +58,8 @@ class DeploymentSettings:
     # Identity resolution: identifier types, priorities, limits, blocked values, phone
     # region (docs/identity.md); validated at synth time, so a typo fails `cdk synth`.
     identity_config: IdentityConfig = field(default_factory=IdentityConfig)
+    # The Profile API's space (/v1/spaces/<space>/...); access tokens are bound to it.
+    space_id: str = "default"
 
     def __post_init__(self) -> None:
         if self.kinesis_capacity not in ("on-demand", "provisioned"):
@@ -71,6 +74,8 @@ class DeploymentSettings:
             raise ValueError(
                 f"log_retention_days must be one of {sorted(RETENTION_DAYS)}, not {self.log_retention_days}"
             )
+        if not valid_space_id(self.space_id):
+            raise ValueError(f"space_id must be 1-64 letters, digits, '-' or '_', not {self.space_id!r}")
 
     @property
     def log_retention(self) -> logs.RetentionDays:
@@ -93,6 +98,7 @@ class DeploymentSettings:
             log_retention_days=int(value("log_retention_days")),
             alarm_topic_arn=value("alarm_topic_arn") or None,
             identity_config=_identity_config(value("identity_config")),
+            space_id=str(value("space_id")),
         )
 
 

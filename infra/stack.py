@@ -15,11 +15,12 @@ from infra.constructs.function import ARCHITECTURE, RUNTIME
 from infra.constructs.ingestion import Ingestion
 from infra.constructs.monitoring import Monitoring
 from infra.constructs.pipeline import Pipeline
+from infra.constructs.profile_api import ProfileApi
 from infra.settings import DeploymentSettings
 
 
 class CdpStack(Stack):
-    """Ingestion (HTTP API, collector, stream), pipeline (consumer, tables, archive, DLQ), monitoring.
+    """Ingestion (HTTP API, collector, stream), pipeline (consumer, tables, archive, DLQ), Profile API, monitoring.
 
     Environment-agnostic on purpose (no account/region, no lookups): ``cdk synth`` works
     without AWS credentials, and one template deploys to any account and region.
@@ -64,6 +65,17 @@ class CdpStack(Stack):
             code_dir=assets.function_dirs[resources.STREAM_CONSUMER_FUNCTION.folder],
             layer=self.dependencies_layer,
         )
+        self.profile_api = ProfileApi(
+            self,
+            "ProfileApi",
+            settings=self.settings,
+            code_dir=assets.function_dirs[resources.PROFILE_API_FUNCTION.folder],
+            layer=self.dependencies_layer,
+            http_api=self.ingestion.http_api,
+            sources_table=self.ingestion.sources_table,
+            identity_table=self.pipeline.tables[resources.IDENTITY_TABLE.logical_id],
+            events_table=self.pipeline.events_table,
+        )
         self.monitoring = Monitoring(
             self,
             "Monitoring",
@@ -83,7 +95,10 @@ class CdpStack(Stack):
         self._outputs()
 
     def _outputs(self) -> None:
-        CfnOutput(self, "ApiUrl", value=self.ingestion.api_url, description="Collector endpoint (HTTP API)")
+        CfnOutput(self, "ApiUrl", value=self.ingestion.api_url,
+                  description="HTTP API: the collector, and the Profile API under /v1/spaces/<SpaceId>/")
+        CfnOutput(self, "SpaceId", value=self.settings.space_id,
+                  description="The Profile API's space; `cdp tokens create` binds tokens to it")
         stream = self.ingestion.stream
         CfnOutput(
             self, "EventStreamName", value=stream.stream_name, description=resources.EVENT_STREAM.purpose

@@ -307,11 +307,15 @@ class ProfileApi:
     """Answers Profile API requests for one space of one deployment."""
 
     def __init__(self, reader: ProfileReader, find_token: Callable[[str], AccessToken | None], space_id: str,
-                 identity_config: IdentityConfig | None = None) -> None:
+                 identity_config: IdentityConfig | Callable[[], IdentityConfig] = IdentityConfig) -> None:
+        """``identity_config``: the identity settings in force, or what returns them (they may
+        change at run time; identifiers are normalised with the consumer's current ones)."""
         self._reader = reader
         self._find_token = find_token
         self._space = space_id
-        self._config = identity_config or IdentityConfig()
+        config = identity_config
+        self._config: Callable[[], IdentityConfig] = (lambda: config) if isinstance(config, IdentityConfig) \
+            else config
 
     def handle(self, request: ApiRequest) -> ApiResponse:
         resource = ""
@@ -348,7 +352,7 @@ class ProfileApi:
             profile_id = identifier.partition(":")[2].strip()
             profile = self._reader.profile_by_id(profile_id) if profile_id else None
         else:
-            profile = self._reader.profile_by_identifier(lookup_identifier(identifier, self._config))
+            profile = self._reader.profile_by_identifier(lookup_identifier(identifier, self._config()))
         if profile is None:
             raise not_found()
         return self._user(profile, target, query)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -376,6 +377,12 @@ class ProfileReader:
 
 
 def _event_of(item: dict[str, Any]) -> dict[str, Any]:
-    payload = item.get("payload")
-    event = json.loads(payload) if isinstance(payload, str) else {}
+    """The stored event of a history item: zlib-compressed JSON in ``z``, or JSON in ``payload``."""
+    compressed = item.get("z")
+    if compressed is not None:
+        raw = compressed.value if hasattr(compressed, "value") else compressed  # boto3 Binary or bytes
+        event = json.loads(zlib.decompress(bytes(raw)))
+    else:
+        payload = item.get("payload")
+        event = json.loads(payload) if isinstance(payload, str) else {}
     return event if isinstance(event, dict) else {}

@@ -180,7 +180,41 @@ STREAM_CONSUMER_FUNCTION = FunctionSpec(
     purpose="Kinesis consumer: dedupes, archives to S3 and stores events for the next stage.",
 )
 
-FUNCTIONS: tuple[FunctionSpec, ...] = (COLLECTOR_FUNCTION, STREAM_CONSUMER_FUNCTION)
+PROFILE_API_FUNCTION = FunctionSpec(
+    logical_id="ProfileApiFunction",
+    folder="profile_api",
+    memory_mb=512,
+    timeout_s=10,
+    purpose="Segment-compatible Profile API: reads profiles, traits, events and links with an access token.",
+)
+
+FUNCTIONS: tuple[FunctionSpec, ...] = (COLLECTOR_FUNCTION, STREAM_CONSUMER_FUNCTION, PROFILE_API_FUNCTION)
+
+
+# --- HTTP API routes ----------------------------------------------------------------
+# The one HTTP API fronts several functions. API Gateway picks the most specific route
+# and falls back to ``$default``; the local gateway routes the same way, from this list.
+
+
+@dataclass(frozen=True)
+class HttpRouteSpec:
+    route_key: str  # "$default" or "<METHOD> <path>", path segments "{name}" or a last "{name+}"
+    function: FunctionSpec
+    purpose: str = ""
+
+
+PROFILE_API_ROUTE = HttpRouteSpec(
+    route_key="GET /v1/spaces/{proxy+}",
+    function=PROFILE_API_FUNCTION,
+    purpose="Profile API (read-only, access tokens).",
+)
+DEFAULT_ROUTE = HttpRouteSpec(
+    route_key="$default",
+    function=COLLECTOR_FUNCTION,
+    purpose="Everything else: the Segment tracking API, analytics.js settings, OpenAPI, health.",
+)
+
+HTTP_ROUTES: tuple[HttpRouteSpec, ...] = (PROFILE_API_ROUTE, DEFAULT_ROUTE)
 
 
 # --- Event source mappings -------------------------------------------------------

@@ -31,6 +31,7 @@ NON_DEFAULT_CONTEXT: dict[str, Any] = {
     "api_throttle_burst": "100",
     "log_retention_days": "90",
     "alarm_topic_arn": "arn:aws:sns:eu-west-1:123456789012:cdp-alarms",
+    "space_id": "shop-eu",
     # A JSON string, as `-c identity_config='{...}'` passes it.
     "identity_config": '{"types": [{"name": "user_id", "priority": 1, "limit": 1}, '
     '{"name": "email", "priority": 2, "limit": 2}], "default_phone_region": "PT"}',

@@ -83,3 +83,12 @@ def test_local_stack_creates_what_the_template_defines(cdp_stack: SynthesizedSta
                 QueueUrl=next(u for u in queues if u.endswith("/" + queue.local_name)),
                 AttributeNames=["MessageRetentionPeriod"])["Attributes"]
             assert int(local["MessageRetentionPeriod"]) == template_queue["MessageRetentionPeriod"]
+
+
+def test_the_local_gateway_routes_what_the_template_routes(cdp_stack: SynthesizedStack) -> None:
+    """Same route keys, each to the same function, as the local stack's gateway (built from HTTP_ROUTES)."""
+    template = {}
+    for route in cdp_stack.of_type("AWS::ApiGatewayV2::Route").values():
+        integration = cdp_stack.props(cdp_stack.ref_target(route["Properties"]["Target"]["Fn::Join"][1][1]))
+        template[route["Properties"]["RouteKey"]] = integration["IntegrationUri"]["Fn::GetAtt"][0]
+    assert template == {route.route_key: route.function.logical_id for route in resources.HTTP_ROUTES}

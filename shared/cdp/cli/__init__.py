@@ -27,10 +27,11 @@ def main(ctx: click.Context, stack: str | None, aws_url: str, api_url: str) -> N
 
 def _register() -> None:
     from cdp.cli import local as local_cmd
-    from cdp.cli import operate
+    from cdp.cli import operate, profiles
 
     main.add_command(local_cmd.local)
-    for command in (operate.sources, operate.quarantine, operate.dlq, operate.import_file):
+    for command in (operate.sources, operate.quarantine, operate.dlq, operate.import_file,
+                    profiles.profile, profiles.tokens):
         main.add_command(command)
 
 

@@ -24,6 +24,7 @@ OUTPUTS = {
     "EventStreamName": "event_stream",
     "ArchiveBucketName": "archive_bucket",
     "StreamConsumerDlqUrl": "dlq_url",
+    "SpaceId": "space_id",
 }
 
 
@@ -40,6 +41,9 @@ class Deployment:
     event_stream: str = _LOCAL.event_stream
     archive_bucket: str = _LOCAL.archive_bucket
     dlq_url: str = ""
+    space_id: str = _LOCAL.space_id
+    # The embedded local stack (fake credentials, the printed local access token).
+    is_local: bool = False
 
     def client(self, service: str) -> Any:
         return boto3.client(service)  # type: ignore[call-overload]
@@ -61,7 +65,7 @@ def local_deployment(aws_url: str = LOCAL_AWS_URL, api_url: str = LOCAL_API_URL)
     for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                         ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(name, value)
-    return Deployment(api_url=api_url)
+    return Deployment(api_url=api_url, is_local=True)
 
 
 def stack_deployment(stack_name: str) -> Deployment:

@@ -12,7 +12,8 @@ from types import FrameType
 import click
 
 from cdp import resources
-from cdp.local import DEFAULT_ACCESS_TOKEN, DEFAULT_WRITE_KEY, LOCAL_SOURCE_ID, EmbeddedStack
+from cdp.cli.deployment import LOCAL_API_URL
+from cdp.local import DEFAULT_ACCESS_TOKEN, DEFAULT_SPACE, DEFAULT_WRITE_KEY, LOCAL_SOURCE_ID, EmbeddedStack
 
 
 def banner(stack: EmbeddedStack) -> str:
@@ -22,13 +23,18 @@ def banner(stack: EmbeddedStack) -> str:
     bucket = resources.ARCHIVE_BUCKET.local_name
     dlq = resources.STREAM_CONSUMER_DLQ.local_name
     key = stack.write_key
+    # The `cdp` command's defaults are the default local stack's; name what differs.
+    cli = "cdp" if api == LOCAL_API_URL else f"cdp --api-url {api}"
+    get_options = "".join(f" --{name} {value}" for name, value, default in (
+        ("space", stack.space, DEFAULT_SPACE), ("access-token", stack.access_token, DEFAULT_ACCESS_TOKEN))
+        if value != default)
     return f"""
 CDP local stack is running.
 
   HTTP API (Segment-compatible)  {api}
   AWS endpoint (moto)            {aws}
   Write key                      {key}   (source {LOCAL_SOURCE_ID})
-  Access token                   {stack.access_token}
+  Profile API access token       {stack.access_token}   (space {stack.space})
   Kinesis shards                 {stack.shards}
 
 Send an event:
@@ -41,6 +47,10 @@ From Python (segment-analytics-python):
   analytics.host = "{api}"
   analytics.track("u1", "Signed Up")
   analytics.flush()
+
+Read the profile back (Profile API, Segment compatible):
+  curl -u {stack.access_token}: {api}/v1/spaces/{stack.space}/collections/users/profiles/user_id:u1/traits
+  {cli} profile get user_id:u1{get_options}
 
 Look at the result:
   aws --endpoint-url {aws} dynamodb scan --table-name {events_table}
@@ -59,7 +69,9 @@ Press Ctrl-C to stop; all data lives in memory and is gone after that.
 @click.option("--write-key", default=DEFAULT_WRITE_KEY, show_default=True,
               help="Write key of the local source (src_local).")
 @click.option("--access-token", default=DEFAULT_ACCESS_TOKEN, show_default=True,
-              help="Bearer token for the read APIs (CDP_ACCESS_TOKEN).")
+              help="Profile API access token of the local stack (registered as a hash, like `cdp tokens`).")
+@click.option("--space", default=DEFAULT_SPACE, show_default=True,
+              help="The Profile API space (/v1/spaces/<space>/...) the local stack answers.")
 @click.option("--demo/--no-demo", default=True, show_default=True,
               help="Send the demo story (events/demo) once the stack is up.")
 @click.option("--shards", default=1, show_default=True, type=click.IntRange(1, 16),
@@ -68,7 +80,7 @@ Press Ctrl-C to stop; all data lives in memory and is gone after that.
               help="Folder holding <function>/handler.py (default: the checkout's functions/).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show the handlers' INFO logs and metrics (EMF) and what the local stack does.")
-def local(host: str, port: int, aws_port: int, write_key: str, access_token: str, demo: bool,
+def local(host: str, port: int, aws_port: int, write_key: str, access_token: str, space: str, demo: bool,
           shards: int, functions_dir: Path | None, verbose: bool) -> None:
     """Run the CDP locally: moto for AWS, the real Lambda handlers, an HTTP API and a stream poller."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -86,9 +98,12 @@ def local(host: str, port: int, aws_port: int, write_key: str, access_token: str
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     quiet_env = {} if verbose else _quiet_handlers_env()
-    stack = EmbeddedStack(host=host, port=port, aws_port=aws_port, write_key=write_key,
-                          access_token=access_token, shards=shards, functions_dir=functions_dir,
-                          extra_env=quiet_env)
+    try:
+        stack = EmbeddedStack(host=host, port=port, aws_port=aws_port, write_key=write_key,
+                              access_token=access_token, space=space, shards=shards,
+                              functions_dir=functions_dir, extra_env=quiet_env)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
     click.echo(f"Starting moto on {host}:{aws_port} and the HTTP API on {host}:{port} ...", err=True)
     try:
         try:

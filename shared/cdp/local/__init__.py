@@ -7,6 +7,7 @@ with the events API Gateway and the Kinesis event source mapping would send them
 from cdp.local.stack import (
     ACCESS_TOKEN_ENV,
     DEFAULT_ACCESS_TOKEN,
+    DEFAULT_SPACE,
     DEFAULT_WRITE_KEY,
     LOCAL_SOURCE_ID,
     EmbeddedStack,
@@ -15,6 +16,7 @@ from cdp.local.stack import (
 __all__ = [
     "ACCESS_TOKEN_ENV",
     "DEFAULT_ACCESS_TOKEN",
+    "DEFAULT_SPACE",
     "DEFAULT_WRITE_KEY",
     "LOCAL_SOURCE_ID",
     "EmbeddedStack",

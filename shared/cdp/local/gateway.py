@@ -1,9 +1,12 @@
-"""An HTTP API (API Gateway v2) in front of a local function: ``$default`` route, payload 2.0.
+"""An HTTP API (API Gateway v2) in front of local functions: routes, ``$default``, payload 2.0.
 
-Each request becomes the event API Gateway would send (``lambda_events.http_api_event``)
-and the function's response is turned back into HTTP the way API Gateway does it.
-Only ``GET /health`` is answered by the gateway itself, to say whether the whole
-local stack is ready.
+Each request is routed as API Gateway routes it (a matching ``<METHOD> <path>`` route,
+else ``$default``; ``cdp.resources.HTTP_ROUTES`` lists them), becomes the event API
+Gateway would send (``lambda_events.http_api_event``), and the function's response is
+turned back into HTTP the way API Gateway does it. Like an HTTP API, the path is handed
+over percent-decoded (``/profiles/phone:%2B1555`` arrives as ``/profiles/phone:+1555``).
+Only ``GET /health`` is answered by the gateway itself, to say whether the whole local
+stack is ready.
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from cdp.local.functions import Invocation
 from cdp.local.lambda_events import apigw_request_id, http_api_event
@@ -28,6 +31,35 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 
 Invoke = Callable[[dict[str, Any]], Invocation]
+
+
+def match_route(route_key: str, method: str, path: str) -> dict[str, str] | None:
+    """The path variables if ``<METHOD> <path>`` matches the request, else None.
+
+    Segments are literal, ``{name}`` (one segment) or, last, ``{name+}`` (the rest of
+    the path, at least one character), as API Gateway HTTP API route keys are.
+    """
+    route_method, _, route_path = route_key.partition(" ")
+    if route_method.upper() not in (method.upper(), "ANY"):
+        return None
+    pattern, parts = route_path.split("/"), path.split("/")
+    variables: dict[str, str] = {}
+    for index, segment in enumerate(pattern):
+        if segment.startswith("{") and segment.endswith("+}"):
+            rest = "/".join(parts[index:])
+            if index != len(pattern) - 1 or not rest:
+                return None
+            variables[segment[1:-2]] = rest
+            return variables
+        if index >= len(parts):
+            return None
+        if segment.startswith("{") and segment.endswith("}"):
+            if not parts[index]:
+                return None
+            variables[segment[1:-1]] = parts[index]
+        elif segment != parts[index]:
+            return None
+    return variables if len(parts) == len(pattern) else None
 
 
 class _GatewayServer(ThreadingHTTPServer):
@@ -111,9 +143,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._send(200 if ready else 503, {"content-type": "application/json"},
                        json.dumps(health).encode(), request_id)
             return
+        path = unquote(url.path or "/")
+        route_key, invoke, variables = gateway.route(self.command, path)
         event = http_api_event(
             method=self.command,
-            path=url.path or "/",
+            path=path,
             raw_query=url.query,
             headers=list(self.headers.items()),
             body=body,
@@ -121,8 +155,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             protocol=self.request_version,
             request_id=request_id,
             now=datetime.now(UTC),
+            route_key=route_key,
+            path_parameters=variables,
         )
-        status, headers, payload = response_from_invocation(gateway.invoke(event))
+        status, headers, payload = response_from_invocation(invoke(event))
         self._send(status, headers, payload, request_id)
 
     def _send(self, status: int, headers: dict[str, list[str]] | dict[str, str], body: bytes,
@@ -199,11 +235,17 @@ def response_from_invocation(invocation: Invocation) -> tuple[int, dict[str, lis
 
 
 class HttpApiGateway:
-    """A threaded HTTP server that invokes ``invoke`` with an HTTP API v2 event per request."""
+    """A threaded HTTP server that invokes a function with an HTTP API v2 event per request.
+
+    ``routes`` are ``(route key, invoke)`` pairs tried in order; requests no route
+    matches go to ``invoke`` (the ``$default`` route).
+    """
 
     def __init__(self, invoke: Invoke, host: str = "127.0.0.1", port: int = 8080,
-                 ready: Callable[[], bool] = lambda: True) -> None:
+                 ready: Callable[[], bool] = lambda: True,
+                 routes: Sequence[tuple[str, Invoke]] = ()) -> None:
         self._invoke = invoke
+        self._routes = list(routes)
         self._ready = ready
         self._host = host
         self._port = port
@@ -212,6 +254,14 @@ class HttpApiGateway:
 
     def invoke(self, event: dict[str, Any]) -> Invocation:
         return self._invoke(event)
+
+    def route(self, method: str, path: str) -> tuple[str, Invoke, dict[str, str]]:
+        """The route key, function and path variables a request goes to."""
+        for route_key, invoke in self._routes:
+            variables = match_route(route_key, method, path)
+            if variables is not None:
+                return route_key, invoke, variables
+        return "$default", self._invoke, {}
 
     def is_ready(self) -> bool:
         return self._ready()

@@ -114,12 +114,16 @@ def http_api_event(
     api_id: str = API_ID,
     account_id: str = ACCOUNT_ID,
     region: str = REGION,
+    route_key: str = "$default",
+    path_parameters: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The event a ``$default`` route of an HTTP API sends to its Lambda (payload 2.0).
+    """The event a route of an HTTP API sends to its Lambda (payload 2.0).
 
     ``headers`` are the request's header lines in order (repeats allowed). API
     Gateway adds the ``x-forwarded-*`` and ``x-amzn-trace-id`` headers; so does this
-    (``scheme`` is what the client used: https in the cloud, http locally).
+    (``scheme`` is what the client used: https in the cloud, http locally). ``path`` is
+    the path as API Gateway hands it over: percent-decoded. A route other than
+    ``$default`` adds its key and the values of its path variables.
     """
     now = now or datetime.now(UTC)
     request_id = request_id or apigw_request_id()
@@ -136,7 +140,7 @@ def http_api_event(
 
     event: dict[str, Any] = {
         "version": "2.0",
-        "routeKey": "$default",
+        "routeKey": route_key,
         "rawPath": path,
         "rawQueryString": raw_query,
     }
@@ -145,6 +149,8 @@ def http_api_event(
     event["headers"] = combined
     if raw_query:
         event["queryStringParameters"] = _query_parameters(raw_query)
+    if path_parameters:
+        event["pathParameters"] = dict(path_parameters)
     event["requestContext"] = {
         "accountId": account_id,
         "apiId": api_id,
@@ -158,7 +164,7 @@ def http_api_event(
             "userAgent": combined.get("user-agent", ""),
         },
         "requestId": request_id,
-        "routeKey": "$default",
+        "routeKey": route_key,
         "stage": "$default",
         "time": _clf_time(now),
         "timeEpoch": int(now.timestamp() * 1000),
@@ -340,8 +346,18 @@ def dynamodb_stream_event(changes: Sequence[DynamoDbChange], *, stream_arn: str,
     """The event a DynamoDB Streams event source mapping sends to its function."""
     serializer = TypeSerializer()
 
+    def as_json(value: Any) -> Any:
+        # Binary values arrive base64-encoded in the JSON Lambda receives.
+        if isinstance(value, dict):
+            return {k: base64.b64encode(v).decode("ascii") if k in ("B",) and isinstance(v, bytes)
+                    else [base64.b64encode(b).decode("ascii") for b in v] if k == "BS" else as_json(v)
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [as_json(v) for v in value]
+        return value
+
     def typed(item: Mapping[str, Any]) -> dict[str, Any]:
-        return {name: serializer.serialize(value) for name, value in item.items()}
+        return {name: as_json(serializer.serialize(value)) for name, value in item.items()}
 
     records = []
     for change in changes:

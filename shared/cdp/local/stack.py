@@ -6,9 +6,11 @@
    through ``AWS_ENDPOINT_URL`` (so handlers, tests and the user's AWS CLI with
    ``--endpoint-url`` all see one state);
 2. the tables, stream, bucket and queue of ``cdp.resources``;
-3. the source ``src_local`` with the write key, and the access token in ``CDP_ACCESS_TOKEN``;
+3. the source ``src_local`` with the write key, and the access token of the Profile API
+   for ``space`` (both stored as hashes, as ``cdp sources`` / ``cdp tokens`` store them);
 4. the Kinesis event source mapping (one poller per shard) into the stream consumer;
-5. the HTTP API on ``host:port`` in front of the collector.
+5. the HTTP API on ``host:port``: the routes of ``cdp.resources.HTTP_ROUTES``, the
+   Profile API on ``GET /v1/spaces/{proxy+}`` and the collector on ``$default``.
 
 ``GET /health`` answers 200 only once all of that is ready.
 """
@@ -28,7 +30,8 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from cdp import resources
+from cdp import config, resources
+from cdp.access_tokens import AccessTokenRegistry, access_token_key, valid_space_id
 from cdp.local import moto_speedups
 from cdp.local.functions import LocalFunction
 from cdp.local.gateway import HttpApiGateway
@@ -41,11 +44,17 @@ from cdp.sources import SourceRegistry, hash_write_key
 log = logging.getLogger(__name__)
 
 DEFAULT_WRITE_KEY = "local-dev-key"
-# A fixed, printed token for the read APIs of the local stack; never valid in the cloud.
+# A fixed, printed token for the read APIs of the local stack; never valid in the cloud
+# (a deployment only knows the tokens created with `cdp tokens create`).
 DEFAULT_ACCESS_TOKEN = "cdp-local-dev-token"
+# Where the `cdp` CLI looks for a token when none is given (client side only: the
+# functions never see a token in their environment, only hashes in the sources table).
 ACCESS_TOKEN_ENV = "CDP_ACCESS_TOKEN"
+DEFAULT_SPACE = "default"
 LOCAL_SOURCE_ID = "src_local"
 LOCAL_SOURCE_NAME = "Local development"
+LOCAL_TOKEN_ID = "tok_local"
+LOCAL_TOKEN_NAME = "Local development"
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -114,6 +123,7 @@ class EmbeddedStack:
         aws_port: int = 4566,
         write_key: str = DEFAULT_WRITE_KEY,
         access_token: str = DEFAULT_ACCESS_TOKEN,
+        space: str = DEFAULT_SPACE,
         shards: int = 1,
         functions_dir: str | Path | None = None,
         esm_spec: KinesisEventSourceSpec = resources.STREAM_CONSUMER_ESM,
@@ -123,9 +133,12 @@ class EmbeddedStack:
     ) -> None:
         if shards < 1:
             raise ValueError("shards must be at least 1")
+        if not valid_space_id(space):
+            raise ValueError("space must be 1-64 letters, digits, '-' or '_' (it is part of URLs)")
         self.host = host
         self.write_key = write_key
         self.access_token = access_token
+        self.space = space
         self.shards = shards
         self.esm_spec = esm_spec
         self._port = port
@@ -141,6 +154,7 @@ class EmbeddedStack:
         self._ready = threading.Event()
         self.collector: LocalFunction | None = None
         self.stream_consumer: LocalFunction | None = None
+        self.profile_api: LocalFunction | None = None
         self.provisioned: Provisioned | None = None
 
     # --- lifecycle --------------------------------------------------------------------
@@ -170,16 +184,24 @@ class EmbeddedStack:
         self.collector = LocalFunction.from_spec(resources.COLLECTOR_FUNCTION, self._functions_dir)
         self.stream_consumer = LocalFunction.from_spec(resources.STREAM_CONSUMER_FUNCTION,
                                                        self._functions_dir)
-        gateway = HttpApiGateway(self.collector.invoke, host=self.host, port=self._port,
-                                 ready=self._ready.is_set)
+        self.profile_api = LocalFunction.from_spec(resources.PROFILE_API_FUNCTION, self._functions_dir)
+        functions = {spec.logical_id: function for spec, function in (
+            (resources.COLLECTOR_FUNCTION, self.collector), (resources.PROFILE_API_FUNCTION, self.profile_api))}
+        routes = [(route.route_key, functions[route.function.logical_id].invoke)
+                  for route in resources.HTTP_ROUTES if route.route_key != "$default"]
+        default = next(r for r in resources.HTTP_ROUTES if r.route_key == "$default")
+        gateway = HttpApiGateway(functions[default.function.logical_id].invoke, host=self.host, port=self._port,
+                                 ready=self._ready.is_set, routes=routes)
         gateway.start()
         self._gateway = gateway
 
         session = self.session()
         self.provisioned = provision(session, shards=self.shards)
         self._seed_source(session)
+        self._seed_access_token(session)
         self.collector.warm_up()
         self.stream_consumer.warm_up()
+        self.profile_api.warm_up()
 
         dlq_url = self.provisioned.queue_urls[resources.STREAM_CONSUMER_DLQ.local_name]
         mapping = KinesisEventSourceMapping(
@@ -232,7 +254,7 @@ class EmbeddedStack:
             "AWS_DEFAULT_REGION": REGION,
             "AWS_REGION": REGION,
             **FAKE_CREDENTIALS,
-            ACCESS_TOKEN_ENV: self.access_token,
+            config.ENV_VARS["space_id"]: self.space,
         }
         specs: list[TableSpec | StreamSpec | BucketSpec | QueueSpec] = [
             *resources.TABLES, *resources.STREAMS, *resources.BUCKETS, *resources.QUEUES]
@@ -269,6 +291,13 @@ class EmbeddedStack:
             return
         SourceRegistry(table).create_source(LOCAL_SOURCE_NAME, write_key=self.write_key,
                                             source_id=LOCAL_SOURCE_ID)
+
+    def _seed_access_token(self, session: Any) -> None:
+        table = session.resource("dynamodb").Table(resources.SOURCES_TABLE.local_name)
+        if "Item" in table.get_item(Key={"key_hash": access_token_key(self.access_token)}):
+            return
+        AccessTokenRegistry(table).create_token(LOCAL_TOKEN_NAME, self.space, token=self.access_token,
+                                                token_id=LOCAL_TOKEN_ID)
 
     # --- what callers need ---------------------------------------------------------------
 
@@ -337,6 +366,4 @@ def _reset_cached_clients() -> None:
     reset = getattr(clients, "reset", None)
     if callable(reset):
         reset()
-    from cdp import config
-
     config.get_settings.cache_clear()

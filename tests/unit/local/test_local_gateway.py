@@ -14,7 +14,7 @@ import pytest
 from local_stack_fakes import ScriptedHandler, local_function
 
 from cdp.local.functions import Invocation
-from cdp.local.gateway import MAX_REQUEST_BYTES, HttpApiGateway, response_from_invocation
+from cdp.local.gateway import MAX_REQUEST_BYTES, HttpApiGateway, match_route, response_from_invocation
 from cdp.local.lambda_events import http_api_event
 
 NOW = datetime(2024, 5, 2, 9, 21, 47, 612000, tzinfo=UTC)
@@ -257,3 +257,29 @@ def test_overlapping_requests_run_in_separate_execution_environments() -> None:
     assert created == [0]
     assert function.invoke({"x": 1}).result == {"statusCode": 204}
     assert created == [0]  # the warm environment is reused
+
+
+@pytest.mark.parametrize(("route_key", "method", "path", "expected"), [
+    ("GET /v1/spaces/{proxy+}", "GET", "/v1/spaces/s/collections/users/profiles/user_id:a/traits",
+     {"proxy": "s/collections/users/profiles/user_id:a/traits"}),
+    ("GET /v1/spaces/{proxy+}", "GET", "/v1/spaces/s", {"proxy": "s"}),
+    ("GET /v1/spaces/{proxy+}", "GET", "/v1/spaces/", None),
+    ("GET /v1/spaces/{proxy+}", "GET", "/v1/spaces", None),
+    ("GET /v1/spaces/{proxy+}", "POST", "/v1/spaces/s", None),
+    ("GET /v1/spaces/{proxy+}", "HEAD", "/v1/spaces/s", None),
+    ("GET /v1/spaces/{proxy+}", "GET", "/v1/track", None),
+    ("GET /v1/projects/{key}/settings", "GET", "/v1/projects/k1/settings", {"key": "k1"}),
+    ("GET /v1/projects/{key}/settings", "GET", "/v1/projects/k1/other", None),
+    ("ANY /health", "DELETE", "/health", {}),
+])
+def test_routes_match_like_http_api_route_keys(route_key: str, method: str, path: str,
+                                               expected: dict[str, str] | None) -> None:
+    assert match_route(route_key, method, path) == expected
+
+
+def test_a_route_event_carries_its_route_key_and_path_parameters() -> None:
+    event = http_api_event(method="GET", path="/v1/spaces/s/x", route_key="GET /v1/spaces/{proxy+}",
+                           path_parameters={"proxy": "s/x"}, now=NOW)
+
+    assert event["routeKey"] == event["requestContext"]["routeKey"] == "GET /v1/spaces/{proxy+}"
+    assert event["pathParameters"] == {"proxy": "s/x"}

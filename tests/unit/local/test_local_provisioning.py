@@ -112,4 +112,6 @@ def test_the_environment_names_every_resource_for_the_handlers() -> None:
         assert values[queue.env] == queue.local_name
     assert values["AWS_ENDPOINT_URL"] == "http://127.0.0.1:4599"
     assert values["AWS_DEFAULT_REGION"] == "us-east-1"
-    assert values["CDP_ACCESS_TOKEN"] == "cdp-local-dev-token"
+    assert values["CDP_SPACE_ID"] == "default"
+    # The token is stored as a hash in the sources table, never handed to the functions.
+    assert "cdp-local-dev-token" not in values.values()

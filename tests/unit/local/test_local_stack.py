@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from cdp import resources
+from cdp.access_tokens import AccessTokenRegistry
 from cdp.cli import main
 from cdp.cli.local import banner
 from cdp.local import EmbeddedStack
@@ -45,10 +46,20 @@ def handler(event, context):
 '''
 
 
+PROFILE_API = '''
+import json
+
+def handler(event, context):
+    return {"statusCode": 200, "headers": {"content-type": "application/json"},
+            "body": json.dumps({"routeKey": event["routeKey"], "rawPath": event["rawPath"],
+                                "pathParameters": event.get("pathParameters")})}
+'''
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
     functions = tmp_path_factory.mktemp("functions")
-    for folder, code in (("collector", COLLECTOR), ("stream_consumer", CONSUMER)):
+    for folder, code in (("collector", COLLECTOR), ("stream_consumer", CONSUMER), ("profile_api", PROFILE_API)):
         (functions / folder).mkdir()
         (functions / folder / "handler.py").write_text(code)
     before = dict(os.environ)
@@ -89,9 +100,28 @@ def test_the_write_key_is_seeded_as_the_local_source(stack: EmbeddedStack) -> No
     assert item["enabled"] is True
 
 
+def test_the_access_token_is_registered_as_a_hash_for_the_space(stack: EmbeddedStack) -> None:
+    table = stack.session().resource("dynamodb").Table(resources.SOURCES_TABLE.local_name)
+    token = AccessTokenRegistry(table).find(stack.access_token)
+
+    assert token is not None and token.enabled
+    assert (token.token_id, token.space_id) == ("tok_local", "default")
+    assert stack.access_token not in json.dumps(table.scan()["Items"], default=str)
+    assert stack.access_token not in os.environ.values()
+
+
+def test_profile_paths_go_to_the_profile_api_route_decoded(stack: EmbeddedStack) -> None:
+    url = f"{stack.api_url}/v1/spaces/default/collections/users/profiles/phone:%2B1555%2F0/traits"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        event = json.loads(response.read())
+
+    assert event == {"routeKey": "GET /v1/spaces/{proxy+}",
+                     "rawPath": "/v1/spaces/default/collections/users/profiles/phone:+1555/0/traits",
+                     "pathParameters": {"proxy": "default/collections/users/profiles/phone:+1555/0/traits"}}
+
+
 def test_boto3_in_this_process_talks_to_the_stacks_moto(stack: EmbeddedStack) -> None:
     assert os.environ["AWS_ENDPOINT_URL"] == stack.aws_endpoint_url
-    assert os.environ["CDP_ACCESS_TOKEN"] == stack.access_token
     names = boto3.client("kinesis").list_streams()["StreamNames"]
     assert resources.EVENT_STREAM.local_name in names
 
