@@ -240,7 +240,7 @@ _EVENT_FIELDS = (("type", "type"), ("event", "event"), ("name", "name"), ("categ
 def event_view(stored: StoredEvent, profile_id: str) -> dict[str, Any]:
     """A stored event as Segment's Profile API shows one (snake_case keys, its external ids)."""
     event = stored.event
-    view: dict[str, Any] = {dst: event[src] for src, dst in _EVENT_FIELDS if src in event}
+    view: dict[str, Any] = {dst: event[src] for src, dst in _EVENT_FIELDS if event.get(src) is not None}
     view["message_id"] = event.get("messageId")
     view["source_id"] = stored.source_id
     ids = [Identifier(t, str(event[k])) for k, t in (("userId", "user_id"), ("anonymousId", "anonymous_id"))

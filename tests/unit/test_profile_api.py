@@ -59,7 +59,7 @@ def tables() -> MemoryProfileTables:
     layout.event(segment_event("identify", "m2", "2026-03-02T10:00:00.000Z", userId="ana", anonymousId="laptop",
                                traits={"name": "Ana"}))
     layout.event(segment_event("track", "m4", "2026-03-04T10:00:00.000Z", userId="ana", event="Order Completed",
-                               properties={"total": 30}))
+                               properties={"total": 30}, anonymousId=None))  # SDKs send null ids
     layout.event(segment_event("track", "b1", "2026-03-05T10:00:00.000Z", userId="bob", event="Order Completed"))
     layout.account("acme", traits={"industry": ("retail", "2026-03-03T10:00:00.000Z", "g1")})
     layout.membership("p-old", "acme")
