@@ -1,4 +1,4 @@
-"""Stream consumer: Kinesis event source mapping -> dedupe, archive, store, unify.
+"""Stream consumer: Kinesis event source mapping -> history (dedupes), archive, unify.
 
 Powertools' BatchProcessor decodes each record and builds the partial batch
 response; the batch-wide work (one claim transaction, one S3 object, batched
@@ -18,8 +18,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.aws.archive import S3Archive
 from cdp.aws.clients import client
-from cdp.aws.dedupe_store import DedupeStore
-from cdp.aws.event_store import DynamoEventStore
+from cdp.aws.event_store import HistoryStore
 from cdp.aws.identity_config_store import IdentityConfigStore
 from cdp.aws.identity_graph import DynamoIdentityGraph
 from cdp.aws.profile_store import ProfileRecords
@@ -43,10 +42,9 @@ def consumer() -> StreamConsumer:
     identity = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings))
     graph = DynamoIdentityGraph(ddb, settings.identity_table, identity.current(), records_table=settings.events_table)
     return StreamConsumer(
-        dedupe=DedupeStore(ddb, settings.dedupe_table, ttl_hours=settings.dedupe_ttl_hours),
+        history=HistoryStore(ddb, settings.events_table, settings.event_retention_days),
         archive=S3Archive(client("s3"), settings.archive_bucket),
         stages=[
-            DynamoEventStore(ddb, settings.events_table, settings.event_retention_days),
             UnificationStage(graph, ProfileRecords(ddb, settings.events_table), identity.current,
                              settings.keep_ip),
         ],

@@ -4,11 +4,12 @@
    (undecodable, unknown version, invalid event, or refused by the collector) go to
    the quarantine, in S3 and the quarantine table: they count as handled, so a
    poison record never blocks its shard.
-2. Claim each event's messageId in the dedupe table (one conditional write each,
-   side by side). Duplicates are skipped.
-3. Run the stages on the claimed events, in stream order: archive to S3, then store
-   (the unification stage of the next issue slots in here, before the store). On
-   failure, release the claims so nothing waits on them.
+2. Record each event in the history (the events table), which dedupes it: an event
+   whose key is already there, written by another record, is a duplicate and skipped
+   (``cdp.aws.event_store``).
+3. Run the stages on the new events, in stream order: archive to S3, then the
+   unification stage (``cdp.unification``). On failure, remove what step 2 wrote, so a
+   copy sent again later is not refused.
 
 A failing step fails the records it was working on, and only those; the handler
 reports them as batch item failures and Lambda retries them. Every step is
@@ -26,8 +27,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from cdp.aws.archive import archive_key
+from cdp.aws.event_store import HistoryEntry, dedupe_key
 from cdp.ingest import RECORD_VERSION, normalize_event, validate_event
-from cdp.keys import bounded
 from cdp.observability import logger
 from cdp.segment import RejectedEvent
 
@@ -58,8 +59,11 @@ class AcceptedEvent:
     redrive_of: str | None = None  # the record this one is a DLQ redrive of
 
     @property
-    def dedupe_key(self) -> str:
-        return f"{self.source_id}#{bounded(self.event['messageId'])}"
+    def dedupe_key(self) -> tuple[str, str]:
+        return dedupe_key(self.event)
+
+    def entry(self) -> HistoryEntry:
+        return HistoryEntry(self.source_id, self.event, self.record.owner, self.redrive_of)
 
 
 @dataclass
@@ -90,9 +94,11 @@ class Archive(Protocol):
     def write(self, key: str, lines: list[dict[str, Any]]) -> None: ...
 
 
-class Dedupe(Protocol):
-    def claim(self, owners: dict[str, str], redrive_of: dict[str, str] | None = None) -> Any: ...
-    def release(self, owners: dict[str, str]) -> None: ...
+class History(Protocol):
+    """Records events once (``cdp.aws.event_store.HistoryStore``)."""
+
+    def claim(self, entries: list[HistoryEntry]) -> Any: ...
+    def release(self, entries: list[HistoryEntry]) -> None: ...
 
 
 class EventStage(Protocol):
@@ -181,9 +187,9 @@ def decode(record: InboundRecord) -> AcceptedEvent | QuarantinedRecord:
 class StreamConsumer:
     """Processes one batch of records; see the module docstring for the steps."""
 
-    def __init__(self, dedupe: Dedupe, archive: Archive, stages: Sequence[EventStage],
+    def __init__(self, history: History, archive: Archive, stages: Sequence[EventStage],
                  quarantine: Quarantine, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._dedupe = dedupe
+        self._history = history
         self._archive = archive
         self._stages = list(stages)
         self._quarantine = quarantine
@@ -224,20 +230,19 @@ class StreamConsumer:
                       outcome: BatchOutcome) -> None:
         if not events:
             return
-        # The first copy of a messageId in the batch is the one processed.
-        first: dict[str, AcceptedEvent] = {}
+        # The first copy of an event in the batch is the one processed.
+        first: dict[tuple[str, str], AcceptedEvent] = {}
         for accepted in events:
             if accepted.dedupe_key in first:
                 outcome.duplicates += 1
             else:
                 first[accepted.dedupe_key] = accepted
-        redriven = {k: a.redrive_of for k, a in first.items() if a.redrive_of}
         try:
-            claim = self._dedupe.claim({k: a.record.owner for k, a in first.items()}, redriven)
+            claim = self._history.claim([a.entry() for a in first.values()])
         except Exception as exc:
-            logger.exception("dedupe claim failed", extra={"events": len(first)})
+            logger.exception("history write failed", extra={"events": len(first)})
             for accepted in first.values():
-                outcome.failed[accepted.record.owner] = f"dedupe claim failed: {type(exc).__name__}"
+                outcome.failed[accepted.record.owner] = f"history write failed: {type(exc).__name__}"
             return
         outcome.duplicates += len(claim.duplicates)
         fresh = [first[k] for k in first if k in claim.claimed]
@@ -260,6 +265,6 @@ class StreamConsumer:
 
     def _release(self, claimed: list[AcceptedEvent]) -> None:
         try:
-            self._dedupe.release({a.dedupe_key: a.record.owner for a in claimed})
-        except Exception:  # the leases expire anyway
-            logger.exception("releasing claims failed", extra={"events": len(claimed)})
+            self._history.release([a.entry() for a in claimed])
+        except Exception:  # the records are retried, which takes their own events again
+            logger.exception("releasing history failed", extra={"events": len(claimed)})

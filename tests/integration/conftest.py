@@ -117,3 +117,8 @@ def read_stream_as_lambda_event(limit: int = 10_000) -> dict[str, Any]:
 
 def scan(table: str) -> list[dict[str, Any]]:
     return boto3.resource("dynamodb").Table(table).scan()["Items"]
+
+
+def history() -> list[dict[str, Any]]:
+    """The events table's history items (not markers, merge logs or account links)."""
+    return [i for i in scan(resources.EVENTS_TABLE.local_name) if i["pk"].startswith(("u#", "a#"))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 from typing import Any
@@ -10,8 +11,9 @@ import boto3
 
 from cdp import resources
 from cdp.aws.archive import S3Archive
+from cdp.aws.event_store import event_of_item
 from tests.conftest import load_handler
-from tests.integration.conftest import basic_auth, http_event, read_stream_as_lambda_event, scan
+from tests.integration.conftest import basic_auth, history, http_event, read_stream_as_lambda_event, scan
 
 collector = load_handler("collector")
 consumer = load_handler("stream_consumer")
@@ -45,9 +47,9 @@ def test_tracked_event_is_stored_once_and_archived(write_key, lambda_context):
     result = consumer.handler(event, lambda_context)
     assert result == {"batchItemFailures": []}
 
-    items = scan(resources.EVENTS_TABLE.local_name)
+    items = history()
     assert len(items) == 1
-    stored = json.loads(items[0]["payload"])
+    stored = event_of_item(items[0])
     assert stored["event"] == "Signed Up" and stored["properties"] == {"plan": "pro"}
     assert stored["messageId"] == "m-1" and stored["receivedAt"]
     assert items[0]["pk"] == "u#u1"
@@ -55,9 +57,9 @@ def test_tracked_event_is_stored_once_and_archived(write_key, lambda_context):
 
     # The same batch delivered again (at-least-once) changes nothing.
     assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
-    assert len(scan(resources.EVENTS_TABLE.local_name)) == 1
-    dedupe = scan(resources.DEDUPE_TABLE.local_name)
-    assert [d["pk"] for d in dedupe] == ["src_test#m-1"]
+    assert history() == items
+    # Sent without a timestamp, the event is also marked by its messageId (what dedupes it).
+    assert [i["pk"] for i in scan(resources.EVENTS_TABLE.local_name) if i["pk"].startswith("m#")] == ["m#m-1"]
 
 
 def test_sdk_retry_with_same_message_id_is_a_duplicate(write_key, lambda_context):
@@ -67,7 +69,7 @@ def test_sdk_retry_with_same_message_id_is_a_duplicate(write_key, lambda_context
     event = read_stream_as_lambda_event()
     assert len(event["Records"]) == 2
     assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
-    assert len(scan(resources.EVENTS_TABLE.local_name)) == 1
+    assert len(history()) == 1
     assert len(archived_events()) == 1
 
 
@@ -86,8 +88,24 @@ def test_gzip_batch_with_bad_event_accepts_the_good_ones(write_key, lambda_conte
     assert [(r["index"], r.get("field")) for r in body["rejected"]] == [(1, "event"), (2, "type")]
 
     assert consumer.handler(read_stream_as_lambda_event(), lambda_context) == {"batchItemFailures": []}
-    assert len(scan(resources.EVENTS_TABLE.local_name)) == 2
+    assert len(history()) == 2
     quarantined = scan(resources.QUARANTINE_TABLE.local_name)
     assert sorted(int(q["index"]) for q in quarantined) == [1, 2]
     assert all(q["source_id"] == "src_test" and q["reason"] for q in quarantined)
     assert json.loads(next(q for q in quarantined if int(q["index"]) == 2)["raw"])["type"] == "bogus"
+
+
+def test_sdk_retry_with_a_new_sent_at_is_still_a_duplicate(write_key, lambda_context):
+    """A retry moves the skew-corrected timestamp (new sentAt, new receipt time), not the event's key."""
+    first = {"batch": [{"type": "track", "userId": "u9", "event": "E", "messageId": "retry-1",
+                        "timestamp": "2026-11-28T09:00:00.000Z"}], "sentAt": "2026-11-28T09:00:01.000Z"}
+    again = {**first, "sentAt": "2026-11-28T09:00:07.350Z"}
+    assert post("/v1/batch", first, write_key, lambda_context)["statusCode"] == 200
+    assert post("/v1/batch", again, write_key, lambda_context)["statusCode"] == 200
+    event = read_stream_as_lambda_event()
+    stamps = {json.loads(base64.b64decode(r["kinesis"]["data"]))["event"]["timestamp"] for r in event["Records"]}
+    assert len(stamps) == 2  # the copies differ after skew correction
+    assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
+    (item,) = history()
+    assert item["sk"] == "2026-11-28T09:00:00.000Z#retry-1"
+    assert not [i for i in scan(resources.EVENTS_TABLE.local_name) if i["pk"].startswith("m#")]

@@ -1,4 +1,4 @@
-"""Property: duplicates, redelivery, reordering and crashes converge to one copy per event."""
+"""Property: duplicates, redelivery, reordering and crashes converge to one copy per event, one profile per person."""
 
 from __future__ import annotations
 
@@ -12,17 +12,21 @@ from moto import mock_aws
 
 from cdp import resources
 from cdp.aws.archive import S3Archive
-from cdp.aws.dedupe_store import DedupeStore
-from cdp.aws.event_store import DynamoEventStore
+from cdp.aws.event_store import HistoryStore, event_of_item
+from cdp.aws.identity_graph import DynamoIdentityGraph
+from cdp.aws.profile_store import ProfileRecords
 from cdp.aws.quarantine_store import QuarantineStore
+from cdp.identity.config import IdentityConfig
+from cdp.identity.identifiers import Identifier
 from cdp.pipeline import InboundRecord, StreamConsumer
+from cdp.unification import UnificationStage
 from tests.integration.conftest import create_resources, scan
 
 
 class CrashingStage:
-    """Wraps the event store; crashes on chosen calls, after writing half (a torn batch)."""
+    """Wraps the unification stage; crashes on chosen calls, after doing half (a torn batch)."""
 
-    def __init__(self, inner: DynamoEventStore, crash_on: set[int]) -> None:
+    def __init__(self, inner: UnificationStage, crash_on: set[int]) -> None:
         self.inner = inner
         self.crash_on = crash_on
         self.calls = 0
@@ -37,7 +41,7 @@ class CrashingStage:
 
 def record(seq: int, message_id: str, shard: str = "shardId-000000000000") -> InboundRecord:
     envelope = {"v": 1, "kind": "event", "source_id": "src",
-                "event": {"type": "track", "userId": f"user-{message_id[-1]}", "event": "E",
+                "event": {"type": "identify", "userId": f"user-{message_id[-1]}", "traits": {"seen": message_id},
                           "messageId": message_id, "receivedAt": "2026-11-28T10:00:00.000Z",
                           "timestamp": "2026-11-28T10:00:00.000Z"}}
     return InboundRecord(shard, f"{seq:021d}", 1795860000.0, json.dumps(envelope).encode())
@@ -55,9 +59,13 @@ def test_every_event_is_stored_exactly_once(message_ids, batch_size, crash_on, s
     with mock_aws():
         create_resources()
         ddb = boto3.client("dynamodb")
-        stage = CrashingStage(DynamoEventStore(ddb, resources.EVENTS_TABLE.local_name), crash_on)
+        config = IdentityConfig()
+        graph = DynamoIdentityGraph(ddb, resources.IDENTITY_TABLE.local_name, config,
+                                    records_table=resources.EVENTS_TABLE.local_name, sleep=lambda s: None)
+        unification = UnificationStage(graph, ProfileRecords(ddb, resources.EVENTS_TABLE.local_name), config)
+        stage = CrashingStage(unification, crash_on)
         consumer = StreamConsumer(
-            dedupe=DedupeStore(ddb, resources.DEDUPE_TABLE.local_name, sleep=lambda s: None),
+            history=HistoryStore(ddb, resources.EVENTS_TABLE.local_name, sleep=lambda s: None),
             archive=S3Archive(boto3.client("s3"), resources.ARCHIVE_BUCKET.local_name),
             stages=[stage],
             quarantine=QuarantineStore(ddb, resources.QUARANTINE_TABLE.local_name),
@@ -83,8 +91,14 @@ def test_every_event_is_stored_exactly_once(message_ids, batch_size, crash_on, s
             else:
                 positions[shard] += len(batch)
 
-        items = scan(resources.EVENTS_TABLE.local_name)
-        stored = sorted(json.loads(i["payload"])["messageId"] for i in items)
+        items = [i for i in scan(resources.EVENTS_TABLE.local_name) if i["pk"].startswith("u#")]
+        stored = sorted(event_of_item(i)["messageId"] for i in items)
         assert stored == sorted(set(message_ids))
-        claims = scan(resources.DEDUPE_TABLE.local_name)
-        assert sorted(c["pk"] for c in claims) == sorted(f"src#{m}" for m in set(message_ids))
+        # Every person has one profile, with the trait of their events (all at the same
+        # time: the largest messageId wins the tie), whatever crashed and was redone.
+        for person in {m[-1] for m in message_ids}:
+            profile = graph.lookup_identifier(Identifier("user_id", f"user-{person}"))
+            assert profile is not None
+            state = graph.state_of(profile)
+            assert state is not None
+            assert state.traits["seen"].value == max(m for m in message_ids if m[-1] == person)

@@ -1,4 +1,4 @@
-"""The consumer under failure: claims held by other records, broken stages, poison records."""
+"""The consumer under failure: events held by other records, broken stages, poison records."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import boto3
 import pytest
 
 from cdp import resources
+from cdp.aws.event_store import HistoryEntry, HistoryStore, event_of_item
 from tests.conftest import load_handler
 from tests.integration.conftest import read_stream_as_lambda_event, scan
 from tests.integration.test_collection_pipeline import post
@@ -23,15 +24,23 @@ def _send_three(write_key, ctx):
     return read_stream_as_lambda_event()
 
 
-def test_message_id_claimed_by_another_record_is_a_duplicate_until_that_record_is_redriven(
+def _history_ids() -> list[str]:
+    return sorted(i["sk"].split("#")[1] for i in scan(resources.EVENTS_TABLE.local_name)
+                  if i["pk"].startswith(("u#", "a#")))
+
+
+def test_event_recorded_by_another_record_is_a_duplicate_until_that_record_is_redriven(
         write_key, lambda_context):
     event = _send_three(write_key, lambda_context)
-    table = boto3.resource("dynamodb").Table(resources.DEDUPE_TABLE.local_name)
-    # Another record carrying m-1 claimed it and then failed for good (it is in the DLQ).
-    table.put_item(Item={"pk": "src_test#m-1", "owner": "shardId-000000000009:77", "expires_at": 2**40})
+    # Another record carrying m-1 recorded it and then failed for good (it is in the DLQ)
+    # without removing it (a crash).
+    m1 = json.loads(base64.b64decode(event["Records"][1]["kinesis"]["data"]))["event"]
+    store = HistoryStore(boto3.client("dynamodb"), resources.EVENTS_TABLE.local_name)
+    assert store.claim([HistoryEntry("src_test", m1, owner="shardId-000000000009:77")]).claimed
 
     assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
-    assert sorted(i["sk"].split("#")[1] for i in scan(resources.EVENTS_TABLE.local_name)) == ["m-0", "m-2"]
+    profiles = [i for i in scan(resources.IDENTITY_TABLE.local_name) if i["pk"].startswith("ident#user_id:")]
+    assert sorted(p["pk"] for p in profiles) == ["ident#user_id:u0", "ident#user_id:u2"]  # m-1 skipped
 
     # Its redrive (a new record that names the original) takes the claim over.
     redrive = json.loads(json.dumps({"Records": event["Records"][1:2]}))
@@ -42,7 +51,9 @@ def test_message_id_claimed_by_another_record_is_a_duplicate_until_that_record_i
     record["kinesis"]["sequenceNumber"] = "8" + record["kinesis"]["sequenceNumber"]
     record["eventID"] = "shardId-000000000000:" + record["kinesis"]["sequenceNumber"]
     assert consumer.handler(redrive, lambda_context) == {"batchItemFailures": []}
-    assert sorted(i["sk"].split("#")[1] for i in scan(resources.EVENTS_TABLE.local_name)) == ["m-0", "m-1", "m-2"]
+    assert _history_ids() == ["m-0", "m-1", "m-2"]
+    profiles = [i for i in scan(resources.IDENTITY_TABLE.local_name) if i["pk"].startswith("ident#user_id:")]
+    assert len(profiles) == 3  # the redrive was processed
 
 
 def test_failing_store_fails_the_batch_and_a_retry_converges(write_key, lambda_context, monkeypatch):
@@ -60,11 +71,11 @@ def test_failing_store_fails_the_batch_and_a_retry_converges(write_key, lambda_c
     monkeypatch.setattr(store, "store", flaky)
     with pytest.raises(Exception, match="All records failed"):
         consumer.handler(event, lambda_context)
-    assert scan(resources.EVENTS_TABLE.local_name) == []
-    # The failed attempt released its claims; the retry claims them again.
+    assert _history_ids() == []  # the failed attempt removed what it recorded
     assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
-    assert len(scan(resources.EVENTS_TABLE.local_name)) == 3
-    assert len(scan(resources.DEDUPE_TABLE.local_name)) == 3
+    assert _history_ids() == ["m-0", "m-1", "m-2"]
+    profiles = [i for i in scan(resources.IDENTITY_TABLE.local_name) if i["pk"].startswith("prof#")]
+    assert len(profiles) == 3
 
 
 def test_poison_records_are_quarantined_not_retried(write_key, lambda_context):
@@ -81,7 +92,7 @@ def test_poison_records_are_quarantined_not_retried(write_key, lambda_context):
         poison.append(record)
     response = consumer.handler({"Records": event["Records"] + poison}, lambda_context)
     assert response == {"batchItemFailures": []}
-    assert len(scan(resources.EVENTS_TABLE.local_name)) == 3
+    assert _history_ids() == ["m-0", "m-1", "m-2"]
     reasons = sorted(q["reason"] for q in scan(resources.QUARANTINE_TABLE.local_name))
     assert reasons == ["either userId or anonymousId is required", "record is not JSON",
                        "unknown record format; expected an object with v=1"]
@@ -99,14 +110,14 @@ def test_connector_record_without_receipt_time_is_normalised_with_a_stable_messa
     event = read_stream_as_lambda_event()
     assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
     assert consumer.handler(event, lambda_context) == {"batchItemFailures": []}
-    items = scan(resources.EVENTS_TABLE.local_name)
+    items = [i for i in scan(resources.EVENTS_TABLE.local_name) if i["pk"].startswith(("u#", "a#"))]
     assert len(items) == 1
-    stored = json.loads(items[0]["payload"])
+    stored = event_of_item(items[0])
     assert stored["messageId"].startswith("kinesis-shardId-000000000000-")
     assert stored["receivedAt"] and stored["traits"] == {"plan": "gold"}
 
 
-def test_failed_batch_releases_its_claims_so_a_redriven_copy_is_not_busy(write_key, lambda_context,
+def test_failed_batch_removes_its_events_so_a_redriven_copy_is_not_a_duplicate(write_key, lambda_context,
                                                                           monkeypatch):
     event = _send_three(write_key, lambda_context)
     store = consumer.consumer()._stages[0]
@@ -114,7 +125,7 @@ def test_failed_batch_releases_its_claims_so_a_redriven_copy_is_not_busy(write_k
     monkeypatch.setattr(store, "store", lambda pairs: (_ for _ in ()).throw(RuntimeError("down")))
     with pytest.raises(Exception, match="All records failed"):
         consumer.handler(event, lambda_context)
-    assert scan(resources.DEDUPE_TABLE.local_name) == []  # released after the failure
+    assert _history_ids() == []  # removed after the failure
 
     # A redriven copy is a new Kinesis record (new sequence number, new owner).
     monkeypatch.setattr(store, "store", real_store)
@@ -123,4 +134,4 @@ def test_failed_batch_releases_its_claims_so_a_redriven_copy_is_not_busy(write_k
         record["kinesis"]["sequenceNumber"] = "7" + record["kinesis"]["sequenceNumber"]
         record["eventID"] = "shardId-000000000000:" + record["kinesis"]["sequenceNumber"]
     assert consumer.handler(copies, lambda_context) == {"batchItemFailures": []}
-    assert len(scan(resources.EVENTS_TABLE.local_name)) == 3
+    assert _history_ids() == ["m-0", "m-1", "m-2"]

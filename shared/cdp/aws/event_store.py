@@ -1,21 +1,51 @@
-"""The events table: every accepted event, per person, newest last.
+"""The events table: every accepted event once, per person; also the record that dedupes it.
 
-Key: ``pk`` = ``u#<userId>`` or ``a#<anonymousId>``; ``sk`` = ``<timestamp>#<messageId>``
-(ids longer than DynamoDB's key limits allow are replaced by their SHA-256, see cdp.keys).
-Writing the same event again writes the same item (idempotent). The unification
-stage (next issue) re-keys history by profile; this key is its input.
+Key: ``pk`` = ``u#<userId>`` or ``a#<anonymousId>``; ``sk`` = ``<client time>#<messageId>``,
+where the client time is the event's ``originalTimestamp`` (the time the SDK stamped
+it, kept as sent) or, if the client sent none, the server's ``timestamp``. Both parts
+are the same in every copy an SDK sends again, unlike the skew-corrected ``timestamp``
+(it moves with network latency), so the key identifies the event: a copy that finds its
+key taken is a duplicate. Ids longer than DynamoDB's key limits allow are replaced by
+their SHA-256 (``cdp.keys``).
+
+Attributes: ``source_id``, ``z`` (the stored event as zlib-compressed JSON: most events
+then fit in one write unit), ``expires_at`` (TTL) and ``owner`` (a hash of the Kinesis
+record that wrote it).
+
+An event sent without any client time has no stable history key (its ``timestamp``
+is the receipt time, different in every copy): it is also recorded under a marker item
+``m#<messageId>`` / ``m``, which is what dedupes it (SDKs always stamp events, so this
+is the rare case of hand-written HTTP clients).
+
+Deduplication (``HistoryStore.claim``): one consistent ``BatchGetItem`` of the batch's
+dedupe keys, then one ``BatchWriteItem`` of the new events. A key that exists is a duplicate,
+unless its owner is this record (Lambda retrying it after a crash or a partial batch
+failure) or the record it is a dead-letter redrive of: then the event is processed
+again, which every later stage tolerates (they are idempotent). Events of one person
+share a Kinesis partition key, so copies of one event arrive on one shard, in order,
+one batch at a time: the read cannot race with the write of another copy. After a
+failure the consumer deletes what it wrote (``release``), so a copy sent again later is
+not refused. This costs 1 read unit (consistent, item <= 4 KB) and 1 write unit
+(item <= 1 KB) per event, where a conditional claim item costs 2 write units in a
+transaction, or 1 write unit and a request (about 1 ms of CPU) per event.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from cdp.aws.dynamo import batch_write
 from cdp.keys import bounded
+
+MAX_BATCH_GET = 100
+COMPRESSION_LEVEL = 6
 
 
 def person_key(event: dict[str, Any]) -> str:
@@ -24,20 +54,91 @@ def person_key(event: dict[str, Any]) -> str:
     return f"a#{bounded(event['anonymousId'])}"
 
 
-def event_item(source_id: str, event: dict[str, Any], expires_at: int) -> dict[str, Any]:
-    # Only keys, source and payload: everything else is inside the payload, and most
-    # events then fit in one write unit (1 KB).
+def _original(event: dict[str, Any]) -> str | None:
+    original = event.get("originalTimestamp")
+    return original if isinstance(original, str) and original else None
+
+
+def client_time(event: dict[str, Any]) -> str:
+    """The event's time as the client stamped it (stable across resends), else the server's."""
+    return _original(event) or str(event["timestamp"])
+
+
+def history_key(event: dict[str, Any]) -> tuple[str, str]:
+    return person_key(event), f"{bounded(client_time(event), 64)}#{bounded(event['messageId'], 256)}"
+
+
+def dedupe_key(event: dict[str, Any]) -> tuple[str, str]:
+    """The key whose presence makes a copy of this event a duplicate."""
+    if _original(event) is None:
+        return f"m#{bounded(event['messageId'], 256)}", "m"
+    return history_key(event)
+
+
+def owner_hash(owner: str) -> str:
+    return hashlib.sha256(owner.encode("utf-8")).hexdigest()[:20]
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    return zlib.compress(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8"),
+                         COMPRESSION_LEVEL)
+
+
+def event_of_item(item: dict[str, Any]) -> dict[str, Any]:
+    """The stored event of a history item (low-level ``{"B": ...}`` or boto3 resource form)."""
+    value = item.get("z")
+    if isinstance(value, dict):
+        value = value.get("B")
+    if value is not None and not isinstance(value, bytes):
+        value = bytes(value.value if hasattr(value, "value") else value)
+    if value is not None:
+        decoded: dict[str, Any] = json.loads(zlib.decompress(value))
+        return decoded
+    payload = item.get("payload")  # items written before compression
+    if isinstance(payload, dict):
+        payload = payload.get("S")
+    return json.loads(payload) if isinstance(payload, str) else {}
+
+
+def event_item(source_id: str, event: dict[str, Any], expires_at: int, owner: str = "") -> dict[str, Any]:
+    pk, sk = history_key(event)
     item: dict[str, Any] = {
-        "pk": {"S": person_key(event)},
-        "sk": {"S": f"{event['timestamp']}#{bounded(event['messageId'], 256)}"},
+        "pk": {"S": pk},
+        "sk": {"S": sk},
         "source_id": {"S": source_id},
-        "payload": {"S": json.dumps(event, separators=(",", ":"), ensure_ascii=False)},
+        "z": {"B": encode_event(event)},
         "expires_at": {"N": str(expires_at)},
     }
+    if owner:
+        item["owner"] = {"S": owner_hash(owner)}
     return item
 
 
-class DynamoEventStore:
+@dataclass(frozen=True)
+class HistoryEntry:
+    """An event to record, with the Kinesis record carrying it."""
+
+    source_id: str
+    event: dict[str, Any]
+    owner: str  # shard:sequence of the record
+    redrive_of: str | None = None  # the record this one is a dead-letter redrive of
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return dedupe_key(self.event)
+
+    def item_keys(self) -> list[tuple[str, str]]:
+        """Every item recording the event: the history item, and the marker if it has one."""
+        return list(dict.fromkeys([history_key(self.event), self.key]))
+
+
+@dataclass
+class ClaimResult:
+    claimed: set[tuple[str, str]] = field(default_factory=set)
+    duplicates: set[tuple[str, str]] = field(default_factory=set)
+
+
+class HistoryStore:
     def __init__(self, dynamodb: Any, table_name: str, retention_days: int = 90,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self._ddb = dynamodb
@@ -45,16 +146,49 @@ class DynamoEventStore:
         self._retention_s = retention_days * 86400
         self._sleep = sleep
 
-    def store(self, events: list[tuple[str, dict[str, Any]]]) -> None:
-        """Store (source_id, normalised event) pairs."""
-        requests = []
-        seen: set[tuple[str, str]] = set()
-        for source_id, event in events:
-            received = datetime.fromisoformat(event["receivedAt"].replace("Z", "+00:00"))
-            item = event_item(source_id, event, int(received.timestamp()) + self._retention_s)
-            key = (item["pk"]["S"], item["sk"]["S"])
-            if key in seen:  # BatchWriteItem refuses two writes of one key
-                continue
-            seen.add(key)
-            requests.append({"PutRequest": {"Item": item}})
-        batch_write(self._ddb, self._table, requests, self._sleep)
+    def _existing(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """Owner hash of each key already stored (consistent reads)."""
+        found: dict[tuple[str, str], str] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), MAX_BATCH_GET):
+            request: dict[str, Any] = {self._table: {
+                "Keys": [{"pk": {"S": pk}, "sk": {"S": sk}} for pk, sk in unique[start:start + MAX_BATCH_GET]],
+                "ConsistentRead": True, "ProjectionExpression": "pk, sk, #o",
+                "ExpressionAttributeNames": {"#o": "owner"}}}
+            while request:
+                response = self._ddb.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self._table, []):
+                    found[(item["pk"]["S"], item["sk"]["S"])] = item.get("owner", {}).get("S", "")
+                request = response.get("UnprocessedKeys") or {}
+        return found
+
+    def claim(self, entries: list[HistoryEntry]) -> ClaimResult:
+        """Record the events not seen before; see the module docstring."""
+        result = ClaimResult()
+        existing = self._existing(e.key for e in entries)
+        writes = []
+        for entry in entries:
+            owner = existing.get(entry.key)
+            if owner is None:
+                received = datetime.fromisoformat(entry.event["receivedAt"].replace("Z", "+00:00"))
+                expires = int(received.timestamp()) + self._retention_s
+                item = event_item(entry.source_id, entry.event, expires, entry.owner)
+                writes.append({"PutRequest": {"Item": item}})
+                if entry.key != history_key(entry.event):
+                    pk, sk = entry.key
+                    writes.append({"PutRequest": {"Item": {
+                        "pk": {"S": pk}, "sk": {"S": sk}, "owner": item["owner"],
+                        "history_sk": item["sk"], "expires_at": {"N": str(expires)}}}})
+                result.claimed.add(entry.key)
+            elif owner in (owner_hash(entry.owner), owner_hash(entry.redrive_of or entry.owner)):
+                result.claimed.add(entry.key)  # this record's own earlier attempt: do it again
+            else:
+                result.duplicates.add(entry.key)
+        batch_write(self._ddb, self._table, writes, self._sleep)
+        return result
+
+    def release(self, entries: Iterable[HistoryEntry]) -> None:
+        """Forget events whose processing failed, so a copy sent later is not refused."""
+        keys = dict.fromkeys(k for entry in entries for k in entry.item_keys())
+        deletes = [{"DeleteRequest": {"Key": {"pk": {"S": pk}, "sk": {"S": sk}}}} for pk, sk in keys]
+        batch_write(self._ddb, self._table, deletes, self._sleep)
