@@ -66,7 +66,6 @@ from bench.segment_traffic import (
     event_size,
 )
 from cdp import resources
-from cdp.keys import bounded
 
 REPO = Path(__file__).resolve().parents[1]
 WRITE_KEY = "bench-write-key"
@@ -491,14 +490,6 @@ def stream_records() -> tuple[str, list[dict[str, Any]]]:
     return description["StreamARN"], out
 
 
-def item_count(table_name: str) -> int:
-    """moto's live item count (real DynamoDB refreshes ItemCount only every ~6 h)."""
-    import boto3
-
-    table = boto3.client("dynamodb").describe_table(TableName=table_name)
-    return int(table["Table"]["ItemCount"])
-
-
 def scan_items(table_name: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
     """Every item of a table in moto (not metered: no phase is set)."""
     import boto3
@@ -601,31 +592,6 @@ def identity_outcome(meter: AwsMeter) -> IdentityOutcome:
     return outcome
 
 
-def clear_dedupe_claims(batch: list[dict[str, Any]]) -> None:
-    """Delete the claims of a consumed batch from moto's dedupe table (not metered, not timed).
-
-    moto's TransactWriteItems deep-copies the whole table once per item of the
-    transaction (its rollback backup, moto 5.2.5), so its cost grows with the table: at
-    2,000 claims one transaction of 100 takes longer than the clients' 5 s read
-    timeout. Every messageId of the benchmark is unique, so removing claims after their
-    batch changes no outcome; the request-unit shadow in AwsMeter still knows every item.
-    (Not needed while the claims were single PutItems, commit 6d330bc: moto's PutItem
-    does not copy the table.)
-    """
-    import boto3
-
-    ddb: Any = boto3.client("dynamodb")
-    name = resources.DEDUPE_TABLE.local_name
-    keys = []
-    for record in batch:
-        envelope = json.loads(base64.b64decode(record["kinesis"]["data"]))
-        if envelope.get("kind") == "event":
-            keys.append(f"{envelope['source_id']}#{bounded(envelope['event']['messageId'])}")
-    for start in range(0, len(keys), 25):
-        requests = [{"DeleteRequest": {"Key": {"pk": {"S": key}}}} for key in keys[start : start + 25]]
-        ddb.batch_write_item(RequestItems={name: requests})
-
-
 def collect_requests(harness: Harness, requests: list[SdkRequest], result: RunResult) -> None:
     """Every request through the collector, checking each is fully accepted."""
     http_event = integration_fixtures().http_event
@@ -652,7 +618,6 @@ def consume_stream(harness: Harness, esm_batch: int, expected: int, result: RunR
         if response.get("batchItemFailures"):
             raise AssertionError(f"consumer reported failures: {response['batchItemFailures'][:5]}")
         result.consumer.append(invocation)
-        clear_dedupe_claims(batch)
 
 
 def run_pipeline(
@@ -671,7 +636,9 @@ def run_pipeline(
     real service's costs do not depend on how much it holds, so neither do ours. The
     tables keep everything for the whole run: the identity graph must remember the
     people it met. Each window checks that the events table holds one history item per
-    event so far (and the dedupe table none, see clear_dedupe_claims).
+    event so far. (moto's TransactWriteItems copies whole tables to roll back; the
+    benchmark's moto server backs up only the items a transaction touches, see
+    bench/moto_process.py, so transactions cost the same however full the tables are.)
     """
     total = sum(r.events for r in requests)
     result = RunResult(total)
@@ -690,8 +657,6 @@ def run_pipeline(
         stored = history_count()
         if stored != done:
             raise AssertionError(f"events table holds {stored} history items, expected {done}")
-        if item_count(resources.DEDUPE_TABLE.local_name):
-            raise AssertionError("claims left in moto's dedupe table: clear_dedupe_claims missed some")
         result.stored = stored
         progress(f"  {done:,}/{total:,} events through collector and consumer")
     if result.stored != total:
