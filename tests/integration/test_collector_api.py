@@ -102,3 +102,11 @@ def test_refused_single_event_leaves_no_trace(write_key, lambda_context):
     assert json.loads(response["body"])["error"]["message"] == "either userId or anonymousId is required"
     assert read_stream_as_lambda_event()["Records"] == []
     assert scan(resources.QUARANTINE_TABLE.local_name) == []
+
+
+def test_settings_of_a_write_key_no_route_variable_takes_is_404_not_405(aws, lambda_context):
+    # API Gateway hands the path over decoded: "/v1/projects/k€y/settings" arrives with the "€".
+    response = collector.handler(http_event("/v1/projects/k\u20acy/settings", "", method="GET"), lambda_context)
+    assert response["statusCode"] == 404
+    wrong_method = collector.handler(http_event("/v1/projects/k1/settings", "", method="POST"), lambda_context)
+    assert wrong_method["statusCode"] == 405
