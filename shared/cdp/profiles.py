@@ -16,13 +16,12 @@ start key) and merged, never read whole. The DynamoDB access itself is behind th
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from cdp.aws.event_store import event_of_item
 from cdp.aws.identity_graph import account_key, ident_key, profile_key
 from cdp.identity.identifiers import Identifier
 from cdp.identity.profile_state import ProfileState, state_from_json
@@ -377,12 +376,6 @@ class ProfileReader:
 
 
 def _event_of(item: dict[str, Any]) -> dict[str, Any]:
-    """The stored event of a history item: zlib-compressed JSON in ``z``, or JSON in ``payload``."""
-    compressed = item.get("z")
-    if compressed is not None:
-        raw = compressed.value if hasattr(compressed, "value") else compressed  # boto3 Binary or bytes
-        event = json.loads(zlib.decompress(bytes(raw)))
-    else:
-        payload = item.get("payload")
-        event = json.loads(payload) if isinstance(payload, str) else {}
+    """The stored event of a history item (compressed ``z``, or ``payload`` of older items)."""
+    event = event_of_item(item)
     return event if isinstance(event, dict) else {}
