@@ -1,4 +1,4 @@
-"""Pipeline: Kinesis -> stream consumer Lambda -> dedupe, events and quarantine tables + S3 archive."""
+"""Pipeline: Kinesis -> stream consumer Lambda -> events, identity and quarantine tables + S3 archive."""
 
 from __future__ import annotations
 
@@ -20,17 +20,13 @@ from infra.constructs.function import CdpFunction
 from infra.constructs.tables import build_table, grant_item_actions
 from infra.settings import DeploymentSettings
 
-# What the consumer does with the dedupe table (cdp.aws.dedupe_store): claim messageIds
-# (conditional puts inside TransactWriteItems, which IAM checks as PutItem) and, after a
-# failure, release its own claims (conditional DeleteItem). No reads, no updates.
-DEDUPE_ACTIONS = (
-    "dynamodb:PutItem",
-    "dynamodb:DeleteItem",
-)
-# Events and quarantine records are only ever written by the consumer; the merge log in
-# the events table is written inside the identity graph's TransactWriteItems (checked
-# by IAM as PutItem).
+# Quarantine records are only ever written by the consumer.
 WRITE_ACTIONS = ("dynamodb:PutItem", "dynamodb:BatchWriteItem")
+# The events table (cdp.aws.event_store): consistent BatchGetItem of the batch's keys
+# (the dedupe check), BatchWriteItem of new events and, after a failure, deletes of its
+# own (BatchWriteItem too); the merge log is written inside the identity graph's
+# TransactWriteItems (checked by IAM as PutItem). No Query, no Scan.
+EVENTS_ACTIONS = ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:BatchWriteItem")
 # The identity graph (cdp.aws.identity_graph): batched reads, conditional puts and
 # updates inside TransactWriteItems (IAM checks each as PutItem/UpdateItem, plus
 # ConditionCheckItem), single conditional updates of profile states, and GetItem of the
@@ -70,9 +66,8 @@ class Pipeline(Construct):
 
         self.tables: dict[str, dynamodb.Table] = {
             spec.logical_id: build_table(self, spec)
-            for spec in (resources.DEDUPE_TABLE, resources.EVENTS_TABLE, resources.IDENTITY_TABLE)
+            for spec in (resources.EVENTS_TABLE, resources.IDENTITY_TABLE)
         }
-        self.dedupe_table = self.tables[resources.DEDUPE_TABLE.logical_id]
         self.events_table = self.tables[resources.EVENTS_TABLE.logical_id]
         self.identity_table = self.tables[resources.IDENTITY_TABLE.logical_id]
         self.archive_bucket, self.access_log_bucket = self._archive()
@@ -88,13 +83,11 @@ class Pipeline(Construct):
             layer=layer,
             log_retention=settings.log_retention,
             environment={
-                resources.DEDUPE_TABLE.env: self.dedupe_table.table_name,
                 resources.EVENTS_TABLE.env: self.events_table.table_name,
                 resources.IDENTITY_TABLE.env: self.identity_table.table_name,
                 resources.QUARANTINE_TABLE.env: quarantine_table.table_name,
                 resources.ARCHIVE_BUCKET.env: self.archive_bucket.bucket_name,
                 # Explicit so operators see the effective values in the console.
-                config.ENV_VARS["dedupe_ttl_hours"]: str(settings_defaults.dedupe_ttl_hours),
                 config.ENV_VARS["event_retention_days"]: str(settings_defaults.event_retention_days),
                 config.ENV_VARS["quarantine_retention_days"]: str(
                     settings_defaults.quarantine_retention_days
@@ -105,8 +98,7 @@ class Pipeline(Construct):
             },
         )
         role = self.consumer.role
-        grant_item_actions(self.dedupe_table, role, *DEDUPE_ACTIONS)
-        grant_item_actions(self.events_table, role, *WRITE_ACTIONS)
+        grant_item_actions(self.events_table, role, *EVENTS_ACTIONS)
         grant_item_actions(self.identity_table, role, *IDENTITY_ACTIONS)
         grant_item_actions(quarantine_table, role, *WRITE_ACTIONS)
         # PutObject only (bucket.grant_put would add s3:Abort* and object-lock/tagging actions).

@@ -15,14 +15,11 @@ class Settings(BaseModel):
     """What a function needs to know about its deployment."""
 
     sources_table: str = resources.SOURCES_TABLE.local_name
-    dedupe_table: str = resources.DEDUPE_TABLE.local_name
     events_table: str = resources.EVENTS_TABLE.local_name
     quarantine_table: str = resources.QUARANTINE_TABLE.local_name
     identity_table: str = resources.IDENTITY_TABLE.local_name
     event_stream: str = resources.EVENT_STREAM.local_name
     archive_bucket: str = resources.ARCHIVE_BUCKET.local_name
-    # A messageId seen within this window is a duplicate (the issue asks for >= 24 h).
-    dedupe_ttl_hours: int = Field(default=48, ge=24)
     event_retention_days: int = Field(default=90, ge=1)
     quarantine_retention_days: int = Field(default=30, ge=1)
     # How long a positive / negative write-key lookup is cached in a warm function.
@@ -41,13 +38,11 @@ class Settings(BaseModel):
 
 ENV_VARS: dict[str, str] = {
     "sources_table": resources.SOURCES_TABLE.env,
-    "dedupe_table": resources.DEDUPE_TABLE.env,
     "events_table": resources.EVENTS_TABLE.env,
     "quarantine_table": resources.QUARANTINE_TABLE.env,
     "identity_table": resources.IDENTITY_TABLE.env,
     "event_stream": resources.EVENT_STREAM.env,
     "archive_bucket": resources.ARCHIVE_BUCKET.env,
-    "dedupe_ttl_hours": "CDP_DEDUPE_TTL_HOURS",
     "event_retention_days": "CDP_EVENT_RETENTION_DAYS",
     "quarantine_retention_days": "CDP_QUARANTINE_RETENTION_DAYS",
     "source_cache_seconds": "CDP_SOURCE_CACHE_SECONDS",

@@ -80,15 +80,6 @@ SOURCES_TABLE = TableSpec(
     purpose="Sources and their write keys, stored only as SHA-256 hashes.",
 )
 
-DEDUPE_TABLE = TableSpec(
-    logical_id="DedupeTable",
-    local_name="cdp-dedupe",
-    env="CDP_DEDUPE_TABLE",
-    partition_key=Key("pk"),
-    ttl_attribute="expires_at",
-    purpose="messageId claims (owner = Kinesis record) so each event is processed once.",
-)
-
 EVENTS_TABLE = TableSpec(
     logical_id="EventsTable",
     local_name="cdp-events",
@@ -96,7 +87,7 @@ EVENTS_TABLE = TableSpec(
     partition_key=Key("pk"),
     sort_key=Key("sk"),
     ttl_attribute="expires_at",
-    purpose="Accepted events per person, for the unification stage and the Profile API.",
+    purpose="Every accepted event once, per person (also what dedupes them); merge log and account links.",
 )
 
 QUARANTINE_TABLE = TableSpec(
@@ -117,7 +108,7 @@ IDENTITY_TABLE = TableSpec(
     purpose="Identity graph: identifier -> profile, and each profile's identifiers and merge state.",
 )
 
-TABLES: tuple[TableSpec, ...] = (SOURCES_TABLE, DEDUPE_TABLE, EVENTS_TABLE, QUARANTINE_TABLE, IDENTITY_TABLE)
+TABLES: tuple[TableSpec, ...] = (SOURCES_TABLE, EVENTS_TABLE, QUARANTINE_TABLE, IDENTITY_TABLE)
 
 # --- Kinesis ---------------------------------------------------------------------
 
@@ -177,7 +168,7 @@ STREAM_CONSUMER_FUNCTION = FunctionSpec(
     folder="stream_consumer",
     memory_mb=512,
     timeout_s=60,
-    purpose="Kinesis consumer: dedupes, archives to S3 and stores events for the next stage.",
+    purpose="Kinesis consumer: records each event once, archives to S3, resolves identities, updates profiles.",
 )
 
 PROFILE_API_FUNCTION = FunctionSpec(
@@ -227,8 +218,8 @@ class KinesisEventSourceSpec:
     """Settings of the Kinesis -> Lambda event source mapping, each with its reason."""
 
     # Up to 500 records per invocation (Lambda also caps a batch at 6 MB): the
-    # per-batch costs (one S3 object, one Lambda request, the dedupe transactions of
-    # 100) are spread over many events, 2 invocations per 1,000 events at full load,
+    # per-batch costs (one S3 object, one Lambda request, the batched reads and writes
+    # of the history and the identity graph) are spread over many events, 2 invocations per 1,000 events at full load,
     # while one invocation needs ~0.25 s of CPU, far inside the 60 s timeout.
     batch_size: int = 500
     # Wait up to 1 s to fill a batch: at low traffic this turns one invocation per

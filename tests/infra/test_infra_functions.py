@@ -84,12 +84,10 @@ def test_consumer_environment_names_exactly_the_resources_it_uses(cdp_stack: Syn
     env = cdp_stack.props(CONSUMER)["Environment"]["Variables"]
     assert env == {
         **COMMON_ENV,
-        resources.DEDUPE_TABLE.env: {"Ref": resources.DEDUPE_TABLE.logical_id},
         resources.EVENTS_TABLE.env: {"Ref": resources.EVENTS_TABLE.logical_id},
         resources.IDENTITY_TABLE.env: {"Ref": resources.IDENTITY_TABLE.logical_id},
         resources.QUARANTINE_TABLE.env: {"Ref": resources.QUARANTINE_TABLE.logical_id},
         resources.ARCHIVE_BUCKET.env: {"Ref": resources.ARCHIVE_BUCKET.logical_id},
-        "CDP_DEDUPE_TTL_HOURS": "48",
         "CDP_EVENT_RETENTION_DAYS": "90",
         "CDP_QUARANTINE_RETENTION_DAYS": "30",
         "CDP_IDENTITY_CONFIG": IdentityConfig().model_dump_json(),
@@ -128,17 +126,13 @@ def test_collector_may_only_read_sources_by_key_and_put_records(cdp_stack: Synth
     assert not any(action in grants for action in ("dynamodb:PutItem", "dynamodb:Scan", "dynamodb:Query"))
 
 
-def test_consumer_may_only_use_dedupe_write_events_and_quarantine_identity_archive_and_dlq(
+def test_consumer_may_only_use_events_quarantine_identity_archive_and_dlq(
     cdp_stack: SynthesizedStack,
 ) -> None:
     grants = cdp_stack.grants_of_role(cdp_stack.role_of(CONSUMER))
     kinesis = {action: arns for action, arns in grants.items() if action.startswith("kinesis:")}
     others = {action: arns for action, arns in grants.items() if not action.startswith("kinesis:")}
     log_group = _log_group_arn(cdp_stack, CONSUMER)
-    dedupe_actions = {
-        "dynamodb:PutItem",  # conditional claims
-        "dynamodb:DeleteItem",  # releasing its own claims after a failure
-    }
     expected: dict[str, set[str]] = {
         "xray:PutTraceSegments": {"*"},
         "xray:PutTelemetryRecords": {"*"},
@@ -149,10 +143,10 @@ def test_consumer_may_only_use_dedupe_write_events_and_quarantine_identity_archi
         "sqs:GetQueueAttributes": {"StreamConsumerDlq.Arn"},
         "sqs:GetQueueUrl": {"StreamConsumerDlq.Arn"},
     }
-    for action in dedupe_actions:
-        expected[action] = {"DedupeTable.Arn"}
     for action in ("dynamodb:PutItem", "dynamodb:BatchWriteItem"):
-        expected[action] = expected.get(action, set()) | {"EventsTable.Arn", "QuarantineTable.Arn"}
+        expected[action] = {"EventsTable.Arn", "QuarantineTable.Arn"}
+    # The history's dedupe check: a consistent BatchGetItem of the batch's keys.
+    expected["dynamodb:BatchGetItem"] = {"EventsTable.Arn"}
     # The identity graph: batched reads, conditional puts/updates (in transactions too).
     for action in ("dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem",
                    "dynamodb:ConditionCheckItem"):
@@ -164,7 +158,7 @@ def test_consumer_may_only_use_dedupe_write_events_and_quarantine_identity_archi
     forbidden = ("kinesis:Put", "s3:Get", "s3:Delete", "dynamodb:Scan", "dynamodb:Query", "dynamodb:UpdateTable",
                  "dynamodb:DeleteTable")
     assert not any(action.startswith(forbidden) for action in grants)
-    assert grants["dynamodb:DeleteItem"] == {"DedupeTable.Arn"}
+    assert "dynamodb:DeleteItem" not in grants  # removals go through BatchWriteItem
     assert grants["dynamodb:UpdateItem"] == {"IdentityTable.Arn"}
 
 

@@ -18,7 +18,6 @@ LOCAL_AWS_URL = "http://127.0.0.1:4566"
 OUTPUTS = {
     "ApiUrl": "api_url",
     "SourcesTableName": "sources_table",
-    "DedupeTableName": "dedupe_table",
     "EventsTableName": "events_table",
     "QuarantineTableName": "quarantine_table",
     "EventStreamName": "event_stream",
@@ -35,7 +34,6 @@ _LOCAL = Settings()  # the local names of every resource, from cdp.resources
 class Deployment:
     api_url: str = LOCAL_API_URL
     sources_table: str = _LOCAL.sources_table
-    dedupe_table: str = _LOCAL.dedupe_table
     events_table: str = _LOCAL.events_table
     quarantine_table: str = _LOCAL.quarantine_table
     event_stream: str = _LOCAL.event_stream
