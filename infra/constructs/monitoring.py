@@ -76,8 +76,8 @@ class Monitoring(Construct):
             "Api5xx": cloudwatch.Alarm(
                 self,
                 "Api5xxAlarm",
-                alarm_description="The collector API returned 5xx responses: events may have been lost "
-                "(clients retry, but not forever).",
+                alarm_description="The HTTP API returned 5xx responses: collected events may have been lost "
+                "(clients retry, but not forever), or Profile API reads failed.",
                 metric=api_5xx,
                 threshold=API_5XX_THRESHOLD,
                 comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
