@@ -49,14 +49,12 @@ class LayoutWriter:
 
     def profile(self, profile_id: str, identifiers: Sequence[str], *,
                 traits: dict[str, tuple[Any, str, str]] | None = None, created_at: str = CREATED,
-                updated_at: str | None = None, first_seen: str | None = None, last_seen: str | None = None,
-                last_message: str = "", last_context: dict[str, Any] | None = None,
+                updated_at: str | None = None, first_seen: str | None = None, last_seen_day: str | None = None,
                 merged_from: Sequence[str] = ()) -> None:
         """A live profile holding ``identifiers`` (``type:value``), and their identifier items."""
         ids = [identifier(i) for i in identifiers]
         state = ProfileState(traits={n: TraitValue(*v) for n, v in (traits or {}).items()},
-                             first_seen=first_seen, last_seen=last_seen, last_seen_message=last_message,
-                             last_context=last_context or {})
+                             first_seen=first_seen, last_seen_day=last_seen_day)
         item: Item = {"pk": profile_key(profile_id), "status": "live", "created_at": created_at,
                       "updated_at": updated_at or created_at, "version": 1, "state": state_to_json(state)}
         if ids:
@@ -81,9 +79,9 @@ class LayoutWriter:
         self.put_record(_plain(event_item(source_id, event, expires_at)))
 
     def account(self, group_id: str, traits: dict[str, tuple[Any, str, str]] | None = None,
-                created_at: str = CREATED, first_seen: str | None = None, last_seen: str | None = None) -> None:
+                created_at: str = CREATED, first_seen: str | None = None, last_seen_day: str | None = None) -> None:
         state = ProfileState(traits={n: TraitValue(*v) for n, v in (traits or {}).items()},
-                             first_seen=first_seen, last_seen=last_seen)
+                             first_seen=first_seen, last_seen_day=last_seen_day)
         self.put_identity({"pk": account_key(group_id), "group_id": group_id, "created_at": created_at,
                            "updated_at": created_at, "version": 1, "state": state_to_json(state)})
 

@@ -37,7 +37,7 @@ def dependencies() -> ProfileApi:
     reader = ProfileReader(DynamoProfileTables(ddb, settings.identity_table, settings.events_table))
     # The identity settings in force (an admin may change them), to normalise as the consumer does.
     identity = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings))
-    return ProfileApi(reader, tokens.find, settings.space_id, identity.current)
+    return ProfileApi(reader, tokens.find, settings.space_id, identity.current, keep_ip=settings.keep_ip)
 
 
 def _respond(result: ApiResponse) -> Response:

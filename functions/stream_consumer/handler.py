@@ -45,8 +45,7 @@ def consumer() -> StreamConsumer:
         history=HistoryStore(ddb, settings.events_table, settings.event_retention_days),
         archive=S3Archive(client("s3"), settings.archive_bucket),
         stages=[
-            UnificationStage(graph, ProfileRecords(ddb, settings.events_table), identity.current,
-                             settings.keep_ip),
+            UnificationStage(graph, ProfileRecords(ddb, settings.events_table), identity.current),
         ],
         quarantine=QuarantineStore(ddb, settings.quarantine_table, settings.quarantine_retention_days),
     )

@@ -33,7 +33,7 @@ from cdp.identity.identifiers import (
     normalise_id,
     normalise_phone,
 )
-from cdp.identity.profile_state import ProfileState
+from cdp.identity.profile_state import ProfileState, last_context_of
 from cdp.profiles import Account, ProfileReader, StoredEvent, UserProfile
 from cdp.segment import ECMA_WHITESPACE
 
@@ -283,10 +283,14 @@ def _external_ids_body(ids: list[Identifier], collection: str, query: Mapping[st
             "cursor": cursor_body(url, limit, "external_ids", page[-1].key() if more else None)}
 
 
-def _metadata(created_at: str, updated_at: str, state: ProfileState) -> dict[str, Any]:
+def _metadata(created_at: str, updated_at: str, state: ProfileState,
+              newest: StoredEvent | None = None) -> dict[str, Any]:
+    """``last_seen`` is the newest event's time (from the history; the profile item keeps the day only)."""
     return {"created_at": created_at, "updated_at": updated_at, "expires_at": None,
-            "first_seen": state.first_seen, "last_seen": state.last_seen,
-            "last_message_id": state.last_seen_message or None}
+            "first_seen": state.first_seen,
+            "last_seen": newest.event.get("timestamp") if newest else None,
+            "last_seen_day": state.last_seen_day,
+            "last_message_id": newest.event.get("messageId") if newest else None}
 
 
 def _plain(value: Any) -> Any:
@@ -307,10 +311,13 @@ class ProfileApi:
     """Answers Profile API requests for one space of one deployment."""
 
     def __init__(self, reader: ProfileReader, find_token: Callable[[str], AccessToken | None], space_id: str,
-                 identity_config: IdentityConfig | Callable[[], IdentityConfig] = IdentityConfig) -> None:
+                 identity_config: IdentityConfig | Callable[[], IdentityConfig] = IdentityConfig,
+                 keep_ip: bool = False) -> None:
         """``identity_config``: the identity settings in force, or what returns them (they may
-        change at run time; identifiers are normalised with the consumer's current ones)."""
+        change at run time; identifiers are normalised with the consumer's current ones).
+        ``keep_ip``: show the IP address in a profile's last context."""
         self._reader = reader
+        self._keep_ip = keep_ip
         self._find_token = find_token
         self._space = space_id
         config = identity_config
@@ -370,12 +377,13 @@ class ProfileApi:
             return self._events(profile, query, url)
         if target.resource == "links":
             return self._accounts_of(profile, query, url)
+        newest = self._reader.events(profile, 1, None, lambda event: True).items
         metadata = {"profile_id": profile.profile_id,
-                    **_metadata(profile.created_at, profile.updated_at, profile.state),
+                    **_metadata(profile.created_at, profile.updated_at, profile.state, newest[0] if newest else None),
                     "merged_from": list(profile.merged_from)}
         if verbose:
             log = self._reader.merge_log(profile)
-            metadata["last_context"] = profile.state.last_context
+            metadata["last_context"] = last_context_of(newest[0].event, self._keep_ip) if newest else {}
             metadata["merges"] = [_plain({k: m.get(k) for k in ("survivor", "merged", "identifiers", "message_id",
                                                                "at", "merged_at")}) for m in log.merges]
             # Dropped identifiers may belong to another person: only their types are shown.

@@ -49,13 +49,12 @@ class UnificationStats:
 
 class UnificationStage:
     def __init__(self, graph: DynamoIdentityGraph, records: Records,
-                 config: IdentityConfig | Callable[[], IdentityConfig], keep_ip: bool = False) -> None:
+                 config: IdentityConfig | Callable[[], IdentityConfig]) -> None:
         self._graph = graph
         self._records = records
         # The settings in force, asked for once per batch (an admin may change them).
         self._settings = config if callable(config) else (lambda: config)
         self._config = self._settings()
-        self._keep_ip = keep_ip
         self.stats = UnificationStats()
 
     def _identifiers(self, extracted: ExtractedIdentifiers) -> list[Identifier]:
@@ -90,12 +89,12 @@ class UnificationStage:
         for event, found in extracted:
             self.stats.events += 1
             identifiers = self._identifiers(found)
-            first_state = fold_event(ProfileState(), event, self._keep_ip)
+            first_state = fold_event(ProfileState(), event)
             profile_id, plan = graph.resolve(identifiers, cause=event, initial_state=first_state)
             if profile_id is None:
                 self.stats.without_identifiers += 1
                 continue
-            deltas[profile_id] = fold_event(deltas.get(profile_id, ProfileState()), event, self._keep_ip)
+            deltas[profile_id] = fold_event(deltas.get(profile_id, ProfileState()), event)
             if plan.dropped:
                 self.stats.blocked += 1
                 records.append(blocked_record(profile_id, event["messageId"], event["timestamp"],

@@ -84,7 +84,7 @@ def test_laptop_signup_mobile_and_crm_import_are_one_profile(aws):
     assert traits(graph, profile) == {"email": "ana@example.com", "name": "Ana", "plan": "pro"}
     state = graph.state_of(profile)
     assert state is not None
-    assert (state.first_seen, state.last_seen) == ("2026-03-01T10:00:00.000Z", "2026-03-04T10:00:00.000Z")
+    assert (state.first_seen, state.last_seen_day) == ("2026-03-01T10:00:00.000Z", "2026-03-04")
 
 
 def test_later_trait_wins_whatever_the_arrival_order(aws):

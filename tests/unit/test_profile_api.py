@@ -49,8 +49,7 @@ def tables() -> MemoryProfileTables:
                    traits={"name": ("Ana", "2026-03-02T10:00:00.000Z", "m2"),
                            "plan": ("pro", "2026-03-04T10:00:00.000Z", "m4"),
                            "city": ("Lisbon", "2026-03-02T10:00:00.000Z", "m2")},
-                   first_seen="2026-03-01T10:00:00.000Z", last_seen="2026-03-04T10:00:00.000Z",
-                   last_message="m4", last_context={"locale": "pt-PT"}, merged_from=["p-old"],
+                   first_seen="2026-03-01T10:00:00.000Z", last_seen_day="2026-03-04", merged_from=["p-old"],
                    updated_at="2026-03-04T10:00:01.000000+00:00")
     layout.merged("p-old", into="p-ana")
     layout.profile("p-bob", ["user_id:bob", "email:bob@example.com"],
@@ -59,7 +58,8 @@ def tables() -> MemoryProfileTables:
     layout.event(segment_event("identify", "m2", "2026-03-02T10:00:00.000Z", userId="ana", anonymousId="laptop",
                                traits={"name": "Ana"}))
     layout.event(segment_event("track", "m4", "2026-03-04T10:00:00.000Z", userId="ana", event="Order Completed",
-                               properties={"total": 30}, anonymousId=None))  # SDKs send null ids
+                               properties={"total": 30}, anonymousId=None,  # SDKs send null ids
+                               context={"locale": "pt-PT", "ip": "203.0.113.7"}))
     layout.event(segment_event("track", "b1", "2026-03-05T10:00:00.000Z", userId="bob", event="Order Completed"))
     layout.account("acme", traits={"industry": ("retail", "2026-03-03T10:00:00.000Z", "g1")})
     layout.membership("p-old", "acme")
@@ -249,7 +249,7 @@ def test_events_are_the_profiles_own_newest_first_in_segments_shape(tables: Memo
     latest = body["data"][0]
     assert latest == {
         "type": "track", "event": "Order Completed", "properties": {"total": 30},
-        "context": {"library": {"name": "test"}}, "user_id": "ana", "timestamp": "2026-03-04T10:00:00.000Z",
+        "context": {"locale": "pt-PT", "ip": "203.0.113.7"}, "user_id": "ana", "timestamp": "2026-03-04T10:00:00.000Z",
         "received_at": "2026-03-04T10:00:00.000Z", "message_id": "m4", "source_id": "src_test",
         "external_ids": [{"id": "ana", "type": "user_id", "collection": "users", "encoding": "none"}],
         "related": {"users": "p-ana"},
@@ -287,10 +287,10 @@ def test_metadata_has_dates_ids_and_with_verbose_the_merge_log(tables: MemoryPro
         "profile_id": "p-ana", "created_at": "2026-01-01T00:00:00.000000+00:00",
         "updated_at": "2026-03-04T10:00:01.000000+00:00", "expires_at": None,
         "first_seen": "2026-03-01T10:00:00.000Z", "last_seen": "2026-03-04T10:00:00.000Z",
-        "last_message_id": "m4", "merged_from": ["p-old"]}}
+        "last_seen_day": "2026-03-04", "last_message_id": "m4", "merged_from": ["p-old"]}}
     _, verbose, _ = call(tables, f"{BASE}/user_id:ana/metadata", verbose="true")
     meta = verbose["metadata"]
-    assert meta["last_context"] == {"locale": "pt-PT"}
+    assert meta["last_context"] == {"locale": "pt-PT"}  # from the newest event; no IP unless allowed
     assert meta["merges"] == [{"survivor": "p-ana", "merged": "p-old", "identifiers": ["anonymous_id:laptop"],
                                "message_id": "m2", "at": "2026-03-02T10:00:00.000Z",
                                "merged_at": "2026-03-02T10:00:05Z"}]

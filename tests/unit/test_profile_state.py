@@ -11,6 +11,7 @@ from cdp.identity.profile_state import (
     ProfileState,
     fold_account_event,
     fold_event,
+    last_context_of,
     merge_states,
     state_from_json,
     state_to_json,
@@ -27,8 +28,7 @@ def test_latest_event_timestamp_wins_not_arrival_order():
     late = identify(2, "2026-02-01T00:00:00.000Z", plan="pro")
     state = fold_event(fold_event(ProfileState(), late), early)  # late arrives first
     assert state.traits["plan"].value == "pro" and state.traits["name"].value == "Ana"
-    assert (state.first_seen, state.last_seen) == ("2026-01-01T00:00:00.000Z", "2026-02-01T00:00:00.000Z")
-    assert state.last_context == {"locale": "l2"}  # no IP kept by default
+    assert (state.first_seen, state.last_seen_day) == ("2026-01-01T00:00:00.000Z", "2026-02-01")
     assert fold_event(state, late) == state  # idempotent: a replay changes nothing
 
 
@@ -70,10 +70,16 @@ def test_state_round_trips_through_its_stored_json():
     assert state_from_json(None) == ProfileState()
 
 
-def test_ip_is_kept_only_when_allowed():
+def test_last_context_keeps_the_ip_only_when_allowed():
     event = identify(1, "2026-01-01T00:00:00.000Z")
-    assert "ip" not in fold_event(ProfileState(), event).last_context
-    assert fold_event(ProfileState(), event, keep_ip=True).last_context["ip"] == "203.0.113.9"
+    assert last_context_of(event) == {"locale": "l1"}
+    assert last_context_of(event, keep_ip=True) == {"locale": "l1", "ip": "203.0.113.9"}
+
+
+def test_a_later_event_of_the_same_day_without_traits_changes_nothing():
+    state = fold_event(ProfileState(), identify(1, "2026-01-01T08:00:00.000Z", plan="pro"))
+    page = {"type": "page", "messageId": "p", "timestamp": "2026-01-01T21:00:00.000Z", "context": {}}
+    assert fold_event(state, page) == state  # no profile write for it
 
 
 def test_account_state_takes_group_traits_latest_wins():

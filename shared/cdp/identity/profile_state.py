@@ -2,11 +2,16 @@
 
 Traits are a last-writer-wins map: each trait keeps the value of the event with the
 latest ``timestamp`` (ties broken by ``messageId``), so any arrival order, and merging
-profiles in any order, gives the same traits. ``first_seen`` is a minimum,
-``last_seen`` a maximum, and ``last_context`` follows the latest event. Every field is
+profiles in any order, gives the same traits. ``first_seen`` is a minimum and
+``last_seen_day`` a maximum (the UTC date of the latest event). Every field is
 idempotent as well (a join semilattice), so applying an event or a whole stored state
-twice changes nothing: the consumer can retry any write. Counts are not kept here: they
-come from the deduplicated event history, which merges combine without double counting.
+twice changes nothing: the consumer can retry any write.
+
+What changes with every event is deliberately not stored on the profile: the exact
+last-seen time and the last context come from the newest event of the profile's history
+(the Profile API reads it), and counts from the deduplicated history. So a page view of
+a known visitor writes nothing to the profile unless it carries traits or starts a new
+day: most events cost no profile write at all.
 """
 
 from __future__ import annotations
@@ -34,9 +39,7 @@ class TraitValue:
 class ProfileState:
     traits: dict[str, TraitValue] = field(default_factory=dict)
     first_seen: str | None = None
-    last_seen: str | None = None
-    last_seen_message: str = ""
-    last_context: dict[str, Any] = field(default_factory=dict)
+    last_seen_day: str | None = None  # YYYY-MM-DD (UTC) of the latest event
 
 
 def merge_traits(a: dict[str, TraitValue], b: dict[str, TraitValue]) -> dict[str, TraitValue]:
@@ -72,19 +75,25 @@ def _min(a: str | None, b: str | None) -> str | None:
     return b if a is None else a if b is None else min(a, b)
 
 
-def fold_event(state: ProfileState, event: dict[str, Any], keep_ip: bool = False) -> ProfileState:
-    """The state after one event of this profile (applying it twice changes nothing)."""
-    at, message_id = event["timestamp"], event["messageId"]
-    newer = state.last_seen is None or (at, message_id) > (state.last_seen, state.last_seen_message)
+def _max(a: str | None, b: str | None) -> str | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def last_context_of(event: dict[str, Any], keep_ip: bool = False) -> dict[str, Any]:
+    """The context fields a profile shows as its last context (the IP only if allowed)."""
     context = _context(event)
     kept = (*CONTEXT_FIELDS, "ip") if keep_ip else CONTEXT_FIELDS
+    return {k: context[k] for k in kept if k in context}
+
+
+def fold_event(state: ProfileState, event: dict[str, Any]) -> ProfileState:
+    """The state after one event of this profile (applying it twice changes nothing)."""
+    at = event["timestamp"]
     return replace(
         state,
         traits=merge_traits(state.traits, traits_of(event)) if event.get("type") != "group" else state.traits,
         first_seen=_min(state.first_seen, at),
-        last_seen=at if newer else state.last_seen,
-        last_seen_message=message_id if newer else state.last_seen_message,
-        last_context={k: context[k] for k in kept if k in context} if newer else state.last_context,
+        last_seen_day=_max(state.last_seen_day, at[:10]),
     )
 
 
@@ -93,26 +102,20 @@ def fold_account_event(state: ProfileState, event: dict[str, Any]) -> ProfileSta
     at, message_id = event["timestamp"], event["messageId"]
     traits = event.get("traits")
     found = {str(k): TraitValue(v, at, message_id) for k, v in traits.items()} if isinstance(traits, dict) else {}
-    newer = state.last_seen is None or (at, message_id) > (state.last_seen, state.last_seen_message)
     return replace(
         state,
         traits=merge_traits(state.traits, found),
         first_seen=_min(state.first_seen, at),
-        last_seen=at if newer else state.last_seen,
-        last_seen_message=message_id if newer else state.last_seen_message,
+        last_seen_day=_max(state.last_seen_day, at[:10]),
     )
 
 
 def merge_states(a: ProfileState, b: ProfileState) -> ProfileState:
-    """Two profiles' states as one (a merge); commutative and associative."""
-    a_newer = (a.last_seen or "", a.last_seen_message) >= (b.last_seen or "", b.last_seen_message)
-    latest = a if a_newer else b
+    """Two profiles' states as one (a merge); commutative, associative and idempotent."""
     return ProfileState(
         traits=merge_traits(a.traits, b.traits),
         first_seen=_min(a.first_seen, b.first_seen),
-        last_seen=latest.last_seen,
-        last_seen_message=latest.last_seen_message,
-        last_context=latest.last_context,
+        last_seen_day=_max(a.last_seen_day, b.last_seen_day),
     )
 
 
@@ -121,9 +124,7 @@ def state_to_json(state: ProfileState) -> str:
     return json.dumps({
         "traits": {name: [t.value, t.at, t.message_id] for name, t in sorted(state.traits.items())},
         "first_seen": state.first_seen,
-        "last_seen": state.last_seen,
-        "last_seen_message": state.last_seen_message,
-        "last_context": state.last_context,
+        "last_seen_day": state.last_seen_day,
     }, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
@@ -134,7 +135,5 @@ def state_from_json(text: str | None) -> ProfileState:
     return ProfileState(
         traits={name: TraitValue(v[0], v[1], v[2]) for name, v in (data.get("traits") or {}).items()},
         first_seen=data.get("first_seen"),
-        last_seen=data.get("last_seen"),
-        last_seen_message=data.get("last_seen_message") or "",
-        last_context=data.get("last_context") or {},
+        last_seen_day=data.get("last_seen_day"),
     )
