@@ -237,10 +237,16 @@ _EVENT_FIELDS = (("type", "type"), ("event", "event"), ("name", "name"), ("categ
                  ("originalTimestamp", "original_timestamp"), ("receivedAt", "received_at"))
 
 
-def event_view(stored: StoredEvent, profile_id: str) -> dict[str, Any]:
-    """A stored event as Segment's Profile API shows one (snake_case keys, its external ids)."""
+def event_view(stored: StoredEvent, profile_id: str, keep_ip: bool = False) -> dict[str, Any]:
+    """A stored event as Segment's Profile API shows one (snake_case keys, its external ids).
+
+    The collector records each event's ``context.ip``; it is shown only where the
+    deployment keeps IP addresses on profiles (``keep_ip``), as for the last context.
+    """
     event = stored.event
     view: dict[str, Any] = {dst: event[src] for src, dst in _EVENT_FIELDS if event.get(src) is not None}
+    if not keep_ip and isinstance(view.get("context"), dict) and "ip" in view["context"]:
+        view["context"] = {k: v for k, v in view["context"].items() if k != "ip"}
     view["message_id"] = event.get("messageId")
     view["source_id"] = stored.source_id
     ids = [Identifier(t, str(event[k])) for k, t in (("userId", "user_id"), ("anonymousId", "anonymous_id"))
@@ -411,7 +417,7 @@ class ProfileApi:
             return (include is None or bool(names & set(include))) and not (exclude and names & set(exclude))
 
         page = self._reader.events(profile, limit, tuple(position) if position else None, accept)
-        return {"data": [event_view(e, profile.profile_id) for e in page.items],
+        return {"data": [event_view(e, profile.profile_id, self._keep_ip) for e in page.items],
                 "cursor": cursor_body(url, limit, "events",
                                       list(page.next_position) if page.next_position else None)}
 

@@ -249,7 +249,7 @@ def test_events_are_the_profiles_own_newest_first_in_segments_shape(tables: Memo
     latest = body["data"][0]
     assert latest == {
         "type": "track", "event": "Order Completed", "properties": {"total": 30},
-        "context": {"locale": "pt-PT", "ip": "203.0.113.7"}, "user_id": "ana", "timestamp": "2026-03-04T10:00:00.000Z",
+        "context": {"locale": "pt-PT"}, "user_id": "ana", "timestamp": "2026-03-04T10:00:00.000Z",
         "received_at": "2026-03-04T10:00:00.000Z", "message_id": "m4", "source_id": "src_test",
         "external_ids": [{"id": "ana", "type": "user_id", "collection": "users", "encoding": "none"}],
         "related": {"users": "p-ana"},
@@ -263,6 +263,14 @@ def test_events_are_the_profiles_own_newest_first_in_segments_shape(tables: Memo
     assert [e["message_id"] for e in no_pages["data"]] == ["m4", "m2"]
     status, error, _ = call(tables, f"{BASE}/user_id:ana/events", sort="asc")
     assert status == 400 and error["error"]["code"] == "validation_error"
+
+
+def test_ip_addresses_are_shown_only_where_the_deployment_keeps_them(tables: MemoryProfileTables) -> None:
+    for keep_ip, shown in ((False, False), (True, True)):
+        api = ProfileApi(ProfileReader(tables), tokens, "default", IdentityConfig(), keep_ip=keep_ip)
+        for resource, query in (("events", {}), ("metadata", {"verbose": "true"})):
+            body = api.handle(ApiRequest(f"{BASE}/user_id:ana/{resource}", query, basic(TOKEN))).body
+            assert ("203.0.113.7" in repr(body)) is shown, (keep_ip, resource)
 
 
 def test_a_response_holds_only_the_requested_profiles_data(tables: MemoryProfileTables) -> None:
