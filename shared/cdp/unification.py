@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cdp.aws.identity_graph import DynamoIdentityGraph, account_key
+from cdp.aws.identity_graph import CommitConflict, DynamoIdentityGraph, account_key
 from cdp.aws.profile_store import blocked_record, membership_records
 from cdp.identity.config import IdentityConfig
 from cdp.identity.identifiers import ExtractedIdentifiers, Identifier, extract_identifiers
@@ -44,6 +44,7 @@ class UnificationStats:
     profiles_touched: int = 0
     blocked: int = 0
     refused_identifiers: int = 0
+    batch_conflicts: int = 0  # batches resolved again one event at a time after a concurrent change
     by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -70,9 +71,20 @@ class UnificationStage:
         return identifiers
 
     def store(self, events: list[tuple[str, dict[str, Any]]]) -> None:
-        graph = self._graph
+        """Unify a batch: first with one commit for the whole batch, and if a concurrent
+        consumer changed something it read, again with one commit per event."""
         self._config = self._settings()
-        graph.begin_batch(self._config)
+        try:
+            records = self._unify(events, batched=True)
+        except CommitConflict:
+            self.stats.batch_conflicts += 1
+            records = self._unify(events, batched=False)
+        if records:
+            self._records.put(records)
+
+    def _unify(self, events: list[tuple[str, dict[str, Any]]], batched: bool) -> list[dict[str, Any]]:
+        graph = self._graph
+        graph.begin_batch(self._config, batched=batched)
         extracted = [(event, extract_identifiers(event, self._config)) for _, event in events]
         wanted: set[Identifier] = set()
         for _, found in extracted:
@@ -114,7 +126,7 @@ class UnificationStage:
         self.stats.profiles_touched += len(by_survivor)
         for group_id, delta in accounts.items():
             graph.apply_account_state(group_id, delta)
-        if records:
-            self._records.put(records)
+        graph.flush()
         logger.debug("unified", extra={"events": len(events), "profiles": len(by_survivor),
-                                       "accounts": len(accounts)})
+                                       "accounts": len(accounts), "batched": batched})
+        return records

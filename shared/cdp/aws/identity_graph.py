@@ -69,7 +69,51 @@ def _conditional_failure(exc: ClientError) -> bool:
                                                           "ConditionalCheckFailedException")
 
 
+class CommitConflict(Exception):
+    """A batched commit met a concurrent change; the batch is resolved again, one event at a time."""
+
+
+class _Units:
+    """Union-find over item keys: the items one change touches must commit together."""
+
+    def __init__(self) -> None:
+        self._parent: dict[str, str] = {}
+
+    def join(self, keys: Iterable[str]) -> None:
+        roots = [self._find(k) for k in keys]
+        for root in roots[1:]:
+            self._parent[root] = roots[0]
+
+    def _find(self, key: str) -> str:
+        self._parent.setdefault(key, key)
+        while self._parent[key] != key:
+            self._parent[key] = self._parent[self._parent[key]]
+            key = self._parent[key]
+        return key
+
+    def groups(self, keys: Iterable[str]) -> list[list[str]]:
+        found: dict[str, list[str]] = {}
+        for key in keys:
+            found.setdefault(self._find(key), []).append(key)
+        return list(found.values())
+
+
 class DynamoIdentityGraph:
+    """The graph and profile states, read once per batch and written in as few requests as possible.
+
+    Changes go to a working copy (the read cache) and are committed by ``flush``: every
+    changed item is put whole, conditional on what was read before the batch changed it
+    (absent: ``attribute_not_exists``; a profile or account: its ``version``; an
+    identifier: the profile it pointed to). The items of one change (a merge: survivor,
+    merged profiles, re-pointed identifiers, merge log) always commit in one transaction;
+    unrelated changes share transactions of up to 100 items. In ``batched`` mode the
+    whole batch commits at the end, and a cancelled transaction raises
+    ``CommitConflict``: the caller resolves the batch again in immediate mode, where
+    each event's change commits at once and a conflict re-reads and re-plans that event.
+
+    One instance per consumer: the working copy is not shared between threads.
+    """
+
     def __init__(self, dynamodb: Any, table_name: str, config: IdentityConfig,
                  attempts: int = 8, sleep: Callable[[float], None] = time.sleep,
                  now: Callable[[], str] = lambda: datetime.now(UTC).isoformat(timespec="microseconds"),
@@ -83,17 +127,31 @@ class DynamoIdentityGraph:
         self._now = now
         self._new_id = new_id
         self._records_table = records_table  # the events table, for the merge log
-        self._cache: dict[str, dict[str, Any] | None] = {}  # key -> item (None: absent)
+        self._cache: dict[str, dict[str, Any] | None] = {}  # key -> item (None: absent); the working copy
+        self._expected: dict[str, dict[str, Any] | None] = {}  # changed key -> the item as read before
+        self._units = _Units()
+        self._log: dict[str, list[dict[str, Any]]] = {}  # unit key -> merge log items
+        self._batched = False
         self.retries = 0  # events re-read and re-planned after a concurrent change
         self.merges = 0  # profiles merged into others by this graph
+        self.transactions = 0  # TransactWriteItems requests made
 
     # --- reads -------------------------------------------------------------------------
 
-    def begin_batch(self, config: IdentityConfig | None = None) -> None:
-        """Forget what was read: a new batch starts from DynamoDB's current state (and settings)."""
+    def begin_batch(self, config: IdentityConfig | None = None, batched: bool = False) -> None:
+        """Start from DynamoDB's current state (and settings); ``batched``: commit at ``flush``."""
         self._cache.clear()
+        self._discard()
+        self._batched = batched
         if config is not None:
             self._config = config
+
+    def _discard(self) -> None:
+        for key in self._expected:
+            self._cache.pop(key, None)  # read again rather than trust an uncommitted change
+        self._expected.clear()
+        self._units = _Units()
+        self._log.clear()
 
     def _fetch(self, keys: Iterable[str], consistent: bool) -> None:
         unique = [k for k in dict.fromkeys(keys)]
@@ -110,7 +168,7 @@ class DynamoIdentityGraph:
                 self._cache[key] = found.get(key)
 
     def _get(self, keys: Iterable[str], consistent: bool = True) -> dict[str, dict[str, Any]]:
-        """Items by key (absent ones left out), from the batch cache where known."""
+        """Items by key (absent ones left out), from the working copy where known."""
         wanted = list(keys)
         missing = [k for k in wanted if k not in self._cache]
         if missing:
@@ -119,7 +177,8 @@ class DynamoIdentityGraph:
 
     def _forget(self, keys: Iterable[str]) -> None:
         for key in keys:
-            self._cache.pop(key, None)
+            if key not in self._expected:  # never drop an uncommitted change
+                self._cache.pop(key, None)
 
     def prefetch(self, identifiers: Iterable[Identifier], account_keys: Iterable[str] = ()) -> None:
         """Read a batch's identifiers and their profiles in as few requests as possible.
@@ -164,8 +223,72 @@ class DynamoIdentityGraph:
         return state_from_json(live[1].get("state", {}).get("S")) if live else None
 
     def holds_identifier(self, identifier: Identifier) -> bool:
-        """Whether the identifier is in the graph (from the batch cache)."""
+        """Whether the identifier is in the graph (from the working copy)."""
         return ident_key(identifier) in self._get([ident_key(identifier)], consistent=False)
+
+    # --- changes and commits ------------------------------------------------------------
+
+    def _change(self, items: dict[str, dict[str, Any]], log: list[dict[str, Any]] | None = None) -> None:
+        """Put changed items in the working copy, remembering what each was before the batch."""
+        for key in items:
+            if key not in self._expected:
+                self._expected[key] = self._cache.get(key)
+        self._cache.update(items)
+        self._units.join(items)
+        if log:
+            anchor = next(iter(items))
+            self._log.setdefault(anchor, []).extend(log)
+
+    def _put(self, key: str) -> dict[str, Any]:
+        item = dict(self._cache[key] or {})
+        before = self._expected[key]
+        if before is None:
+            return {"Put": {"TableName": self._table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}
+        if "version" in before:  # a profile or an account: the version read, and the next one
+            item["version"] = {"N": str(int(before["version"]["N"]) + 1)}
+            return {"Put": {"TableName": self._table, "Item": item, "ConditionExpression": "version = :v",
+                            "ExpressionAttributeValues": {":v": before["version"]}}}
+        return {"Put": {"TableName": self._table, "Item": item, "ConditionExpression": "profile_id = :was",
+                        "ExpressionAttributeValues": {":was": before["profile_id"]}}}
+
+    def flush(self) -> None:
+        """Commit the working copy's changes; ``CommitConflict`` if a condition failed."""
+        if not self._expected:
+            return
+        transactions: list[list[dict[str, Any]]] = [[]]
+        for unit in self._units.groups(self._expected):
+            actions = [self._put(k) for k in sorted(unit)]
+            actions += [{"Put": {"TableName": self._records_table, "Item": log}}
+                        for k in unit for log in self._log.get(k, [])]
+            if len(actions) > MAX_TRANSACTION_ITEMS:
+                self._discard()
+                raise GraphConflict(f"a change of {len(actions)} items exceeds one transaction")
+            if len(transactions[-1]) + len(actions) > MAX_TRANSACTION_ITEMS:
+                transactions.append([])
+            transactions[-1].extend(actions)
+        committed = {k: self._cache[k] for k in self._expected}
+        for actions in transactions:
+            try:
+                self.transactions += 1
+                self._ddb.transact_write_items(TransactItems=actions)
+            except ClientError as exc:
+                self._discard()
+                if _conditional_failure(exc):
+                    raise CommitConflict(str(exc)) from exc
+                raise
+        for key, item in committed.items():  # the cache now holds what was written
+            if item is not None and key in self._expected and self._expected[key] is not None \
+                    and "version" in item:
+                before = self._expected[key]
+                assert before is not None
+                item["version"] = {"N": str(int(before["version"]["N"]) + 1)}
+        self._expected.clear()
+        self._units = _Units()
+        self._log.clear()
+
+    def _commit_now(self) -> None:
+        if not self._batched:
+            self.flush()
 
     # --- resolution ---------------------------------------------------------------------
 
@@ -179,15 +302,15 @@ class DynamoIdentityGraph:
         wanted = list(dict.fromkeys(identifiers))
         consistent = False
         for attempt in range(self._attempts):
-            snapshot: dict[str, dict[str, Any]] = {}  # what the plan read, for the conditions
+            read: set[str] = set()  # what the plan read, to read again after a conflict
 
-            def lookup(ids: list[Identifier], snapshot: dict[str, dict[str, Any]] = snapshot,
+            def lookup(ids: list[Identifier], read: set[str] = read,
                        consistent: bool = consistent) -> dict[Identifier, ProfileView]:
                 idents = self._get([ident_key(i) for i in ids], consistent)
                 owners = {i: idents[ident_key(i)]["profile_id"]["S"] for i in ids if ident_key(i) in idents}
                 profiles = self._get([profile_key(p) for p in set(owners.values())], consistent)
-                snapshot.update(idents)
-                snapshot.update(profiles)
+                read.update(ident_key(i) for i in ids)
+                read.update(profile_key(p) for p in owners.values())
                 views = {}
                 for identifier, owner in owners.items():
                     item = profiles.get(profile_key(owner))
@@ -204,129 +327,93 @@ class DynamoIdentityGraph:
                 plan = plan_resolution(wanted, lookup, self._config)
                 if plan.creates and not plan.add:
                     return None, plan
-                profile_id = self._write(plan, snapshot, wanted, cause or {}, initial_state)
+                profile_id = self._apply(plan, wanted, cause or {}, initial_state)
+                self._commit_now()
                 return profile_id, plan
             except _Retry:
                 pass
-            except ClientError as exc:
-                if not _conditional_failure(exc):
-                    raise
-                self._forget(snapshot)
-                self._forget(ident_key(i) for i in wanted)
+            except CommitConflict:
+                self._forget(read)
             consistent = True
             self.retries += 1
             if attempt:
                 self._sleep(random.uniform(0, 0.02 * 2**attempt))
         raise GraphConflict(f"identity graph kept changing for {len(wanted)} identifiers")
 
-    def _write(self, plan: ResolutionPlan, snapshot: dict[str, dict[str, Any]], wanted: list[Identifier],
-               cause: dict[str, Any], initial_state: ProfileState | None) -> str:
+    def _apply(self, plan: ResolutionPlan, wanted: list[Identifier], cause: dict[str, Any],
+               initial_state: ProfileState | None) -> str:
+        """Change the working copy as the plan says; returns the profile the event belongs to."""
         now = self._now()
-        actions: list[dict[str, Any]] = []
-        written: dict[str, dict[str, Any]] = {}  # the items as they will be, for the cache
+        changed: dict[str, dict[str, Any]] = {}
+        log: list[dict[str, Any]] = []
         if plan.creates:
             survivor = self._new_id()
-            created: dict[str, Any] = {
+            changed[profile_key(survivor)] = {
                 "pk": {"S": profile_key(survivor)}, "status": {"S": "live"},
                 "created_at": {"S": now}, "updated_at": {"S": now}, "version": {"N": "1"},
                 "ids": {"SS": sorted(ident_key(i) for i in plan.add)},
                 "state": {"S": state_to_json(initial_state or ProfileState())}}
-            actions.append({"Put": {"TableName": self._table, "Item": created,
-                                    "ConditionExpression": "attribute_not_exists(pk)"}})
-            written[profile_key(survivor)] = created
         else:
             assert plan.survivor is not None
             survivor = plan.survivor
-            current = snapshot[profile_key(survivor)]
-            held = set(current.get("ids", {}).get("SS", []))
             if not plan.add and not plan.merged:
                 return survivor  # nothing new: replaying an event writes nothing
+            current = self._cache[profile_key(survivor)]
+            assert current is not None
+            held = set(current.get("ids", {}).get("SS", []))
             gained = {ident_key(i) for i in plan.add}
-            state = state_from_json(current.get("state", {}).get("S"))
-            merged_from = set(current.get("merged_from", {}).get("SS", []))
-            for merged in plan.merged:
-                other = snapshot[profile_key(merged)]
-                state = merge_states(state, state_from_json(other.get("state", {}).get("S")))
-                merged_from |= {merged, *other.get("merged_from", {}).get("SS", [])}
-            version = str(int(current["version"]["N"]) + 1)
-            values: dict[str, Any] = {":v": current["version"], ":next": {"N": version}, ":live": {"S": "live"},
-                                      ":ids": {"SS": sorted(held | gained)}, ":now": {"S": now}}
-            update = "SET version = :next, ids = :ids, updated_at = :now"
+            after = dict(current, ids={"SS": sorted(held | gained)}, updated_at={"S": now})
             if plan.merged:
-                values[":state"] = {"S": state_to_json(state)}
-                values[":from"] = {"SS": sorted(merged_from)}
-                update += ", #st = :state, merged_from = :from"
-            actions.append({"Update": {
-                "TableName": self._table,
-                "Key": {"pk": {"S": profile_key(survivor)}},
-                "UpdateExpression": update,
-                "ConditionExpression": "version = :v AND #s = :live",
-                "ExpressionAttributeNames": {"#s": "status", **({"#st": "state"} if plan.merged else {})},
-                "ExpressionAttributeValues": values,
-            }})
-            after = dict(current, version={"N": version}, ids={"SS": sorted(held | gained)}, updated_at={"S": now})
-            if plan.merged:
+                state = state_from_json(current.get("state", {}).get("S"))
+                merged_from = set(current.get("merged_from", {}).get("SS", []))
+                for merged in plan.merged:
+                    other = self._cache[profile_key(merged)]
+                    assert other is not None
+                    state = merge_states(state, state_from_json(other.get("state", {}).get("S")))
+                    merged_from |= {merged, *other.get("merged_from", {}).get("SS", [])}
                 after.update(state={"S": state_to_json(state)}, merged_from={"SS": sorted(merged_from)})
-            written[profile_key(survivor)] = after
-        previous_owner: dict[str, str] = {}  # identifier key -> the merged profile holding it
+            changed[profile_key(survivor)] = after
         for merged in plan.merged:
-            item = snapshot[profile_key(merged)]
-            previous_owner.update(dict.fromkeys(item.get("ids", {}).get("SS", []), merged))
-            next_version = str(int(item["version"]["N"]) + 1)
-            actions.append({"Update": {
-                "TableName": self._table,
-                "Key": {"pk": {"S": profile_key(merged)}},
-                "UpdateExpression": "SET #s = :merged, merged_into = :into, version = :next, updated_at = :now "
-                                    "REMOVE ids, #st",
-                "ConditionExpression": "version = :v AND #s = :live",
-                "ExpressionAttributeNames": {"#s": "status", "#st": "state"},
-                "ExpressionAttributeValues": {":merged": {"S": "merged"}, ":into": {"S": survivor},
-                                              ":next": {"N": next_version}, ":v": item["version"],
-                                              ":live": {"S": "live"}, ":now": {"S": now}},
-            }})
-            gone = {k: v for k, v in item.items() if k not in ("ids", "state")}
-            written[profile_key(merged)] = dict(gone, status={"S": "merged"}, merged_into={"S": survivor},
-                                                version={"N": next_version}, updated_at={"S": now})
+            item = self._cache[profile_key(merged)]
+            assert item is not None
+            changed[profile_key(merged)] = dict(
+                {k: v for k, v in item.items() if k not in ("ids", "state")},
+                status={"S": "merged"}, merged_into={"S": survivor}, updated_at={"S": now})
             if self._records_table:
                 joined = [i.key() for i in wanted
-                          if snapshot.get(ident_key(i), {}).get("profile_id", {}).get("S") == merged]
-                actions.append({"Put": {"TableName": self._records_table, "Item": {
+                          if (self._cache.get(ident_key(i)) or {}).get("profile_id", {}).get("S") == merged]
+                log.append({
                     "pk": {"S": f"p#{survivor}"}, "sk": {"S": f"merge#{merged}"},
                     "survivor": {"S": survivor}, "merged": {"S": merged},
                     "identifiers": {"L": [{"S": k} for k in joined]},
                     "message_id": {"S": str(cause.get("messageId", ""))},
                     "at": {"S": str(cause.get("timestamp", ""))}, "merged_at": {"S": now},
-                }}})
+                })
+        for merged in plan.merged:
+            # Identifiers of a merged profile the plan never read: they point at it (the
+            # commit is conditional on exactly that).
+            for key in (self._expected.get(profile_key(merged)) or self._cache[profile_key(merged)] or {}
+                        ).get("ids", {}).get("SS", []):
+                if key not in self._cache:
+                    self._cache[key] = {"pk": {"S": key}, "profile_id": {"S": merged}}
         for identifier in plan.add:
             key = ident_key(identifier)
-            current_ident = snapshot.get(key)
-            was = previous_owner.get(key) or (current_ident["profile_id"]["S"] if current_ident else None)
-            if was is None:  # a new identifier: only if nobody took it meanwhile
-                condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
-            else:  # re-pointed from a merged profile: only if it still points there
-                condition = {"ConditionExpression": "profile_id = :was",
-                             "ExpressionAttributeValues": {":was": {"S": was}}}
-            item = {"pk": {"S": key}, "profile_id": {"S": survivor}}
-            actions.append({"Put": {"TableName": self._table, "Item": item, **condition}})
-            written[key] = item
-        if len(actions) > MAX_TRANSACTION_ITEMS:
-            raise GraphConflict(f"a merge of {len(actions)} items exceeds one transaction")
-        self._ddb.transact_write_items(TransactItems=actions)
+            changed[key] = {"pk": {"S": key}, "profile_id": {"S": survivor}}
         self.merges += len(plan.merged)
-        self._cache.update(written)
+        self._change(changed, log)
         return survivor
 
     # --- profile states ----------------------------------------------------------------
 
     def live_profile(self, profile_id: str) -> str | None:
-        """Where a profile id of this batch lives now (from the cache, reading what is missing)."""
+        """Where a profile id of this batch lives now (from the working copy, reading what is missing)."""
         live = self._live(profile_id, consistent=False)
         return live[0] if live else None
 
     def apply_state(self, profile_id: str, delta: ProfileState) -> str | None:
-        """Merge a batch's state into a profile (following merges); returns the profile written.
+        """Merge a batch's state into a profile (following merges); returns the profile changed.
 
-        No write when the profile already has everything (a replay). The write is
+        Nothing changes when the profile already has everything (a replay). The commit is
         conditional on the version read, so a concurrent merge or state write makes it
         read again and retry; the state is a semilattice, so retrying is always safe.
         """
@@ -344,29 +431,17 @@ class DynamoIdentityGraph:
             combined = merge_states(current, delta)
             if combined == current:
                 return target
-            now = self._now()
-            version = str(int(item["version"]["N"]) + 1)
-            text = state_to_json(combined)
+            self._change({profile_key(target): dict(item, state={"S": state_to_json(combined)},
+                                                    updated_at={"S": self._now()})})
             try:
-                self._ddb.update_item(
-                    TableName=self._table, Key={"pk": {"S": profile_key(target)}},
-                    UpdateExpression="SET #st = :state, version = :next, updated_at = :now",
-                    ConditionExpression="version = :v AND #s = :live",
-                    ExpressionAttributeNames={"#s": "status", "#st": "state"},
-                    ExpressionAttributeValues={":state": {"S": text}, ":next": {"N": version},
-                                               ":v": item["version"], ":live": {"S": "live"}, ":now": {"S": now}},
-                )
-            except ClientError as exc:
-                if not _conditional_failure(exc):
-                    raise
+                self._commit_now()
+            except CommitConflict:
                 self._forget([profile_key(profile_id), profile_key(target)])
                 consistent = True
                 self.retries += 1
                 if attempt:
                     self._sleep(random.uniform(0, 0.02 * 2**attempt))
                 continue
-            self._cache[profile_key(target)] = dict(item, state={"S": text}, version={"N": version},
-                                                    updated_at={"S": now})
             return target
         raise GraphConflict(f"profile {profile_id} kept changing")
 
@@ -381,28 +456,19 @@ class DynamoIdentityGraph:
             if item is not None and combined == current:
                 return
             now = self._now()
-            text = state_to_json(combined)
             if item is None:
-                new_item = {"pk": {"S": key}, "group_id": {"S": group_id}, "created_at": {"S": now},
-                            "updated_at": {"S": now}, "version": {"N": "1"}, "state": {"S": text}}
-                request: dict[str, Any] = {"Item": new_item, "ConditionExpression": "attribute_not_exists(pk)"}
-            else:
-                new_item = dict(item, state={"S": text}, updated_at={"S": now},
-                                version={"N": str(int(item["version"]["N"]) + 1)})
-                request = {"Item": new_item, "ConditionExpression": "version = :v",
-                           "ExpressionAttributeValues": {":v": item["version"]}}
+                item = {"pk": {"S": key}, "group_id": {"S": group_id}, "created_at": {"S": now},
+                        "version": {"N": "1"}}
+            self._change({key: dict(item, state={"S": state_to_json(combined)}, updated_at={"S": now})})
             try:
-                self._ddb.put_item(TableName=self._table, **request)
-            except ClientError as exc:
-                if not _conditional_failure(exc):
-                    raise
+                self._commit_now()
+            except CommitConflict:
                 self._forget([key])
                 consistent = True
                 self.retries += 1
                 if attempt:
                     self._sleep(random.uniform(0, 0.02 * 2**attempt))
                 continue
-            self._cache[key] = new_item
             return
         raise GraphConflict("account kept changing")
 
