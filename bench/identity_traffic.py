@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,8 +60,6 @@ from bench.segment_traffic import (
     _PLANS,
     _SCREENS,
     _TRACK_EVENTS,
-    SDK_BATCH_SIZE,
-    SdkRequest,
     SegmentTrafficGenerator,
 )
 
@@ -251,7 +248,6 @@ class IdentityTrafficGenerator(SegmentTrafficGenerator):
         self.people: list[Person] = []
         self.stats = TrafficStats()
         self._accounts: list[dict[str, Any]] = []
-        self._last_sent: dict[int, datetime] = {}
 
     # --- the stream ----------------------------------------------------------------------
 
@@ -275,15 +271,9 @@ class IdentityTrafficGenerator(SegmentTrafficGenerator):
         self.stats.window_s = window
         return [self._render(call) for call in calls]
 
-    def requests(self, events: list[dict[str, Any]], batch_size: int = SDK_BATCH_SIZE) -> Iterator[SdkRequest]:
-        """As the SDK flushes: ``sentAt`` a moment after the last event of each batch."""
-        for start in range(0, len(events), batch_size):
-            last = events[min(start + batch_size, len(events)) - 1]["timestamp"]
-            self._last_sent[start // batch_size] = datetime.fromisoformat(last) + FLUSH_DELAY
-        return super().requests(events, batch_size)
-
-    def _sent_at(self, batch_index: int) -> datetime:
-        return self._last_sent.get(batch_index) or super()._sent_at(batch_index)
+    def _sent_at(self, batch_index: int, batch: list[dict[str, Any]]) -> datetime:
+        """As the SDK flushes: a moment after the last event of the batch."""
+        return datetime.fromisoformat(batch[-1]["timestamp"]) + FLUSH_DELAY
 
     # --- people ---------------------------------------------------------------------------
 

@@ -553,6 +553,26 @@ class IdentityOutcome:
     def per_1000(self, count: int, events: int) -> float:
         return count * 1000 / max(events, 1)
 
+    def since(self, before: IdentityOutcome) -> IdentityOutcome:
+        """What changed after ``before`` (counts; the item sizes are the latest)."""
+        counts = {
+            name: getattr(self, name) - getattr(before, name)
+            for name in (
+                "profiles",
+                "live",
+                "merged",
+                "identifiers",
+                "accounts",
+                "merge_log",
+                "blocked",
+                "account_links",
+                "members",
+                "shadow_mismatches",
+            )
+        }
+        by_type = {t: n - before.identifiers_by_type.get(t, 0) for t, n in self.identifiers_by_type.items()}
+        return IdentityOutcome(**counts, identifiers_by_type=by_type, profile_bytes=self.profile_bytes)
+
 
 def identity_outcome(meter: AwsMeter) -> IdentityOutcome:
     """Count profiles, merges and identifiers in moto's identity table, and the records of
@@ -631,6 +651,7 @@ def run_pipeline(
     esm_batch: int,
     window: int,
     progress: Callable[[str], None],
+    warm: list[SdkRequest] | None = None,
 ) -> RunResult:
     """One pass over every request: collector, then stream, then consumer, in windows.
 
@@ -644,33 +665,46 @@ def run_pipeline(
     TransactWriteItems copies whole tables to roll back; the benchmark's moto server backs
     up only the items a transaction touches, see bench/moto_process.py, so transactions
     cost the same however full the tables are.)
+
+    ``warm`` requests go through first, unmeasured (their counts are dropped, the meter
+    keeps the items they wrote): the identity graph then already knows their people.
     """
     total = sum(r.events for r in requests)
     result = RunResult(total)
-    started = time.monotonic()
     per_window = max(1, window // max(1, requests[0].events))
-    done = 0
     prepare_aws(moto, harness.meter)
-    for first in range(0, len(requests), per_window):
-        chunk = requests[first : first + per_window]
-        events = sum(r.events for r in chunk)
-        if first:
-            renew_stream()
-        collect_requests(harness, chunk, result)
-        consume_stream(harness, esm_batch, events, result)
-        done += events
-        stored = history_count(harness.meter)
-        if stored != done:
-            raise AssertionError(f"events table holds {stored} history items, expected {done}")
-        seen = sum(1 for _ in harness.meter.dynamodb.stored_items(resources.EVENTS_TABLE.local_name))
-        if item_count(resources.EVENTS_TABLE.local_name) != seen:
-            raise AssertionError(f"moto's events table does not hold the {seen} items the meter saw written")
-        result.stored = stored
-        progress(f"  {done:,}/{total:,} events through collector and consumer")
+    done = 0
+
+    def through(batch: list[SdkRequest], into: RunResult, label: str) -> None:
+        nonlocal done
+        for first in range(0, len(batch), per_window):
+            chunk = batch[first : first + per_window]
+            events = sum(r.events for r in chunk)
+            if done:
+                renew_stream()
+            collect_requests(harness, chunk, into)
+            consume_stream(harness, esm_batch, events, into)
+            done += events
+            stored = history_count(harness.meter)
+            if stored != done:
+                raise AssertionError(f"events table holds {stored} history items, expected {done}")
+            seen = sum(1 for _ in harness.meter.dynamodb.stored_items(resources.EVENTS_TABLE.local_name))
+            if item_count(resources.EVENTS_TABLE.local_name) != seen:
+                raise AssertionError(f"moto's events table does not hold the {seen} items the meter saw written")
+            progress(f"  {label}: {done:,} events through collector and consumer")
+
+    before = IdentityOutcome()
+    if warm:
+        through(warm, RunResult(sum(r.events for r in warm)), "warm-up (not measured)")
+        harness.meter.clear_tallies()
+        before = identity_outcome(harness.meter)
+    started, warm_events = time.monotonic(), done
+    through(requests, result, f"measured {total:,}")
+    result.stored = done - warm_events
     if result.stored != total:
         raise AssertionError(f"{result.stored} events stored, expected {total}")
     result.wall_s = time.monotonic() - started
-    result.identity = identity_outcome(harness.meter)
+    result.identity = identity_outcome(harness.meter).since(before)
     return result
 
 
@@ -1404,11 +1438,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"identity traffic: events per second reaching the collector (default {IdentityMix().rate_per_s:g}); "
         "sets the run's time window and how people's events interleave",
     )
+    parser.add_argument(
+        "--warm-events",
+        type=int,
+        default=0,
+        help="identity traffic: run this many events of the same traffic first, unmeasured, so that the identity "
+        "graph knows the people who come back (default 0: the run starts on an empty graph)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if min(args.events, args.batch_size, args.esm_batch_size, args.runs) < 1 or args.rate <= 0:
         parser.error("--events, --batch-size, --esm-batch-size, --runs and --rate must be positive")
+    if args.warm_events and (args.traffic != "identity" or args.warm_events < 0):
+        parser.error("--warm-events is for --traffic identity, and not negative")
     return args
 
 
@@ -1421,8 +1464,14 @@ def traffic_generator(args: argparse.Namespace) -> SegmentTrafficGenerator:
 def traffic_description(args: argparse.Namespace, generator: SegmentTrafficGenerator) -> list[str]:
     """The traffic's mix, as set and as generated, for the report."""
     if isinstance(generator, IdentityTrafficGenerator):
+        warm = (
+            f"; the first {args.warm_events:,} events of the window went through first, unmeasured (the graph knows "
+            "their people); the figures are of the next " + f"{args.events:,}"
+            if args.warm_events
+            else "; the run starts on an empty identity graph"
+        )
         return [
-            "identity traffic (bench/identity_traffic.py), seed " + str(args.seed),
+            "identity traffic (bench/identity_traffic.py), seed " + str(args.seed) + warm,
             *("mix: " + line for line in generator.mix.describe()),
             *("generated: " + line for line in generator.stats.describe()),
         ]
@@ -1455,7 +1504,9 @@ def main(argv: list[str] | None = None) -> int:
         stack.enter_context(pool.installed())
 
         generator = traffic_generator(args)
-        events = generator.events(args.events)
+        events = generator.events(args.warm_events + args.events)
+        warm_requests = list(generator.requests(events[: args.warm_events], args.batch_size))
+        events = events[args.warm_events :]
         sizes = [event_size(e) for e in events]
         requests = list(generator.requests(events, args.batch_size))
         del events
@@ -1480,7 +1531,7 @@ def main(argv: list[str] | None = None) -> int:
         other_work = OtherWork(moto.pid)
         for run in range(args.runs):
             progress(f"run {run + 1}/{args.runs}")
-            result = run_pipeline(harness, moto, requests, args.esm_batch_size, args.window, progress)
+            result = run_pipeline(harness, moto, requests, args.esm_batch_size, args.window, progress, warm_requests)
             runs.append(result)
             progress(
                 f"run {run + 1}: collector {result.cpu_ms_per_event(COLLECTOR):.3f} ms/event, consumer "

@@ -119,11 +119,11 @@ class SegmentTrafficGenerator:
         }
         for start in range(0, len(events), batch_size):
             batch = events[start : start + batch_size]
-            sent_at = self._sent_at(start // batch_size)
+            sent_at = self._sent_at(start // batch_size, batch)
             body = {"batch": batch, "sentAt": sent_at.isoformat(), "writeKey": self._write_key}
             yield SdkRequest(json.dumps(body, cls=DatetimeSerializer), headers, len(batch))
 
-    def _sent_at(self, batch_index: int) -> datetime:
+    def _sent_at(self, batch_index: int, batch: list[dict[str, Any]]) -> datetime:
         """When the SDK flushed this batch: one batch per second from the start."""
         return self._start + timedelta(seconds=batch_index + 1)
 
