@@ -11,6 +11,7 @@ from constructs import Construct
 
 from cdp import resources
 from infra import packaging
+from infra.constructs.admin_api import AdminApi
 from infra.constructs.function import ARCHITECTURE, RUNTIME
 from infra.constructs.ingestion import Ingestion
 from infra.constructs.monitoring import Monitoring
@@ -75,6 +76,16 @@ class CdpStack(Stack):
             sources_table=self.ingestion.sources_table,
             identity_table=self.pipeline.tables[resources.IDENTITY_TABLE.logical_id],
             events_table=self.pipeline.events_table,
+        )
+        self.admin_api = AdminApi(
+            self,
+            "AdminApi",
+            settings=self.settings,
+            code_dir=assets.function_dirs[resources.ADMIN_API_FUNCTION.folder],
+            layer=self.dependencies_layer,
+            http_api=self.ingestion.http_api,
+            sources_table=self.ingestion.sources_table,
+            identity_table=self.pipeline.tables[resources.IDENTITY_TABLE.logical_id],
         )
         self.monitoring = Monitoring(
             self,

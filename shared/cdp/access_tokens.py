@@ -1,4 +1,4 @@
-"""Access tokens of the Profile API: read-only bearer secrets bound to one space.
+"""Access tokens of the Profile API (scope "read") and the admin API (scope "admin"), bound to one space.
 
 Like write keys (``cdp.sources``), a token is random and only its SHA-256 hash is
 stored, in the sources table, under a key of its own kind (``at#<sha256>``) so a token
@@ -27,6 +27,7 @@ from typing import Any, Literal
 from cdp.sources import CachedLookup, SourceTable
 
 KEY_PREFIX = "at#"
+SCOPES = ("read", "admin")
 ITEM_KIND = "access_token"
 TOKEN_PREFIX = "cdpat_"
 # Space ids appear in URLs: keep them to URL-safe characters.
@@ -44,6 +45,8 @@ class AccessToken:
     key_hash: str
     created_at: str = ""
     revoked_at: str = ""
+    # "read": the Profile API; "admin": also the admin API (identity settings).
+    scope: str = "read"
 
 
 def access_token_key(token: str) -> str:
@@ -68,6 +71,7 @@ def _token_from_item(item: Mapping[str, Any]) -> AccessToken:
         key_hash=str(item["key_hash"]),
         created_at=str(item.get("created_at", "")),
         revoked_at=str(item.get("revoked_at", "")),
+        scope=str(item.get("scope", "read")),
     )
 
 
@@ -79,10 +83,12 @@ class AccessTokenRegistry:
         self._now = now
 
     def create_token(self, name: str, space_id: str, token: str | None = None,
-                     token_id: str | None = None) -> tuple[AccessToken, str]:
+                     token_id: str | None = None, scope: str = "read") -> tuple[AccessToken, str]:
         """Register a token for ``space_id``; returns it with the secret (shown once, never stored)."""
         if not valid_space_id(space_id):
             raise ValueError(f"space id must match {SPACE_ID_PATTERN.pattern}")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
         secret = token or new_access_token()
         record = AccessToken(
             token_id=token_id or f"tok_{uuid.uuid4().hex[:16]}",
@@ -91,8 +97,10 @@ class AccessTokenRegistry:
             enabled=True,
             key_hash=access_token_key(secret),
             created_at=self._now().isoformat(),
+            scope=scope,
         )
         self._table.put_item(Item={
+            "scope": record.scope,
             "key_hash": record.key_hash,
             "kind": ITEM_KIND,
             "token_id": record.token_id,

@@ -179,7 +179,17 @@ PROFILE_API_FUNCTION = FunctionSpec(
     purpose="Segment-compatible Profile API: reads profiles, traits, events and links with an access token.",
 )
 
-FUNCTIONS: tuple[FunctionSpec, ...] = (COLLECTOR_FUNCTION, STREAM_CONSUMER_FUNCTION, PROFILE_API_FUNCTION)
+ADMIN_API_FUNCTION = FunctionSpec(
+    logical_id="AdminApiFunction",
+    folder="admin_api",
+    memory_mb=256,
+    timeout_s=10,
+    purpose="Admin API: the identity resolution settings at run time, with an admin access token.",
+)
+
+FUNCTIONS: tuple[FunctionSpec, ...] = (
+    COLLECTOR_FUNCTION, STREAM_CONSUMER_FUNCTION, PROFILE_API_FUNCTION, ADMIN_API_FUNCTION,
+)
 
 
 # --- HTTP API routes ----------------------------------------------------------------
@@ -205,7 +215,13 @@ DEFAULT_ROUTE = HttpRouteSpec(
     purpose="Everything else: the Segment tracking API, analytics.js settings, OpenAPI, health.",
 )
 
-HTTP_ROUTES: tuple[HttpRouteSpec, ...] = (PROFILE_API_ROUTE, DEFAULT_ROUTE)
+ADMIN_API_ROUTE = HttpRouteSpec(
+    route_key="ANY /v1/admin/{proxy+}",
+    function=ADMIN_API_FUNCTION,
+    purpose="Admin API (identity settings; admin access tokens).",
+)
+
+HTTP_ROUTES: tuple[HttpRouteSpec, ...] = (PROFILE_API_ROUTE, ADMIN_API_ROUTE, DEFAULT_ROUTE)
 
 
 # --- Event source mappings -------------------------------------------------------

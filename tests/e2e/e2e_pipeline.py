@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdp import resources
+from cdp.aws.event_store import event_of_item
 from cdp.local import EmbeddedStack
 
 
@@ -41,7 +42,7 @@ class Pipeline:
             for item in page["Items"]:
                 if not item["pk"]["S"].startswith(("u#", "a#")):
                     continue  # profile records (merge log, account links), not history
-                event = json.loads(item["payload"]["S"])
+                event = event_of_item(item)
                 assert item["sk"]["S"].endswith("#" + event["messageId"])
                 found.setdefault(event["messageId"], []).append(event)
             if "LastEvaluatedKey" not in page:

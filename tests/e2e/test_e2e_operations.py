@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from e2e_pipeline import Pipeline
 
-from cdp.aws.event_store import DynamoEventStore
+from cdp.unification import UnificationStage
 
 pytestmark = pytest.mark.e2e
 CDP = Path(sys.executable).parent / "cdp"
@@ -58,14 +58,14 @@ def test_cdp_import_sends_a_crm_export_and_reports_refused_rows(pipeline: Pipeli
 
 
 def test_batch_that_keeps_failing_reaches_the_dlq_and_redrive_stores_it(pipeline: Pipeline, monkeypatch):
-    original = DynamoEventStore.store
+    original = UnificationStage.store
 
     def broken_for_one_person(self, events):
         if any(event.get("userId") == "dlq-person" for _, event in events):
-            raise RuntimeError("events table unavailable")
+            raise RuntimeError("identity table unavailable")
         original(self, events)
 
-    monkeypatch.setattr(DynamoEventStore, "store", broken_for_one_person)
+    monkeypatch.setattr(UnificationStage, "store", broken_for_one_person)
     body = json.dumps({"userId": "dlq-person", "event": "Stuck", "messageId": "dlq-msg-1"}).encode()
     request = urllib.request.Request(f"{pipeline.api_url}/v1/track", data=body, method="POST",
                                      headers={"Content-Type": "application/json",
@@ -83,7 +83,7 @@ def test_batch_that_keeps_failing_reaches_the_dlq_and_redrive_stores_it(pipeline
     assert "dlq-msg-1" not in pipeline.stored().table
 
     # The outage is over: redrive puts the records back on the stream and they are stored once.
-    monkeypatch.setattr(DynamoEventStore, "store", original)
+    monkeypatch.setattr(UnificationStage, "store", original)
     redriven = cdp(pipeline, "dlq", "redrive").stdout
     assert redriven.strip() == "redrove 1 record(s)", redriven
     pipeline.drain()

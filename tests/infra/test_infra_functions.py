@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from cdk_template_view import SynthesizedStack
 
@@ -190,3 +192,16 @@ class _Context:
 
     def try_get_context(self, key: str) -> object:
         return self._values.get(key)
+
+
+def test_admin_api_may_touch_only_the_identity_settings_item(cdp_stack: SynthesizedStack) -> None:
+    role = cdp_stack.role_of(resources.ADMIN_API_FUNCTION.logical_id)
+    statements = cdp_stack.statements_of_role(role)
+    on_identity = [s for s in statements if "IdentityTable" in json.dumps(s.get("Resource"))]
+    assert len(on_identity) == 1
+    (statement,) = on_identity
+    assert set(statement["Action"]) == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"}
+    assert statement["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["config#identity"]}}
+    grants = cdp_stack.grants_of_role(role)
+    assert grants["dynamodb:GetItem"] >= {"SourcesTable.Arn"}
+    assert not any(a in grants for a in ("dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchWriteItem"))

@@ -133,16 +133,17 @@ def _registry(ctx: click.Context) -> tuple[AccessTokenRegistry, Deployment]:
 @tokens.command("create")
 @click.argument("name")
 @click.option("--space", help="The space the token may read (default: the deployment's).")
+@click.option("--admin", is_flag=True, help="Also allow the admin API (identity settings); default read-only.")
 @click.pass_context
-def tokens_create(ctx: click.Context, name: str, space: str | None) -> None:
-    """Create a read-only token; prints it once (it cannot be shown again)."""
+def tokens_create(ctx: click.Context, name: str, space: str | None, admin: bool) -> None:
+    """Create a token (read-only unless --admin); prints it once (it cannot be shown again)."""
     registry, deployment = _registry(ctx)
     space_id = space or deployment.space_id
     if not valid_space_id(space_id):
         raise click.BadParameter("1-64 letters, digits, '-' or '_'", param_hint="--space")
-    token, secret = registry.create_token(name, space_id)
+    token, secret = registry.create_token(name, space_id, scope="admin" if admin else "read")
     click.echo(json.dumps({"token_id": token.token_id, "name": token.name, "space_id": token.space_id,
-                           "access_token": secret}))
+                           "scope": token.scope, "access_token": secret}))
     if sys.stderr.isatty():
         click.echo("Store the access token now: only its hash is kept.", err=True)
 

@@ -185,8 +185,10 @@ class EmbeddedStack:
         self.stream_consumer = LocalFunction.from_spec(resources.STREAM_CONSUMER_FUNCTION,
                                                        self._functions_dir)
         self.profile_api = LocalFunction.from_spec(resources.PROFILE_API_FUNCTION, self._functions_dir)
+        self.admin_api = LocalFunction.from_spec(resources.ADMIN_API_FUNCTION, self._functions_dir)
         functions = {spec.logical_id: function for spec, function in (
-            (resources.COLLECTOR_FUNCTION, self.collector), (resources.PROFILE_API_FUNCTION, self.profile_api))}
+            (resources.COLLECTOR_FUNCTION, self.collector), (resources.PROFILE_API_FUNCTION, self.profile_api),
+            (resources.ADMIN_API_FUNCTION, self.admin_api))}
         routes = [(route.route_key, functions[route.function.logical_id].invoke)
                   for route in resources.HTTP_ROUTES if route.route_key != "$default"]
         default = next(r for r in resources.HTTP_ROUTES if r.route_key == "$default")
@@ -296,8 +298,9 @@ class EmbeddedStack:
         table = session.resource("dynamodb").Table(resources.SOURCES_TABLE.local_name)
         if "Item" in table.get_item(Key={"key_hash": access_token_key(self.access_token)}):
             return
+        # Locally the printed token may also use the admin API (identity settings).
         AccessTokenRegistry(table).create_token(LOCAL_TOKEN_NAME, self.space, token=self.access_token,
-                                                token_id=LOCAL_TOKEN_ID)
+                                                token_id=LOCAL_TOKEN_ID, scope="admin")
 
     # --- what callers need ---------------------------------------------------------------
 

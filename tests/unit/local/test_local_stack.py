@@ -59,7 +59,8 @@ def handler(event, context):
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
     functions = tmp_path_factory.mktemp("functions")
-    for folder, code in (("collector", COLLECTOR), ("stream_consumer", CONSUMER), ("profile_api", PROFILE_API)):
+    for folder, code in (("collector", COLLECTOR), ("stream_consumer", CONSUMER), ("profile_api", PROFILE_API),
+                         ("admin_api", PROFILE_API)):
         (functions / folder).mkdir()
         (functions / folder / "handler.py").write_text(code)
     before = dict(os.environ)
@@ -151,3 +152,10 @@ def test_the_local_command_is_registered_with_its_options() -> None:
     for option in ("--host", "--port", "--aws-port", "--write-key", "--access-token", "--demo / --no-demo",
                    "--shards", "--functions-dir"):
         assert option in result.output
+
+
+def test_admin_paths_go_to_the_admin_api_route(stack: EmbeddedStack) -> None:
+    request = urllib.request.Request(f"{stack.api_url}/v1/admin/identity-config", method="PUT", data=b"{}")
+    with urllib.request.urlopen(request) as response:
+        body = json.loads(response.read())
+    assert body["routeKey"] == "ANY /v1/admin/{proxy+}" and body["rawPath"] == "/v1/admin/identity-config"

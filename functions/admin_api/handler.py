@@ -1,0 +1,51 @@
+"""Admin API: identity resolution settings at run time (``cdp.admin_api``), behind the HTTP API.
+
+Route ``ANY /v1/admin/{proxy+}``; an access token of scope ``admin`` is required. The
+only writes are to the one settings item of the identity table.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from cdp.access_tokens import AccessTokenRegistry, CachedTokenLookup
+from cdp.admin_api import AdminApi
+from cdp.aws.clients import client, table
+from cdp.aws.identity_config_store import IdentityConfigStore
+from cdp.config import get_settings, identity_config
+from cdp.observability import logger, metrics, tracer
+
+
+@lru_cache(maxsize=1)
+def dependencies() -> AdminApi:
+    settings = get_settings()
+    # No cache of positive lookups: a revoked admin token stops working at once.
+    tokens = CachedTokenLookup(AccessTokenRegistry(table(settings.sources_table)), ttl_seconds=0,
+                               negative_ttl_seconds=0)
+    store = IdentityConfigStore(client("dynamodb"), settings.identity_table, identity_config(settings))
+    return AdminApi(tokens.find, settings.space_id, store)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = APIGatewayProxyEventV2(event)
+    body = request.body
+    if body is not None and request.is_base64_encoded:
+        body = base64.b64decode(body).decode("utf-8", errors="replace")
+    result = dependencies().handle(request.request_context.http.method, request.raw_path, body,
+                                   (request.headers or {}).get("authorization"))
+    metrics.add_metric(name="AdminRequests", unit=MetricUnit.Count, value=1)
+    # Never the token or the body: the settings are not secret, but the log has no need of them.
+    logger.info("admin request", extra={"method": request.request_context.http.method, "status": result.status})
+    return {"statusCode": result.status, "headers": {"Content-Type": "application/json", **result.headers},
+            "body": json.dumps(result.body, separators=(",", ":"))}

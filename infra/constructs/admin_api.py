@@ -1,0 +1,90 @@
+"""Admin API: a route of the HTTP API to a function that reads and writes the identity settings item."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import aws_apigatewayv2 as apigwv2
+from aws_cdk import aws_apigatewayv2_integrations as integrations
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from cdk_nag import NagSuppressions
+from constructs import Construct
+
+from cdp import config, resources
+from cdp.aws.identity_config_store import CONFIG_KEY
+from infra.constructs.function import CdpFunction
+from infra.constructs.profile_api import _route_key
+from infra.constructs.tables import grant_item_actions
+from infra.settings import DeploymentSettings
+
+# Token lookups by hash; on the identity table only the one settings item
+# (cdp.aws.identity_config_store), enforced with dynamodb:LeadingKeys.
+SOURCES_ACTIONS = ("dynamodb:GetItem",)
+SETTINGS_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem")
+
+
+class AdminApi(Construct):
+    """``ANY /v1/admin/{proxy+}`` on the existing HTTP API, answered by the admin function."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: DeploymentSettings,
+        code_dir: Path,
+        layer: lambda_.ILayerVersion,
+        http_api: apigwv2.IHttpApi,
+        sources_table: dynamodb.ITable,
+        identity_table: dynamodb.ITable,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.function = CdpFunction(
+            self,
+            "AdminApi",
+            spec=resources.ADMIN_API_FUNCTION,
+            code_dir=code_dir,
+            layer=layer,
+            log_retention=settings.log_retention,
+            environment={
+                resources.SOURCES_TABLE.env: sources_table.table_name,
+                resources.IDENTITY_TABLE.env: identity_table.table_name,
+                config.ENV_VARS["space_id"]: settings.space_id,
+                # What DELETE goes back to, and what GET shows until an admin sets something.
+                config.ENV_VARS["identity_config"]: settings.identity_config.model_dump_json(),
+            },
+        )
+        role = self.function.role
+        grant_item_actions(sources_table, role, *SOURCES_ACTIONS)
+        iam.Grant.add_to_principal(
+            grantee=role,
+            actions=list(SETTINGS_ACTIONS),
+            resource_arns=[identity_table.table_arn],
+            conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [CONFIG_KEY]}},
+        )
+
+        self.route = apigwv2.HttpRoute(
+            self,
+            "Route",
+            http_api=http_api,
+            route_key=_route_key(resources.ADMIN_API_ROUTE),
+            integration=integrations.HttpLambdaIntegration(
+                "AdminApiIntegration",
+                self.function.function,
+                payload_format_version=apigwv2.PayloadFormatVersion.VERSION_2_0,
+            ),
+        )
+        NagSuppressions.add_resource_suppressions(
+            self.route,
+            [
+                {
+                    "id": "AwsSolutions-APIG4",
+                    "reason": "Admin API clients authenticate with an access token of scope admin as the HTTP "
+                    "Basic username; the function checks it against the SHA-256 hashes in the sources table "
+                    "(space and scope) before reading or writing anything, the same code path as locally.",
+                }
+            ],
+            apply_to_children=True,
+        )

@@ -1,0 +1,73 @@
+"""The admin API on moto: admin tokens only, validated settings, and consumers that follow them."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import boto3
+import pytest
+
+from cdp import resources
+from cdp.access_tokens import AccessTokenRegistry
+from cdp.aws.identity_config_store import IdentityConfigStore
+from cdp.identity.config import IdentityConfig
+from cdp.local.lambda_events import http_api_event
+from tests.conftest import load_handler
+
+admin_api = load_handler("admin_api")
+PATH = "/v1/admin/identity-config"
+
+
+@pytest.fixture
+def tokens(aws: None) -> dict[str, str]:
+    registry = AccessTokenRegistry(boto3.resource("dynamodb").Table(resources.SOURCES_TABLE.local_name))
+    return {"admin": registry.create_token("ops", "default", scope="admin")[1],
+            "read": registry.create_token("reader", "default")[1],
+            "other": registry.create_token("elsewhere", "other", scope="admin")[1]}
+
+
+def call(method: str, token: str | None, ctx: Any, body: Any = None, path: str = PATH) -> tuple[int, dict[str, Any]]:
+    headers = [("Host", "api.example.com"), ("Content-Type", "application/json")]
+    if token is not None:
+        headers.append(("Authorization", "Basic " + base64.b64encode(f"{token}:".encode()).decode()))
+    text = None if body is None else body if isinstance(body, str) else json.dumps(body)
+    event = http_api_event(method=method, path=path, headers=headers, route_key=resources.ADMIN_API_ROUTE.route_key,
+                           body=None if text is None else text.encode(),
+                           path_parameters={"proxy": path.removeprefix("/v1/admin/")})
+    response = admin_api.handler(event, ctx)
+    return response["statusCode"], json.loads(response["body"])
+
+
+def test_only_an_admin_token_of_this_space_may_read_or_change_the_settings(tokens, lambda_context):
+    assert call("GET", None, lambda_context)[0] == 401
+    assert call("GET", "cdpat_unknown", lambda_context)[0] == 401
+    status, body = call("PUT", tokens["read"], lambda_context, {"default_phone_region": "PT"})
+    assert status == 403 and "admin" in body["error"]["message"]
+    assert call("GET", tokens["other"], lambda_context)[0] == 403
+    status, body = call("GET", tokens["admin"], lambda_context)
+    assert status == 200 and body["origin"] == "deployment"
+    assert body["config"] == IdentityConfig().model_dump(mode="json")
+
+
+def test_settings_are_validated_stored_and_reset(tokens, lambda_context):
+    status, body = call("PUT", tokens["admin"], lambda_context,
+                        {"types": [{"name": "user_id", "priority": 1, "limit": 0}]})
+    assert status == 400 and body["error"]["problems"][0]["field"].startswith("types.0.limit")
+    assert call("PUT", tokens["admin"], lambda_context, "not json")[0] == 400
+    assert call("PUT", tokens["admin"], lambda_context, [1, 2])[0] == 400
+
+    wanted = {"types": [{"name": "user_id", "priority": 1, "limit": 1},
+                        {"name": "email", "priority": 2, "limit": 1}], "default_phone_region": "PT"}
+    status, body = call("PUT", tokens["admin"], lambda_context, wanted)
+    assert status == 200 and body["origin"] == "admin"
+    # What a consumer reads (after its one-minute cache) is what was set.
+    store = IdentityConfigStore(boto3.client("dynamodb"), resources.IDENTITY_TABLE.local_name, IdentityConfig())
+    current = store.current()
+    assert current.type_of("email").limit == 1 and current.default_phone_region == "PT"
+
+    status, body = call("DELETE", tokens["admin"], lambda_context)
+    assert status == 200 and body["origin"] == "deployment"
+    assert call("POST", tokens["admin"], lambda_context)[0] == 405
+    assert call("GET", tokens["admin"], lambda_context, path="/v1/admin/other")[0] == 404
