@@ -968,7 +968,7 @@ def report(
         )
     )
     out(
-        "¹ items of calls that failed (a condition that failed, e.g. a messageId already claimed, or a "
+        "¹ items of calls that failed (a condition that failed, e.g. a graph item changed by another consumer, or a "
         "cancelled transaction): billed like a write, change nothing."
     )
     if meter.dynamodb.unsupported:
@@ -1414,7 +1414,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--window",
         type=int,
         default=10_000,
-        help="events between two resets of moto (its Kinesis slows down as the stream grows); no figure depends on it",
+        help="events between two renewals of the stream (moto's Kinesis slows down as a stream grows); "
+        "no figure depends on it",
     )
     parser.add_argument(
         "--tracing",
