@@ -21,7 +21,9 @@ from pydantic import (
     StrictStr,
     Tag,
     TypeAdapter,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -173,11 +175,14 @@ class AliasCall(CommonFields):
     previousId: Identifier
     userId: Identifier
 
-    @model_validator(mode="after")
-    def _not_to_itself(self) -> AliasCall:
-        if self.previousId == self.userId:
+    # A field validator (userId is validated first: it is declared in CommonFields), so the
+    # refusal names the field, as every other 400 does.
+    @field_validator("previousId")
+    @classmethod
+    def _not_to_itself(cls, previous_id: str, info: ValidationInfo) -> str:
+        if previous_id == info.data.get("userId"):
             raise ValueError("previousId and userId must differ")
-        return self
+        return previous_id
 
 
 SegmentCall = Annotated[

@@ -172,7 +172,8 @@ def test_numeric_user_id_becomes_a_string():
 
 def test_alias_needs_previous_id_and_a_different_user_id():
     assert rejected("alias", {"userId": "u"}).field == "previousId"
-    assert "differ" in rejected("alias", {"userId": "u", "previousId": "u"}).message
+    to_itself = rejected("alias", {"userId": "u", "previousId": " u "})
+    assert "differ" in to_itself.message and to_itself.field == "previousId"
 
 
 def test_group_needs_group_id():
