@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from cdp.aws.event_store import event_of_item
-from cdp.aws.identity_graph import account_key, ident_key, profile_key
+from cdp.aws.identity_graph import account_key, ident_key, profile_key, solo_ident_key
 from cdp.identity.identifiers import Identifier
 from cdp.identity.profile_state import ProfileState, state_from_json
 from cdp.keys import bounded
@@ -237,10 +237,17 @@ class ProfileReader:
             if not pending:
                 break
             items = self._tables.get_identity(sorted({profile_key(c) for c in pending.values()}))
+            # A visitor known by one anonymous id only lives in that identifier's item.
+            solo_keys = {c: solo_ident_key(c) for c in pending.values() if profile_key(c) not in items}
+            wanted = sorted({k for k in solo_keys.values() if k})
+            solo_items = self._tables.get_identity(wanted) if wanted else {}
             following: dict[str, str] = {}
             for original, current in pending.items():
                 item = items.get(profile_key(current))
-                if item is None:
+                solo = solo_items.get(solo_keys.get(current) or "")
+                if item is None and solo is not None and solo.get("solo") and solo.get("profile_id") == current:
+                    found[original] = _user_profile(current, {**solo, "ids": {solo["pk"]}})
+                elif item is None:
                     found[original] = None
                 elif item.get("status") == "merged" and item.get("merged_into"):
                     following[original] = str(item["merged_into"])

@@ -192,3 +192,37 @@ def test_states_are_json_in_the_documented_layout(aws):
     assert prof["status"] == "live" and prof["ids"] == {"ident#user_id:lay"}
     state = json.loads(prof["state"])
     assert state["traits"]["plan"][0] == "pro" and state["first_seen"] == "2026-03-01T10:00:00.000Z"
+
+
+def test_a_visitor_known_by_one_anonymous_id_is_one_item_until_identified(aws):
+    stage, graph = make_stage()
+    run(stage, [event("page", 1, anonymousId="solo-1", name="Home"), event("track", 1, anonymousId="solo-1",
+                                                                            event="Viewed")])
+    items = identity_items()
+    assert [i["pk"] for i in items] == ["ident#anonymous_id:solo-1"]
+    (solo,) = items
+    assert solo["solo"] is True and solo["profile_id"].startswith("a.")
+    profile = profile_of(graph, "anonymous_id", "solo-1")
+    assert graph.profile_of(profile) == profile  # its id resolves without a profile item
+    assert graph.state_of(profile) is not None
+
+    run(stage, [event("identify", 2, anonymousId="solo-1", userId="solo-user", traits={"plan": "pro"})])
+    assert profile_of(graph, "user_id", "solo-user") == profile  # the same profile, now a real item
+    prof = next(i for i in identity_items() if i["pk"] == f"prof#{profile}")
+    assert prof["ids"] == {"ident#anonymous_id:solo-1", "ident#user_id:solo-user"}
+    ident = next(i for i in identity_items() if i["pk"] == "ident#anonymous_id:solo-1")
+    assert "solo" not in ident and "state" not in ident
+    assert traits(graph, profile) == {"plan": "pro"}
+
+
+def test_a_solo_visitor_merged_into_a_user_keeps_a_resolvable_id(aws):
+    stage, graph = make_stage()
+    run(stage, [event("identify", 1, userId="known", anonymousId="desk", traits={"a": 1})],
+        [event("page", 2, anonymousId="phone-x", name="Home")])
+    solo = profile_of(graph, "anonymous_id", "phone-x")
+    run(stage, [event("identify", 3, userId="known", anonymousId="phone-x")])
+    user = profile_of(graph, "user_id", "known")
+    assert profile_of(graph, "anonymous_id", "phone-x") == user != solo
+    assert graph.profile_of(solo) == user
+    tomb = next(i for i in identity_items() if i["pk"] == f"prof#{solo}")
+    assert tomb["status"] == "merged" and tomb["merged_into"] == user

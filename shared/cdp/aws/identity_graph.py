@@ -27,6 +27,7 @@ and not at all when the batch adds nothing the state does not already have.
 
 from __future__ import annotations
 
+import base64
 import random
 import time
 import uuid
@@ -62,6 +63,46 @@ def profile_key(profile_id: str) -> str:
 def _parse_ident(key: str) -> Identifier:
     type_name, _, value = key.removeprefix("ident#").partition(":")
     return Identifier(type_name, value)
+
+
+SOLO_PREFIX = "a."
+MAX_SOLO_VALUE_BYTES = 128
+
+
+def solo_profile_id(identifier: Identifier) -> str | None:
+    """The id of a profile known by this one anonymous id alone, if it may be stored as one item.
+
+    A visitor who never identifies (most of them) is a profile with one anonymous id:
+    rather than two items (profile and identifier), it lives in the identifier's item
+    (``solo``). Its id encodes the anonymous id, so ``profile_id:`` lookups find that item.
+    """
+    raw = identifier.value.encode("utf-8")
+    if identifier.type != "anonymous_id" or len(raw) > MAX_SOLO_VALUE_BYTES:
+        return None
+    return SOLO_PREFIX + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def solo_ident_key(profile_id: str) -> str | None:
+    """The identifier item a solo profile id lives in (None for other ids)."""
+    if not profile_id.startswith(SOLO_PREFIX):
+        return None
+    encoded = profile_id.removeprefix(SOLO_PREFIX)
+    try:
+        value = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return ident_key(Identifier("anonymous_id", value))
+
+
+def virtual_profile(ident_item: dict[str, Any]) -> dict[str, Any]:
+    """A solo identifier item seen as the profile item it stands for."""
+    profile_id = ident_item["profile_id"]["S"]
+    virtual = {"pk": {"S": profile_key(profile_id)}, "status": {"S": "live"},
+               "ids": {"SS": [ident_item["pk"]["S"]]}, "_solo": {"S": ident_item["pk"]["S"]}}
+    for name in ("created_at", "updated_at", "version", "state"):
+        if name in ident_item:
+            virtual[name] = ident_item[name]
+    return virtual
 
 
 def _conditional_failure(exc: ClientError) -> bool:
@@ -149,6 +190,8 @@ class DynamoIdentityGraph:
     def _discard(self) -> None:
         for key in self._expected:
             self._cache.pop(key, None)  # read again rather than trust an uncommitted change
+        for key in [k for k, item in self._cache.items() if item is not None and "_solo" in item]:
+            del self._cache[key]  # solo profiles are read again from their identifier items
         self._expected.clear()
         self._units = _Units()
         self._log.clear()
@@ -166,6 +209,22 @@ class DynamoIdentityGraph:
                 request = response.get("UnprocessedKeys") or {}
             for key in chunk:
                 self._cache[key] = found.get(key)
+                item = found.get(key)
+                if item is not None and "solo" in item:  # a one-item profile: see solo_profile_id
+                    pkey = profile_key(item["profile_id"]["S"])
+                    if self._cache.get(pkey) is None and pkey not in self._expected:
+                        self._cache[pkey] = virtual_profile(item)
+        # A solo profile asked for by its id: read the identifier item it lives in.
+        lost = [k for k in unique if k.startswith("prof#") and self._cache.get(k) is None
+                and solo_ident_key(k.removeprefix("prof#")) is not None]
+        for key in lost:
+            ikey = solo_ident_key(key.removeprefix("prof#"))
+            assert ikey is not None
+            if ikey not in self._cache:
+                self._fetch([ikey], consistent)
+            ident = self._cache.get(ikey)
+            if ident is not None and "solo" in ident and profile_key(ident["profile_id"]["S"]) == key:
+                self._cache[key] = virtual_profile(ident)
 
     def _get(self, keys: Iterable[str], consistent: bool = True) -> dict[str, dict[str, Any]]:
         """Items by key (absent ones left out), from the working copy where known."""
@@ -251,10 +310,38 @@ class DynamoIdentityGraph:
         return {"Put": {"TableName": self._table, "Item": item, "ConditionExpression": "profile_id = :was",
                         "ExpressionAttributeValues": {":was": before["profile_id"]}}}
 
+    def _fold_solo_profiles(self) -> None:
+        """Changed solo profiles: into their identifier item while still solo, else made real."""
+        for key in [k for k in self._expected if k.startswith("prof#")]:
+            item = self._cache[key]
+            if item is None or "_solo" not in item:
+                continue
+            ikey = item["_solo"]["S"]
+            if ikey not in self._expected:  # the identifier item as read is what the commit expects
+                self._expected[ikey] = self._cache.get(ikey)
+            del self._expected[key]
+            still_solo = item["status"]["S"] == "live" and item.get("ids", {}).get("SS", []) == [ikey]
+            if still_solo:
+                self._cache[ikey] = {"pk": {"S": ikey}, "profile_id": {"S": key.removeprefix("prof#")},
+                                     "solo": {"BOOL": True},
+                                     **{n: item[n] for n in ("created_at", "updated_at", "version", "state")
+                                        if n in item}}
+            else:
+                # It gained identifiers or was merged: a real profile item from now on, and
+                # its identifier a plain pointer (unless the change re-pointed it already).
+                real = {k: v for k, v in item.items() if k != "_solo"}
+                self._cache[key] = real
+                self._expected[key] = None  # no profile item existed: attribute_not_exists
+                current = self._cache.get(ikey)
+                if current is None or "solo" in current:
+                    self._cache[ikey] = {"pk": {"S": ikey}, "profile_id": {"S": key.removeprefix("prof#")}}
+            self._units.join([key, ikey])
+
     def flush(self) -> None:
         """Commit the working copy's changes; ``CommitConflict`` if a condition failed."""
         if not self._expected:
             return
+        self._fold_solo_profiles()
         transactions: list[list[dict[str, Any]]] = [[]]
         for unit in self._units.groups(self._expected):
             actions = [self._put(k) for k in sorted(unit)]
@@ -347,12 +434,15 @@ class DynamoIdentityGraph:
         changed: dict[str, dict[str, Any]] = {}
         log: list[dict[str, Any]] = []
         if plan.creates:
-            survivor = self._new_id()
+            solo = solo_profile_id(plan.add[0]) if len(plan.add) == 1 else None
+            survivor = solo or self._new_id()
             changed[profile_key(survivor)] = {
                 "pk": {"S": profile_key(survivor)}, "status": {"S": "live"},
                 "created_at": {"S": now}, "updated_at": {"S": now}, "version": {"N": "1"},
                 "ids": {"SS": sorted(ident_key(i) for i in plan.add)},
                 "state": {"S": state_to_json(initial_state or ProfileState())}}
+            if solo:
+                changed[profile_key(survivor)]["_solo"] = {"S": ident_key(plan.add[0])}
         else:
             assert plan.survivor is not None
             survivor = plan.survivor
