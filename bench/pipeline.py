@@ -595,6 +595,10 @@ def identity_outcome(meter: AwsMeter) -> IdentityOutcome:
         elif pk.startswith("ident#"):
             outcome.identifiers += 1
             by_type[pk.removeprefix("ident#").split(":", 1)[0]] += 1
+            if item.get("solo", {}).get("BOOL"):  # a visitor known by this anonymous id only
+                outcome.profiles += 1
+                outcome.live += 1
+                outcome.profile_bytes.append(item_size(item))
         elif pk.startswith("acct#"):
             outcome.accounts += 1
     outcome.identifiers_by_type = dict(sorted(by_type.items()))
@@ -1265,7 +1269,8 @@ def identity_report(runs: list[RunResult], out: Callable[[str], None]) -> dict[s
         markdown_table(
             ["quantity", "count", "per 1,000 events"],
             [
-                ["profiles created (prof# items)", f"{outcome.profiles:,}", per_1000(outcome.profiles)],
+                ["profiles created (prof# items and solo identifier items)", f"{outcome.profiles:,}",
+                 per_1000(outcome.profiles)],
                 ["merges (prof# items with status merged)", f"{outcome.merged:,}", per_1000(outcome.merged)],
                 ["merge log records (p#<id> / merge#<id>)", f"{outcome.merge_log:,}", per_1000(outcome.merge_log)],
                 ["live profiles", f"{outcome.live:,}", per_1000(outcome.live)],

@@ -400,11 +400,6 @@ def test_an_id_over_the_graph_limit_is_kept_out_of_the_graph_but_its_event_is_st
     assert [e["messageId"] for e in history(pipeline, userId=too_long)] == [f"{run}-long"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: an event whose userId the graph refuses (over max_value_length, or a blocked value) is "
-    "stored under u#<userId> (cdp.aws.event_store.person_key prefers userId) and resolved to its anonymousId's "
-    "profile, but that profile holds no such user_id, so the Profile API's /events (the union of the profile's "
-    "user_id and anonymous_id partitions) never shows it"))
 def test_an_event_whose_user_id_the_graph_refuses_is_in_the_events_of_its_anonymous_profile(
         pipeline: Pipeline, api: ProfileApi, run: str) -> None:
     refused_user_ids = {"over-512": "y" * 600 + run, "blocked": "null"}
@@ -412,10 +407,11 @@ def test_an_event_whose_user_id_the_graph_refuses_is_in_the_events_of_its_anonym
         {"type": "track", "userId": user_id, "anonymousId": f"refused-{case}-{run}", "event": "Refused Id",
          "messageId": f"{run}-{case}", "timestamp": iso(1)} for case, user_id in refused_user_ids.items()])
     pipeline.drain()
-    for case, user_id in refused_user_ids.items():
+    for case in refused_user_ids:
         anonymous = f"anonymous_id:refused-{case}-{run}"
         assert api.external_ids(anonymous) == {("anonymous_id", f"refused-{case}-{run}")}
-        assert f"{run}-{case}" in {e["messageId"] for e in history(pipeline, userId=user_id)}
+        # Stored under the anonymous id: the partition the profile holds (cdp.aws.event_store.person_key).
+        assert f"{run}-{case}" in {e["messageId"] for e in history(pipeline, anonymousId=f"refused-{case}-{run}")}
     assert {case: [e["message_id"] for e in api.events(f"anonymous_id:refused-{case}-{run}")]
             for case in refused_user_ids} == {case: [f"{run}-{case}"] for case in refused_user_ids}
 

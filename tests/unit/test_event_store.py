@@ -35,3 +35,11 @@ def test_stored_event_round_trips_compressed_and_small():
     assert item["owner"]["S"] != "shardId-000000000000:4950"  # a hash, not the record id
     legacy = {"payload": {"S": '{"messageId": "old"}'}}
     assert event_of_item(legacy) == {"messageId": "old"}
+
+
+def test_history_goes_under_the_anonymous_id_when_the_graph_refuses_the_user_id():
+    assert history_key(stored(userId="null", anonymousId="a1"))[0] == "a#a1"
+    assert history_key(stored(userId="u" * 600, anonymousId="a1"))[0] == "a#a1"
+    assert history_key(stored(userId="u1", anonymousId="null"))[0] == "u#u1"
+    assert history_key(stored(userId="null", anonymousId="undefined"))[0] == "u#null"  # neither: as sent
+    assert history_key(stored(userId=None, anonymousId="a1"))[0] == "a#a1"

@@ -42,16 +42,36 @@ from datetime import datetime
 from typing import Any
 
 from cdp.aws.dynamo import batch_write
+from cdp.identity.config import IdentityConfig
+from cdp.identity.identifiers import IdentifierRefused, normalise_id
 from cdp.keys import bounded
 
 MAX_BATCH_GET = 100
 COMPRESSION_LEVEL = 6
 
 
+# The default identifier rules decide which id names the person's history partition;
+# fixed (not the deployment's settings, which may change) so an event's key never moves.
+_DEFAULT_RULES = IdentityConfig()
+
+
+def _graph_id(value: Any) -> bool:
+    """Whether the identity graph (with default rules) takes this id, so a profile can list it."""
+    try:
+        normalised = normalise_id(value)
+    except IdentifierRefused:
+        return False
+    return len(normalised) <= _DEFAULT_RULES.max_value_length and not _DEFAULT_RULES.is_blocked(normalised)
+
+
 def person_key(event: dict[str, Any]) -> str:
-    if event.get("userId"):
-        return f"u#{bounded(event['userId'])}"
-    return f"a#{bounded(event['anonymousId'])}"
+    """``u#<userId>``, or ``a#<anonymousId>`` when there is no userId the graph takes (a
+    placeholder such as ``null``, or one too long): the partition is then one the event's
+    profile holds, so the profile's history shows the event."""
+    user_id, anonymous_id = event.get("userId"), event.get("anonymousId")
+    if user_id and (not anonymous_id or _graph_id(user_id) or not _graph_id(anonymous_id)):
+        return f"u#{bounded(str(user_id))}"
+    return f"a#{bounded(str(anonymous_id))}"
 
 
 def _original(event: dict[str, Any]) -> str | None:
