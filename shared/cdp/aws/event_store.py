@@ -8,9 +8,9 @@ are the same in every copy an SDK sends again, unlike the skew-corrected ``times
 key taken is a duplicate. Ids longer than DynamoDB's key limits allow are replaced by
 their SHA-256 (``cdp.keys``).
 
-Attributes: ``source_id``, ``z`` (the stored event as zlib-compressed JSON: most events
-then fit in one write unit), ``expires_at`` (TTL) and ``owner`` (a hash of the Kinesis
-record that wrote it).
+Attributes: ``source_id``, ``z1`` (the stored event as JSON, zlib-compressed with a preset
+dictionary of the Segment spec's names: nearly every event then fits in one write unit),
+``expires_at`` (TTL) and ``owner`` (a hash of the Kinesis record that wrote it).
 
 An event sent without any client time has no stable history key (its ``timestamp``
 is the receipt time, different in every copy): it is also recorded under a marker item
@@ -99,21 +99,62 @@ def owner_hash(owner: str) -> str:
     return hashlib.sha256(owner.encode("utf-8")).hexdigest()[:20]
 
 
+# A preset zlib dictionary of the Segment spec's field names and common values: small
+# events compress much better with it (about 30 % smaller than plain zlib on the
+# benchmark's traffic), so that nearly every event fits in one write unit. Stored items
+# say which dictionary they need by their attribute name (``z1``); it must never change
+# (a new one would be ``z2``).
+_DICTIONARY_V1 = json.dumps({
+    "type": "track", "event": "", "name": "",
+    "properties": {"path": "/", "referrer": "https://", "search": "", "title": "", "url": "https://",
+                   "revenue": 0, "currency": "USD", "product_id": "", "price": 0, "quantity": 1, "category": ""},
+    "traits": {"email": "@example.com", "name": "", "firstName": "", "lastName": "", "phone": "+1", "plan": "",
+               "createdAt": "", "company": {"name": ""}},
+    "context": {
+        "active": True, "app": {"name": "", "version": "", "build": "", "namespace": "com."},
+        "campaign": {"name": "", "source": "", "medium": "", "term": "", "content": ""},
+        "device": {"id": "", "advertisingId": "", "adTrackingEnabled": True, "manufacturer": "Apple",
+                   "model": "iPhone", "name": "", "type": "ios"},
+        "ip": "", "library": {"name": "analytics.js", "version": "analytics-python"}, "locale": "en-US",
+        "network": {"bluetooth": False, "carrier": "", "cellular": True, "wifi": True},
+        "os": {"name": "iOS", "version": ""},
+        "page": {"path": "/", "referrer": "", "search": "", "title": "", "url": "https://"},
+        "screen": {"width": 0, "height": 0, "density": 2}, "timezone": "America/",
+        "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+                     "Chrome/120.0.0.0 Safari/537.36",
+        "traits": {}, "externalIds": [{"id": "", "type": "", "collection": "users", "encoding": "none"}]},
+    "integrations": {"All": True}, "anonymousId": "", "userId": "", "groupId": "", "previousId": "",
+    "messageId": "", "timestamp": "2026-", "originalTimestamp": "2026-", "sentAt": "2026-", "receivedAt": "2026-",
+    "version": 2,
+}, separators=(",", ":")).encode("utf-8")
+PAYLOAD_ATTRIBUTE = "z1"
+
+
 def encode_event(event: dict[str, Any]) -> bytes:
-    return zlib.compress(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8"),
-                         COMPRESSION_LEVEL)
+    compressor = zlib.compressobj(COMPRESSION_LEVEL, zdict=_DICTIONARY_V1)
+    text = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compressor.compress(text) + compressor.flush()
 
 
-def event_of_item(item: dict[str, Any]) -> dict[str, Any]:
-    """The stored event of a history item (low-level ``{"B": ...}`` or boto3 resource form)."""
-    value = item.get("z")
+def _binary(value: Any) -> bytes | None:
     if isinstance(value, dict):
         value = value.get("B")
     if value is not None and not isinstance(value, bytes):
         value = bytes(value.value if hasattr(value, "value") else value)
-    if value is not None:
-        decoded: dict[str, Any] = json.loads(zlib.decompress(value))
+    return value
+
+
+def event_of_item(item: dict[str, Any]) -> dict[str, Any]:
+    """The stored event of a history item (low-level ``{"B": ...}`` or boto3 resource form)."""
+    with_dictionary = _binary(item.get(PAYLOAD_ATTRIBUTE))
+    if with_dictionary is not None:
+        decompressor = zlib.decompressobj(zdict=_DICTIONARY_V1)
+        decoded: dict[str, Any] = json.loads(decompressor.decompress(with_dictionary) + decompressor.flush())
         return decoded
+    value = _binary(item.get("z"))  # items written before the dictionary
+    if value is not None:
+        plain: dict[str, Any] = json.loads(zlib.decompress(value))
+        return plain
     payload = item.get("payload")  # items written before compression
     if isinstance(payload, dict):
         payload = payload.get("S")
@@ -126,7 +167,7 @@ def event_item(source_id: str, event: dict[str, Any], expires_at: int, owner: st
         "pk": {"S": pk},
         "sk": {"S": sk},
         "source_id": {"S": source_id},
-        "z": {"B": encode_event(event)},
+        PAYLOAD_ATTRIBUTE: {"B": encode_event(event)},
         "expires_at": {"N": str(expires_at)},
     }
     if owner:
