@@ -397,7 +397,8 @@ def test_an_id_over_the_graph_limit_is_kept_out_of_the_graph_but_its_event_is_st
     pipeline.drain()
     assert api.status(f"user_id:{too_long}") == 404
     assert api.external_ids(f"anonymous_id:long-{run}") == {("anonymous_id", f"long-{run}")}
-    assert [e["messageId"] for e in history(pipeline, userId=too_long)] == [f"{run}-long"]
+    # Stored, under the anonymous id's partition (the one its profile holds).
+    assert [e["messageId"] for e in history(pipeline, anonymousId=f"long-{run}")] == [f"{run}-long"]
 
 
 def test_an_event_whose_user_id_the_graph_refuses_is_in_the_events_of_its_anonymous_profile(
