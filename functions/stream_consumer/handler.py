@@ -36,19 +36,30 @@ class RecordNotProcessed(Exception):
 
 
 @lru_cache(maxsize=1)
-def consumer() -> StreamConsumer:
+def unification() -> tuple[UnificationStage, DynamoIdentityGraph]:
     settings = get_settings()
     ddb = client("dynamodb")
     identity = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings))
     graph = DynamoIdentityGraph(ddb, settings.identity_table, identity.current(), records_table=settings.events_table)
+    return UnificationStage(graph, ProfileRecords(ddb, settings.events_table), identity.current), graph
+
+
+@lru_cache(maxsize=1)
+def consumer() -> StreamConsumer:
+    settings = get_settings()
+    ddb = client("dynamodb")
     return StreamConsumer(
         history=HistoryStore(ddb, settings.events_table, settings.event_retention_days),
         archive=S3Archive(client("s3"), settings.archive_bucket),
-        stages=[
-            UnificationStage(graph, ProfileRecords(ddb, settings.events_table), identity.current),
-        ],
+        stages=[unification()[0]],
         quarantine=QuarantineStore(ddb, settings.quarantine_table, settings.quarantine_retention_days),
     )
+
+
+def _identity_counters() -> dict[str, int]:
+    stage, graph = unification()
+    return {"ProfilesMerged": graph.merges, "MergesBlocked": stage.stats.blocked,
+            "GraphRetries": graph.retries, "BatchConflicts": stage.stats.batch_conflicts}
 
 
 def to_inbound(record: KinesisStreamRecord) -> InboundRecord:
@@ -69,6 +80,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
     def decode(record: KinesisStreamRecord) -> None:
         inbound.append(to_inbound(record))
 
+    before = _identity_counters()
     with processor(records=event["Records"], handler=decode, lambda_context=context):
         processor.process()
         outcome = consumer().process(inbound)
@@ -81,6 +93,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
     metrics.add_metric(name="DuplicatesSkipped", unit=MetricUnit.Count, value=outcome.duplicates)
     metrics.add_metric(name="EventsQuarantined", unit=MetricUnit.Count, value=outcome.quarantined)
     metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=len(outcome.failed))
+    # Identity resolution in this batch (counters of the warm function's graph, as deltas).
+    for name, value in _identity_counters().items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value - before[name])
     logger.info("batch processed", extra={"records": len(inbound), "stored": outcome.stored,
                                           "duplicates": outcome.duplicates,
                                           "quarantined": outcome.quarantined, "failed": len(outcome.failed)})

@@ -109,3 +109,23 @@ def test_sdk_retry_with_a_new_sent_at_is_still_a_duplicate(write_key, lambda_con
     (item,) = history()
     assert item["sk"] == "2026-11-28T09:00:00.000Z#retry-1"
     assert not [i for i in scan(resources.EVENTS_TABLE.local_name) if i["pk"].startswith("m#")]
+
+
+def test_consumer_reports_identity_metrics_per_batch(write_key, lambda_context, capsys):
+    body = {"batch": [
+        {"type": "page", "anonymousId": "metric-web", "name": "Home", "messageId": "mm-1",
+         "timestamp": "2026-11-28T09:00:00.000Z"},
+        {"type": "identify", "userId": "metric-user", "anonymousId": "metric-app", "messageId": "mm-2",
+         "timestamp": "2026-11-28T09:00:01.000Z"},
+    ]}
+    assert post("/v1/batch", body, write_key, lambda_context)["statusCode"] == 200
+    consumer.handler(read_stream_as_lambda_event(), lambda_context)
+    capsys.readouterr()
+    join = {"type": "identify", "userId": "metric-user", "anonymousId": "metric-web", "messageId": "mm-3",
+            "timestamp": "2026-11-28T09:00:02.000Z"}
+    assert post("/v1/identify", join, write_key, lambda_context)["statusCode"] == 200
+    consumer.handler(read_stream_as_lambda_event(), lambda_context)
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"ProfilesMerged"' in line]
+    (metrics,) = emitted  # the consumer's EMF line (the stream is read from its start: 3 records)
+    assert metrics["ProfilesMerged"] in ([1.0], 1.0)  # the web visitor joined the user
+    assert metrics["MergesBlocked"] in ([0.0], 0.0) and metrics["BatchConflicts"] in ([0.0], 0.0)
