@@ -13,6 +13,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from cdp import resources
+from cdp.observability import NAMESPACE, SERVICE
 
 # The consumer is "behind" when its oldest unprocessed record is older than this. Records
 # older than the mapping's max record age (6 h) go to the DLQ, so this fires long before.
@@ -174,6 +175,30 @@ class Monitoring(Construct):
                 title="Consumer invocations, errors / DLQ depth",
                 left=[consumer.metric_invocations(period=five_minutes), consumer_errors],
                 right=[dlq_depth],
+                width=8,
+            ),
+        )
+
+        def cdp_metric(name: str) -> cloudwatch.Metric:
+            # The consumer's EMF metrics (Powertools: namespace CDP, dimension service=cdp).
+            return cloudwatch.Metric(namespace=NAMESPACE, metric_name=name, dimensions_map={"service": SERVICE},
+                                     statistic="Sum", period=five_minutes)
+
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Events stored / duplicates, quarantined",
+                left=[cdp_metric("EventsStored")],
+                right=[cdp_metric("DuplicatesSkipped"), cdp_metric("EventsQuarantined")],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Identity: merges, blocked merges",
+                left=[cdp_metric("ProfilesMerged"), cdp_metric("MergesBlocked")],
+                width=8,
+            ),
+            cloudwatch.GraphWidget(
+                title="Identity: concurrent changes (retries, batches redone)",
+                left=[cdp_metric("GraphRetries"), cdp_metric("BatchConflicts")],
                 width=8,
             ),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -84,3 +85,10 @@ def test_stack_outputs_name_the_resources_operators_need(cdp_stack: SynthesizedS
     assert outputs["StreamConsumerDlqUrl"]["Value"] == {"Ref": resources.STREAM_CONSUMER_DLQ.logical_id}
     for spec in resources.TABLES:
         assert outputs[f"{spec.logical_id}Name"]["Value"] == {"Ref": spec.logical_id}
+
+
+def test_dashboard_graphs_the_consumers_identity_metrics(cdp_stack: SynthesizedStack) -> None:
+    (dashboard,) = cdp_stack.of_type("AWS::CloudWatch::Dashboard").values()
+    body = json.dumps(dashboard["Properties"]["DashboardBody"])
+    for metric in ("EventsStored", "ProfilesMerged", "MergesBlocked", "GraphRetries", "BatchConflicts"):
+        assert metric in body, metric
