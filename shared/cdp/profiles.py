@@ -237,16 +237,18 @@ class ProfileReader:
             if not pending:
                 break
             items = self._tables.get_identity(sorted({profile_key(c) for c in pending.values()}))
-            # A visitor known by one anonymous id only lives in that identifier's item.
+            # A profile created from one anonymous id lives in that identifier's item (its home).
             solo_keys = {c: solo_ident_key(c) for c in pending.values() if profile_key(c) not in items}
             wanted = sorted({k for k in solo_keys.values() if k})
             solo_items = self._tables.get_identity(wanted) if wanted else {}
             following: dict[str, str] = {}
             for original, current in pending.items():
                 item = items.get(profile_key(current))
-                solo = solo_items.get(solo_keys.get(current) or "")
-                if item is None and solo is not None and solo.get("solo") and solo.get("profile_id") == current:
-                    found[original] = _user_profile(current, {**solo, "ids": {solo["pk"]}})
+                home = solo_items.get(solo_keys.get(current) or "")
+                if item is None and home is not None and home.get("solo") and home.get("profile_id") == current:
+                    found[original] = _user_profile(current, {**home, "ids": home.get("ids") or {home["pk"]}})
+                elif item is None and home is not None and home.get("profile_id") not in (None, current):
+                    following[original] = str(home["profile_id"])  # merged away: its home points on
                 elif item is None:
                     found[original] = None
                 elif item.get("status") == "merged" and item.get("merged_into"):

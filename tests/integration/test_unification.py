@@ -117,8 +117,9 @@ def test_one_event_merges_three_profiles_and_logs_each_merge(aws):
     # The merged ids still resolve to the survivor, and it lists them.
     for old_id in merged:
         assert graph.profile_of(old_id) == survivor
-    prof = next(i for i in identity_items() if i["pk"] == f"prof#{survivor}")
-    assert set(prof["merged_from"]) == merged
+    holder = next(i for i in identity_items() if i["pk"] == f"prof#{survivor}"
+                  or (i.get("solo") and i["profile_id"] == survivor))  # a profile item, or its home
+    assert set(holder["merged_from"]) == merged
 
 
 def test_two_people_on_one_laptop_stay_two_profiles_and_the_blocked_merge_is_recorded(aws):
@@ -194,35 +195,50 @@ def test_states_are_json_in_the_documented_layout(aws):
     assert state["traits"]["plan"][0] == "pro" and state["first_seen"] == "2026-03-01T10:00:00.000Z"
 
 
-def test_a_visitor_known_by_one_anonymous_id_is_one_item_until_identified(aws):
+def test_a_visitor_known_by_one_anonymous_id_lives_in_that_identifiers_item(aws):
     stage, graph = make_stage()
     run(stage, [event("page", 1, anonymousId="solo-1", name="Home"), event("track", 1, anonymousId="solo-1",
                                                                             event="Viewed")])
     items = identity_items()
     assert [i["pk"] for i in items] == ["ident#anonymous_id:solo-1"]
-    (solo,) = items
-    assert solo["solo"] is True and solo["profile_id"].startswith("a.")
+    (home,) = items
+    assert home["solo"] is True and home["profile_id"].startswith("a.")
     profile = profile_of(graph, "anonymous_id", "solo-1")
     assert graph.profile_of(profile) == profile  # its id resolves without a profile item
     assert graph.state_of(profile) is not None
 
+    # Signing up adds identifiers to the same item: still no profile item.
     run(stage, [event("identify", 2, anonymousId="solo-1", userId="solo-user", traits={"plan": "pro"})])
-    assert profile_of(graph, "user_id", "solo-user") == profile  # the same profile, now a real item
-    prof = next(i for i in identity_items() if i["pk"] == f"prof#{profile}")
-    assert prof["ids"] == {"ident#anonymous_id:solo-1", "ident#user_id:solo-user"}
-    ident = next(i for i in identity_items() if i["pk"] == "ident#anonymous_id:solo-1")
-    assert "solo" not in ident and "state" not in ident
+    assert profile_of(graph, "user_id", "solo-user") == profile
+    assert not [i for i in identity_items() if i["pk"].startswith("prof#")]
+    home = next(i for i in identity_items() if i["pk"] == "ident#anonymous_id:solo-1")
+    assert home["ids"] == {"ident#anonymous_id:solo-1", "ident#user_id:solo-user"}
+    assert graph.identifiers_of(profile) == {Identifier("anonymous_id", "solo-1"), Identifier("user_id", "solo-user")}
     assert traits(graph, profile) == {"plan": "pro"}
 
 
-def test_a_solo_visitor_merged_into_a_user_keeps_a_resolvable_id(aws):
+def test_a_home_profile_merged_into_a_user_keeps_a_resolvable_id(aws):
     stage, graph = make_stage()
     run(stage, [event("identify", 1, userId="known", anonymousId="desk", traits={"a": 1})],
         [event("page", 2, anonymousId="phone-x", name="Home")])
-    solo = profile_of(graph, "anonymous_id", "phone-x")
+    home_profile = profile_of(graph, "anonymous_id", "phone-x")
     run(stage, [event("identify", 3, userId="known", anonymousId="phone-x")])
     user = profile_of(graph, "user_id", "known")
-    assert profile_of(graph, "anonymous_id", "phone-x") == user != solo
-    assert graph.profile_of(solo) == user
-    tomb = next(i for i in identity_items() if i["pk"] == f"prof#{solo}")
-    assert tomb["status"] == "merged" and tomb["merged_into"] == user
+    assert profile_of(graph, "anonymous_id", "phone-x") == user != home_profile
+    assert graph.profile_of(home_profile) == user  # through its former home, now a pointer
+    pointer = next(i for i in identity_items() if i["pk"] == "ident#anonymous_id:phone-x")
+    assert pointer["profile_id"] == user and "solo" not in pointer and "state" not in pointer
+    assert not [i for i in identity_items() if i["pk"] == f"prof#{home_profile}"]
+
+
+def test_a_home_profile_survives_a_merge_and_holds_the_merged_identifiers(aws):
+    stage, graph = make_stage()
+    run(stage, [event("page", 1, anonymousId="first-web", name="Home")],
+        [event("identify", 2, anonymousId="crm-9", traits={"email": "nine@example.com", "tier": "gold"})],
+        [event("identify", 3, anonymousId="first-web", traits={"email": "nine@example.com"})])
+    survivor = profile_of(graph, "anonymous_id", "first-web")
+    assert survivor.startswith("a.")  # the oldest profile survives: the first visit's home
+    assert profile_of(graph, "anonymous_id", "crm-9") == survivor
+    assert traits(graph, survivor)["tier"] == "gold"
+    assert {i.key() for i in graph.identifiers_of(survivor)} == {
+        "anonymous_id:first-web", "anonymous_id:crm-9", "email:nine@example.com"}

@@ -70,11 +70,14 @@ MAX_SOLO_VALUE_BYTES = 128
 
 
 def solo_profile_id(identifier: Identifier) -> str | None:
-    """The id of a profile known by this one anonymous id alone, if it may be stored as one item.
+    """The id of a profile created from this anonymous id, if it may live in that id's item.
 
-    A visitor who never identifies (most of them) is a profile with one anonymous id:
-    rather than two items (profile and identifier), it lives in the identifier's item
-    (``solo``). Its id encodes the anonymous id, so ``profile_id:`` lookups find that item.
+    A profile first seen with one anonymous id (most visitors) lives in that identifier's
+    item, its **home** (``solo`` = true): one item rather than two, and when it later
+    gains identifiers (a sign-up) the home item holds them, so no profile item is ever
+    written for it. Its id encodes the anonymous id, so ``profile_id:`` lookups find the
+    home; merged into another profile, the home becomes a pointer to the survivor, which
+    keeps the old id resolvable.
     """
     raw = identifier.value.encode("utf-8")
     if identifier.type != "anonymous_id" or len(raw) > MAX_SOLO_VALUE_BYTES:
@@ -95,11 +98,12 @@ def solo_ident_key(profile_id: str) -> str | None:
 
 
 def virtual_profile(ident_item: dict[str, Any]) -> dict[str, Any]:
-    """A solo identifier item seen as the profile item it stands for."""
+    """A home identifier item seen as the profile item it stands for."""
     profile_id = ident_item["profile_id"]["S"]
     virtual = {"pk": {"S": profile_key(profile_id)}, "status": {"S": "live"},
-               "ids": {"SS": [ident_item["pk"]["S"]]}, "_solo": {"S": ident_item["pk"]["S"]}}
-    for name in ("created_at", "updated_at", "version", "state"):
+               "ids": ident_item.get("ids") or {"SS": [ident_item["pk"]["S"]]},
+               "_solo": {"S": ident_item["pk"]["S"]}}
+    for name in ("created_at", "updated_at", "version", "state", "merged_from"):
         if name in ident_item:
             virtual[name] = ident_item[name]
     return virtual
@@ -223,8 +227,14 @@ class DynamoIdentityGraph:
             if ikey not in self._cache:
                 self._fetch([ikey], consistent)
             ident = self._cache.get(ikey)
-            if ident is not None and "solo" in ident and profile_key(ident["profile_id"]["S"]) == key:
+            if ident is None:
+                continue
+            if "solo" in ident and profile_key(ident["profile_id"]["S"]) == key:
                 self._cache[key] = virtual_profile(ident)
+            elif profile_key(ident["profile_id"]["S"]) != key:
+                # The profile was merged away: its home identifier now points at the survivor.
+                self._cache[key] = {"pk": {"S": key}, "status": {"S": "merged"},
+                                    "merged_into": ident["profile_id"], "_virtual": {"BOOL": True}}
 
     def _get(self, keys: Iterable[str], consistent: bool = True) -> dict[str, dict[str, Any]]:
         """Items by key (absent ones left out), from the working copy where known."""
@@ -311,7 +321,7 @@ class DynamoIdentityGraph:
                         "ExpressionAttributeValues": {":was": before["profile_id"]}}}
 
     def _fold_solo_profiles(self) -> None:
-        """Changed solo profiles: into their identifier item while still solo, else made real."""
+        """Changed home profiles go back into their identifier item; merged away, it points on."""
         for key in [k for k in self._expected if k.startswith("prof#")]:
             item = self._cache[key]
             if item is None or "_solo" not in item:
@@ -319,22 +329,21 @@ class DynamoIdentityGraph:
             ikey = item["_solo"]["S"]
             if ikey not in self._expected:  # the identifier item as read is what the commit expects
                 self._expected[ikey] = self._cache.get(ikey)
-            del self._expected[key]
-            still_solo = item["status"]["S"] == "live" and item.get("ids", {}).get("SS", []) == [ikey]
-            if still_solo:
-                self._cache[ikey] = {"pk": {"S": ikey}, "profile_id": {"S": key.removeprefix("prof#")},
-                                     "solo": {"BOOL": True},
-                                     **{n: item[n] for n in ("created_at", "updated_at", "version", "state")
-                                        if n in item}}
+            del self._expected[key]  # never a prof# item: the profile id decodes to its home
+            if key in self._log:  # the merge log commits with the home item instead
+                self._log.setdefault(ikey, []).extend(self._log.pop(key))
+            if item["status"]["S"] == "live":
+                home: dict[str, Any] = {"pk": {"S": ikey}, "profile_id": {"S": key.removeprefix("prof#")},
+                                        "solo": {"BOOL": True}}
+                home.update({n: item[n] for n in ("created_at", "updated_at", "version", "state", "merged_from")
+                             if n in item})
+                if item.get("ids", {}).get("SS", []) != [ikey]:
+                    home["ids"] = item["ids"]
+                self._cache[ikey] = home
             else:
-                # It gained identifiers or was merged: a real profile item from now on, and
-                # its identifier a plain pointer (unless the change re-pointed it already).
-                real = {k: v for k, v in item.items() if k != "_solo"}
-                self._cache[key] = real
-                self._expected[key] = None  # no profile item existed: attribute_not_exists
                 current = self._cache.get(ikey)
-                if current is None or "solo" in current:
-                    self._cache[ikey] = {"pk": {"S": ikey}, "profile_id": {"S": key.removeprefix("prof#")}}
+                if current is None or "solo" in current:  # re-pointed by the merge already, normally
+                    self._cache[ikey] = {"pk": {"S": ikey}, "profile_id": item["merged_into"]}
             self._units.join([key, ikey])
 
     def flush(self) -> None:
@@ -342,6 +351,10 @@ class DynamoIdentityGraph:
         if not self._expected:
             return
         self._fold_solo_profiles()
+        orphaned = set(self._log) - set(self._expected)
+        if orphaned:  # a merge log must commit with the change it records
+            self._discard()
+            raise RuntimeError(f"merge log without its change: {sorted(orphaned)[:3]}")
         transactions: list[list[dict[str, Any]]] = [[]]
         singles: list[dict[str, Any]] = []
         for unit in self._units.groups(self._expected):
