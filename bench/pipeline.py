@@ -617,6 +617,11 @@ def identity_outcome(meter: AwsMeter) -> IdentityOutcome:
             outcome.account_links += 1
         elif sk.startswith("member#"):
             outcome.members += 1
+    # A profile that lived in its anonymous id's item (its home) and was merged away leaves
+    # no prof# item, only its merge log record (one per merged profile): count those.
+    homes_merged = max(0, outcome.merge_log - outcome.merged)
+    outcome.merged += homes_merged
+    outcome.profiles += homes_merged
     return outcome
 
 
@@ -1271,7 +1276,8 @@ def identity_report(runs: list[RunResult], out: Callable[[str], None]) -> dict[s
             [
                 ["profiles created (prof# items and solo identifier items)", f"{outcome.profiles:,}",
                  per_1000(outcome.profiles)],
-                ["merges (prof# items with status merged)", f"{outcome.merged:,}", per_1000(outcome.merged)],
+                ["merges (merged prof# items and merged-away home profiles)", f"{outcome.merged:,}",
+                 per_1000(outcome.merged)],
                 ["merge log records (p#<id> / merge#<id>)", f"{outcome.merge_log:,}", per_1000(outcome.merge_log)],
                 ["live profiles", f"{outcome.live:,}", per_1000(outcome.live)],
                 ["identifiers (ident# items)", f"{outcome.identifiers:,}", per_1000(outcome.identifiers)],
