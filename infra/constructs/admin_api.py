@@ -5,17 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from aws_cdk import aws_apigatewayv2 as apigwv2
-from aws_cdk import aws_apigatewayv2_integrations as integrations
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from cdk_nag import NagSuppressions
 from constructs import Construct
 
 from cdp import config, resources
 from cdp.aws.identity_config_store import CONFIG_KEY
 from infra.constructs.function import CdpFunction
-from infra.constructs.profile_api import _route_key
+from infra.constructs.profile_api import token_route
 from infra.constructs.tables import grant_item_actions
 from infra.settings import DeploymentSettings
 
@@ -65,26 +63,13 @@ class AdminApi(Construct):
             conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [CONFIG_KEY]}},
         )
 
-        self.route = apigwv2.HttpRoute(
+        self.route = token_route(
             self,
-            "Route",
-            http_api=http_api,
-            route_key=_route_key(resources.ADMIN_API_ROUTE),
-            integration=integrations.HttpLambdaIntegration(
-                "AdminApiIntegration",
-                self.function.function,
-                payload_format_version=apigwv2.PayloadFormatVersion.VERSION_2_0,
-            ),
-        )
-        NagSuppressions.add_resource_suppressions(
-            self.route,
-            [
-                {
-                    "id": "AwsSolutions-APIG4",
-                    "reason": "Admin API clients authenticate with an access token of scope admin as the HTTP "
-                    "Basic username; the function checks it against the SHA-256 hashes in the sources table "
-                    "(space and scope) before reading or writing anything, the same code path as locally.",
-                }
-            ],
-            apply_to_children=True,
+            http_api,
+            resources.ADMIN_API_ROUTE,
+            self.function.function,
+            "AdminApiIntegration",
+            "Admin API clients authenticate with an access token of scope admin as the HTTP Basic username; the "
+            "function checks it against the SHA-256 hashes in the sources table (space and scope) before "
+            "reading or writing anything, the same code path as locally.",
         )

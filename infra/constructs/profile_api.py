@@ -30,6 +30,24 @@ def _route_key(spec: resources.HttpRouteSpec) -> apigwv2.HttpRouteKey:
     return apigwv2.HttpRouteKey.with_(path, apigwv2.HttpMethod[method])
 
 
+def token_route(scope: Construct, http_api: apigwv2.IHttpApi, spec: resources.HttpRouteSpec,
+                function: lambda_.IFunction, integration_id: str, auth_reason: str) -> apigwv2.HttpRoute:
+    """A route of the HTTP API to a function that authenticates its callers with access tokens."""
+    route = apigwv2.HttpRoute(
+        scope,
+        "Route",
+        http_api=http_api,
+        route_key=_route_key(spec),
+        integration=integrations.HttpLambdaIntegration(
+            integration_id, function, payload_format_version=apigwv2.PayloadFormatVersion.VERSION_2_0
+        ),
+    )
+    NagSuppressions.add_resource_suppressions(
+        route, [{"id": "AwsSolutions-APIG4", "reason": auth_reason}], apply_to_children=True
+    )
+    return route
+
+
 class ProfileApi(Construct):
     """``GET /v1/spaces/{proxy+}`` on the existing HTTP API, answered by the profile function."""
 
@@ -70,26 +88,13 @@ class ProfileApi(Construct):
         grant_item_actions(identity_table, role, *IDENTITY_ACTIONS)
         grant_item_actions(events_table, role, *EVENTS_ACTIONS)
 
-        self.route = apigwv2.HttpRoute(
+        self.route = token_route(
             self,
-            "Route",
-            http_api=http_api,
-            route_key=_route_key(resources.PROFILE_API_ROUTE),
-            integration=integrations.HttpLambdaIntegration(
-                "ProfileApiIntegration",
-                self.function.function,
-                payload_format_version=apigwv2.PayloadFormatVersion.VERSION_2_0,
-            ),
-        )
-        NagSuppressions.add_resource_suppressions(
-            self.route,
-            [
-                {
-                    "id": "AwsSolutions-APIG4",
-                    "reason": "Profile API clients authenticate like Segment's, with an access token as the HTTP "
-                    "Basic username; the function checks it against the SHA-256 hashes in the sources table "
-                    "(and its space) before reading anything, the same code path as the local stack.",
-                }
-            ],
-            apply_to_children=True,
+            http_api,
+            resources.PROFILE_API_ROUTE,
+            self.function.function,
+            "ProfileApiIntegration",
+            "Profile API clients authenticate like Segment's, with an access token as the HTTP Basic username; "
+            "the function checks it against the SHA-256 hashes in the sources table (and its space) before "
+            "reading anything, the same code path as the local stack.",
         )

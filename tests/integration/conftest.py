@@ -15,6 +15,7 @@ from moto import mock_aws
 from cdp import resources
 from cdp.aws import clients
 from cdp.local.provisioning import provision
+from cdp.local.stack import MotoServer
 from cdp.sources import SourceRegistry
 
 WRITE_KEY = "test-write-key"
@@ -122,3 +123,14 @@ def scan(table: str) -> list[dict[str, Any]]:
 def history() -> list[dict[str, Any]]:
     """The events table's history items (not markers, merge logs or account links)."""
     return [i for i in scan(resources.EVENTS_TABLE.local_name) if i["pk"].startswith(("u#", "a#"))]
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto as a server that runs one request at a time, as DynamoDB is atomic per request
+    (in-process moto is not: concurrency tests need this)."""
+    server = MotoServer("127.0.0.1", 0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -5,10 +5,8 @@ from __future__ import annotations
 import random
 import threading
 import uuid
-from collections.abc import Iterator
 
 import boto3
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,21 +16,10 @@ from cdp.identity.config import IdentityConfig
 from cdp.identity.identifiers import Identifier
 from cdp.identity.resolution import MemoryIdentityGraph
 from cdp.local.provisioning import ensure_table
-from cdp.local.stack import MotoServer
 from tests.unit.test_identity_resolution import anon, conflict_free_events, email, uid, union_find_partition
 
 CONFIG = IdentityConfig()
 LANES = 4
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """moto as a server that runs one request at a time, as DynamoDB is atomic per request."""
-    server = MotoServer("127.0.0.1", 0)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def fresh_graph(endpoint: str) -> tuple[DynamoIdentityGraph, str]:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import random
 import threading
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
-import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,21 +25,11 @@ from cdp.identity.config import IdentityConfig
 from cdp.identity.identifiers import Identifier
 from cdp.identity.profile_state import state_from_json
 from cdp.local.provisioning import ensure_table
-from cdp.local.stack import MotoServer
 from cdp.unification import UnificationStage
 from tests.unit.test_identity_resolution import anon, conflict_free_events, email, uid, union_find_partition
 
 CONFIG = IdentityConfig()
 LANES = 4
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    server = MotoServer("127.0.0.1", 0)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def fresh_tables(endpoint: str) -> tuple[str, str]:
