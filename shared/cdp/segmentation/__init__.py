@@ -1,0 +1,1 @@
+"""Segmentation: the definition language, time-bucketed aggregates and the evaluator (pure, no AWS)."""
