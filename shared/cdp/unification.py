@@ -44,7 +44,9 @@ class UnificationStats:
     profiles_touched: int = 0
     blocked: int = 0
     refused_identifiers: int = 0
-    batch_conflicts: int = 0  # batches resolved again one event at a time after a concurrent change
+    # Batches resolved again one event at a time: a concurrent change, or too many changes
+    # of one profile for one transaction.
+    batch_conflicts: int = 0
     by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 

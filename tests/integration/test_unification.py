@@ -10,9 +10,9 @@ import boto3
 import pytest
 
 from cdp import resources
-from cdp.aws.identity_graph import DynamoIdentityGraph
+from cdp.aws.identity_graph import DynamoIdentityGraph, GraphConflict
 from cdp.aws.profile_store import ProfileRecords
-from cdp.identity.config import IdentityConfig
+from cdp.identity.config import IdentifierType, IdentityConfig
 from cdp.identity.identifiers import Identifier
 from cdp.unification import UnificationStage
 from tests.integration.conftest import scan
@@ -242,3 +242,43 @@ def test_a_home_profile_survives_a_merge_and_holds_the_merged_identifiers(aws):
     assert traits(graph, survivor)["tier"] == "gold"
     assert {i.key() for i in graph.identifiers_of(survivor)} == {
         "anonymous_id:first-web", "anonymous_id:crm-9", "email:nine@example.com"}
+
+
+def test_a_batch_that_meets_a_concurrent_change_is_redone_event_by_event(aws, monkeypatch):
+    """The one-commit path meets another consumer's write: the batch is resolved again, per event."""
+    stage, graph = make_stage()
+    run(stage, [event("identify", 1, userId="race", anonymousId="race-web", traits={"plan": "free"})])
+    other, _ = make_stage()
+    real_flush = graph.flush
+    calls = {"n": 0}
+
+    def flush_after_a_rival() -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:  # between this batch's reads and its commit, another consumer writes
+            run(other, [event("identify", 2, userId="race", anonymousId="race-app", traits={"plan": "team"})])
+        real_flush()
+
+    monkeypatch.setattr(graph, "flush", flush_after_a_rival)
+    run(stage, [event("identify", 3, userId="race", traits={"plan": "pro", "seats": 3}),
+                event("page", 3, anonymousId="race-new", name="Home")])
+    assert stage.stats.batch_conflicts == 1
+    profile = profile_of(graph, "user_id", "race")
+    assert profile_of(graph, "anonymous_id", "race-app") == profile  # the rival's change survived
+    assert traits(graph, profile) == {"plan": "pro", "seats": 3}  # and ours was applied on top
+    assert profile_of(graph, "anonymous_id", "race-new") != profile
+
+
+def test_a_merge_too_big_for_one_transaction_fails_the_batch_and_changes_nothing(aws):
+    _, graph = make_stage()
+    many = IdentityConfig(types=(IdentifierType(name="user_id", priority=1, limit=1),
+                                 IdentifierType(name="anonymous_id", priority=6, limit=500)))
+    big = UnificationStage(graph, ProfileRecords(boto3.client("dynamodb"), resources.EVENTS_TABLE.local_name), many)
+    run(big, [event("identify", 1, userId="big-a", anonymousId=f"big-a-{n}") for n in range(120)],
+        [event("identify", 1, userId=None, anonymousId=f"big-b-{n}", context={
+            "externalIds": [{"id": "shared-crm", "type": "crm_id", "collection": "users", "encoding": "none"}]})
+         for n in range(120)])
+    before = identity_items()
+    with pytest.raises(GraphConflict):
+        run(big, [event("identify", 2, userId="big-a", context={"externalIds": [
+            {"id": "shared-crm", "type": "crm_id", "collection": "users", "encoding": "none"}]})])
+    assert identity_items() == before

@@ -368,6 +368,8 @@ class DynamoIdentityGraph:
                 continue
             if len(actions) > MAX_TRANSACTION_ITEMS:
                 self._discard()
+                if self._batched:  # a batch's changes of one profile add up: commit them per event
+                    raise CommitConflict(f"a batch's change of {len(actions)} items exceeds one transaction")
                 raise GraphConflict(f"a change of {len(actions)} items exceeds one transaction")
             if len(transactions[-1]) + len(actions) > MAX_TRANSACTION_ITEMS:
                 transactions.append([])
