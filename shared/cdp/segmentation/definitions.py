@@ -133,7 +133,10 @@ class Predicate(_Strict):
         if op == "starts_with":
             return f"starts with {_quote(self.value)}"
         if op == "in":
-            return f"is one of {_quote(self.values)}"
+            values = self.values or []
+            shown = ", ".join(_quote(v) for v in values[:5])
+            more = f" and {len(values) - 5} more" if len(values) > 5 else ""
+            return f"is one of [{shown}]{more}"
         if op == "exists":
             return "exists"
         if op == "not_exists":

@@ -39,7 +39,7 @@ def _as_instant(value: Any) -> datetime | None:
         return None
     try:
         return to_utc(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a date, or out of range once moved to UTC
         return None
 
 

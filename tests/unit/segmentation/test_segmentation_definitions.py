@@ -41,6 +41,7 @@ def trait(name: str, op: str, **operand: Any) -> dict[str, Any]:
     (trait("email", "starts_with", value="ana"), 'trait email starts with "ana"'),
     (trait("plan", "in", values=["pro", "team"]), 'trait plan is one of ["pro", "team"]'),
     (trait("email", "exists"), "trait email exists"),
+    (trait("n", "in", values=list(range(8))), "trait n is one of [0, 1, 2, 3, 4] and 3 more"),
     (trait("email", "not_exists"), "trait email does not exist"),
     (trait("age", "gt", value=30), "trait age > 30"),
     (trait("age", "gte", value=30), "trait age >= 30"),

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from cdp.segmentation.aggregates import empty, fold
@@ -76,6 +78,9 @@ def trait_test(op: str, trait_value: Any, **operand: Any) -> bool:
     ("before", {"value": "2026-01-01T10:00:00Z"}, "2026-01-01T09:59:59", True),  # no zone: UTC
     ("before", {"value": "2026-01-01"}, "soon", False),
     ("before", {"value": "2026-01-01"}, 20251231, False),
+    ("before", {"value": "2026-01-01"}, "9999-12-31T23:59:59-01:00", False),  # past year 9999 in UTC
+    ("gt", {"value": 1}, {"a": 2}, False),
+    ("equals", {"value": "a"}, ["a"], False),
     ("within_last_days", {"days": 7}, "2026-11-22T00:00:00Z", True),  # first day of the window
     ("within_last_days", {"days": 7}, "2026-11-21T23:59:59Z", False),
     ("within_last_days", {"days": 7}, "2026-11-28T12:00:00Z", True),  # exactly now
@@ -188,3 +193,26 @@ def test_dependencies_of_a_computed_trait_are_its_events() -> None:
     assert found.events == {("track", "Order Completed")}
     assert list(found.aggregates) == [trait.aggregate.aggregate_id()]
     assert found.time_based
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
+    | st.sampled_from(["2026-11-28", "2026-11-28T10:00:00Z", "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+OPERATORS = [
+    {"op": "equals", "value": "x"}, {"op": "not_equals", "value": 1}, {"op": "contains", "value": "x"},
+    {"op": "starts_with", "value": "x"}, {"op": "in", "values": [1, "x", True]}, {"op": "exists"},
+    {"op": "not_exists"}, {"op": "gt", "value": 1}, {"op": "lte", "value": 1.5},
+    {"op": "before", "value": "2026-01-01"}, {"op": "after", "value": "2026-01-01T00:00:00Z"},
+    {"op": "within_last_days", "days": 30},
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(trait_value=json_values, operator=st.sampled_from(OPERATORS))
+def test_any_json_trait_value_gives_a_boolean_and_never_raises(trait_value: Any, operator: dict[str, Any]) -> None:
+    for kind in ("trait", "account", "computed_trait"):
+        facts = Facts(traits={"t": trait_value}, computed={"t": trait_value}, accounts=[{"t": trait_value}])
+        assert check({"type": kind, "trait": "t", **operator}, facts) in (True, False)
