@@ -36,7 +36,8 @@ def dependencies() -> ProfileApi:
     ddb = client("dynamodb")
     reader = ProfileReader(DynamoProfileTables(ddb, settings.identity_table, settings.events_table))
     # The identity settings in force (an admin may change them), to normalise as the consumer does.
-    identity = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings))
+    identity = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings),
+                                   cache_seconds=settings.identity_config_cache_seconds)
     return ProfileApi(reader, tokens.find, settings.space_id, identity.current, keep_ip=settings.keep_ip)
 
 

@@ -39,7 +39,8 @@ class RecordNotProcessed(Exception):
 def unification() -> tuple[UnificationStage, DynamoIdentityGraph]:
     settings = get_settings()
     ddb = client("dynamodb")
-    identity = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings))
+    identity = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings),
+                                   cache_seconds=settings.identity_config_cache_seconds)
     graph = DynamoIdentityGraph(ddb, settings.identity_table, identity.current(), records_table=settings.events_table)
     return UnificationStage(graph, ProfileRecords(ddb, settings.events_table), identity.current), graph
 

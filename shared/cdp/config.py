@@ -29,6 +29,8 @@ class Settings(BaseModel):
     identity_config: str = ""
     # Keep the IP address in a profile's last context (it is personal data).
     keep_ip: bool = False
+    # How long a warm function trusts the identity settings it read (an admin may change them).
+    identity_config_cache_seconds: int = Field(default=60, ge=0)
     # The Profile API's space: the <space> of /v1/spaces/<space>/... that this
     # deployment answers, and that its access tokens must be bound to.
     space_id: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -48,6 +50,7 @@ ENV_VARS: dict[str, str] = {
     "source_cache_seconds": "CDP_SOURCE_CACHE_SECONDS",
     "identity_config": "CDP_IDENTITY_CONFIG",
     "keep_ip": "CDP_KEEP_IP",
+    "identity_config_cache_seconds": "CDP_IDENTITY_CONFIG_CACHE_SECONDS",
     "space_id": "CDP_SPACE_ID",
     "access_token_cache_seconds": "CDP_ACCESS_TOKEN_CACHE_SECONDS",
 }

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -523,3 +524,43 @@ def test_email_case_and_whitespace_variants_are_one_identifier(
     assert api.profile_id(f"anonymous_id:mixed-anon-{run}") == profile
     assert api.external_ids(f"user_id:mixed-{run}") == {
         ("user_id", f"mixed-{run}"), ("email", email), ("anonymous_id", f"mixed-anon-{run}")}
+
+
+def admin(pipeline: Pipeline, method: str, body: dict[str, Any] | None = None,
+          token: str | None = None) -> tuple[int, dict[str, Any]]:
+    """The admin API over HTTP (the local access token has scope admin)."""
+    auth = "Basic " + base64.b64encode(f"{token or pipeline.stack.access_token}:".encode()).decode()
+    request = urllib.request.Request(f"{pipeline.api_url}/v1/admin/identity-config", method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Authorization": auth, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_identity_settings_changed_through_the_admin_api_apply_to_later_events(
+        pipeline: Pipeline, api: ProfileApi, run: str) -> None:
+    status, body = admin(pipeline, "PUT", {"types": [{"name": "user_id", "priority": 1, "limit": 1}]})
+    assert status == 400 or status == 200, body  # (a valid subset; checked below)
+    strict = {"types": [{"name": "user_id", "priority": 1, "limit": 1},
+                        {"name": "email", "priority": 2, "limit": 1},
+                        {"name": "anonymous_id", "priority": 6, "limit": 5}]}
+    status, body = admin(pipeline, "PUT", strict)
+    assert status == 200 and body["origin"] == "admin", body
+    try:
+        time.sleep(2.5)  # the local stack's functions re-read the settings every 2 s
+        accepted(pipeline,
+                 {"type": "identify", "userId": f"two-mails-{run}", "traits": {"email": f"one-{run}@example.com"},
+                  "messageId": f"{run}-m1", "timestamp": iso(1)},
+                 {"type": "identify", "userId": f"two-mails-{run}", "traits": {"email": f"two-{run}@example.com"},
+                  "messageId": f"{run}-m2", "timestamp": iso(2)})
+        pipeline.drain()
+        # With one email per profile, the second address is refused for this profile.
+        ids = api.external_ids(f"user_id:two-mails-{run}")
+        assert ("email", f"one-{run}@example.com") in ids and ("email", f"two-{run}@example.com") not in ids
+    finally:
+        status, body = admin(pipeline, "DELETE")
+        assert status == 200 and body["origin"] == "deployment"
+    assert admin(pipeline, "GET", token="cdpat_not-a-token")[0] == 401

@@ -257,6 +257,9 @@ class EmbeddedStack:
             "AWS_REGION": REGION,
             **FAKE_CREDENTIALS,
             config.ENV_VARS["space_id"]: self.space,
+            # Identity settings changed through the admin API apply within seconds locally
+            # (a minute in the cloud).
+            config.ENV_VARS["identity_config_cache_seconds"]: "2",
         }
         specs: list[TableSpec | StreamSpec | BucketSpec | QueueSpec] = [
             *resources.TABLES, *resources.STREAMS, *resources.BUCKETS, *resources.QUEUES]
