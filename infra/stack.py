@@ -98,7 +98,8 @@ class CdpStack(Stack):
             alarm_topic_arn=self.settings.alarm_topic_arn,
         )
 
-        self.tables: dict[str, dynamodb.Table] = {**self.ingestion.tables, **self.pipeline.tables}
+        self.tables: dict[str, dynamodb.Table] = {**self.ingestion.tables, **self.pipeline.tables,
+                                                  **self.admin_api.tables}
         missing = {spec.logical_id for spec in resources.TABLES} - set(self.tables)
         if missing:  # a table added to resources.py needs an owning construct
             raise ValueError(f"tables defined in cdp.resources but not built: {sorted(missing)}")

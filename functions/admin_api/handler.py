@@ -1,7 +1,7 @@
-"""Admin API: identity resolution settings at run time (``cdp.admin_api``), behind the HTTP API.
+"""Admin API: identity settings and segment definitions (``cdp.admin_api``), behind the HTTP API.
 
-Route ``ANY /v1/admin/{proxy+}``; an access token of scope ``admin`` is required. The
-only writes are to the one settings item of the identity table.
+Route ``ANY /v1/admin/{proxy+}``; an access token of scope ``admin`` is required. Writes
+go to the one settings item of the identity table and to the segments table.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from cdp.access_tokens import AccessTokenRegistry, CachedTokenLookup
 from cdp.admin_api import AdminApi
 from cdp.aws.clients import client, table
+from cdp.aws.definition_store import DefinitionStore
 from cdp.aws.identity_config_store import IdentityConfigStore
 from cdp.config import get_settings, identity_config
 from cdp.observability import logger, metrics, tracer
@@ -30,8 +31,9 @@ def dependencies() -> AdminApi:
     # No cache of positive lookups: a revoked admin token stops working at once.
     tokens = CachedTokenLookup(AccessTokenRegistry(table(settings.sources_table)), ttl_seconds=0,
                                negative_ttl_seconds=0)
-    store = IdentityConfigStore(client("dynamodb"), settings.identity_table, identity_config(settings))
-    return AdminApi(tokens.find, settings.space_id, store)
+    ddb = client("dynamodb")
+    store = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings))
+    return AdminApi(tokens.find, settings.space_id, store, DefinitionStore(ddb, settings.segments_table))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
@@ -43,7 +45,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if body is not None and request.is_base64_encoded:
         body = base64.b64decode(body).decode("utf-8", errors="replace")
     result = dependencies().handle(request.request_context.http.method, request.raw_path, body,
-                                   (request.headers or {}).get("authorization"))
+                                   (request.headers or {}).get("authorization"), dict(request.headers or {}))
     metrics.add_metric(name="AdminRequests", unit=MetricUnit.Count, value=1)
     # Never the token or the body: the settings are not secret, but the log has no need of them.
     logger.info("admin request", extra={"method": request.request_context.http.method, "status": result.status})

@@ -14,13 +14,15 @@ from cdp import config, resources
 from cdp.aws.identity_config_store import CONFIG_KEY
 from infra.constructs.function import CdpFunction
 from infra.constructs.profile_api import token_route
-from infra.constructs.tables import grant_item_actions
+from infra.constructs.tables import build_table, grant_item_actions
 from infra.settings import DeploymentSettings
 
 # Token lookups by hash; on the identity table only the one settings item
-# (cdp.aws.identity_config_store), enforced with dynamodb:LeadingKeys.
+# (cdp.aws.identity_config_store), enforced with dynamodb:LeadingKeys; the segments table's
+# definitions (cdp.aws.definition_store: read, conditional put, delete, list by scan).
 SOURCES_ACTIONS = ("dynamodb:GetItem",)
 SETTINGS_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem")
+SEGMENTS_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Scan")
 
 
 class AdminApi(Construct):
@@ -39,6 +41,9 @@ class AdminApi(Construct):
         identity_table: dynamodb.ITable,
     ) -> None:
         super().__init__(scope, construct_id)
+        self.tables: dict[str, dynamodb.Table] = {
+            resources.SEGMENTS_TABLE.logical_id: build_table(self, resources.SEGMENTS_TABLE)}
+        segments_table = self.tables[resources.SEGMENTS_TABLE.logical_id]
         self.function = CdpFunction(
             self,
             "AdminApi",
@@ -49,6 +54,7 @@ class AdminApi(Construct):
             environment={
                 resources.SOURCES_TABLE.env: sources_table.table_name,
                 resources.IDENTITY_TABLE.env: identity_table.table_name,
+                resources.SEGMENTS_TABLE.env: segments_table.table_name,
                 config.ENV_VARS["space_id"]: settings.space_id,
                 # What DELETE goes back to, and what GET shows until an admin sets something.
                 config.ENV_VARS["identity_config"]: settings.identity_config.model_dump_json(),
@@ -56,6 +62,7 @@ class AdminApi(Construct):
         )
         role = self.function.role
         grant_item_actions(sources_table, role, *SOURCES_ACTIONS)
+        grant_item_actions(segments_table, role, *SEGMENTS_ACTIONS)
         iam.Grant.add_to_principal(
             grantee=role,
             actions=list(SETTINGS_ACTIONS),

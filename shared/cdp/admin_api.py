@@ -1,8 +1,19 @@
-"""The admin API: the identity resolution settings of a deployment, at run time.
+"""The admin API: identity resolution settings, audience and computed trait definitions.
 
     GET    /v1/admin/identity-config   the settings in force and where they come from
     PUT    /v1/admin/identity-config   replace them (a JSON ``IdentityConfig``; validated)
     DELETE /v1/admin/identity-config   back to the deployment's settings (CDK context)
+
+    GET    /v1/admin/audiences                 every audience definition, with a summary
+    POST   /v1/admin/audiences                 create one (409 if the id exists)
+    GET    /v1/admin/audiences/<id>            one
+    PUT    /v1/admin/audiences/<id>            replace it (``If-Match: <version>`` guards
+                                               against overwriting someone else's change)
+    DELETE /v1/admin/audiences/<id>            remove it
+    ... and the same under /v1/admin/computed-traits.
+
+Definitions are validated by ``cdp.segmentation.definitions``; an invalid one gets a 400
+whose ``problems`` point at the offending part. (Issue 4: evaluation is not built yet.)
 
 Authentication: an access token of scope ``admin`` for the deployment's space, as the
 HTTP Basic username (``cdp tokens create --admin``); read tokens get 403. Consumers pick
@@ -20,9 +31,14 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from cdp.access_tokens import AccessToken, authorize, token_from_authorization
+from cdp.aws.definition_store import DefinitionConflict, Kind, StoredDefinition
 from cdp.identity.config import IdentityConfig
+from cdp.segmentation.definitions import AudienceDefinition, ComputedTraitDefinition, problems
 
 IDENTITY_CONFIG_PATH = "/v1/admin/identity-config"
+DEFINITION_PATHS: dict[str, Kind] = {"/v1/admin/audiences": "audience", "/v1/admin/computed-traits": "computed_trait"}
+MODELS: dict[str, type[AudienceDefinition] | type[ComputedTraitDefinition]] = {
+    "audience": AudienceDefinition, "computed_trait": ComputedTraitDefinition}
 MAX_BODY_BYTES = 64 * 1024
 HEADERS = {"Cache-Control": "no-store"}
 WWW_AUTHENTICATE = 'Basic realm="cdp admin API"'
@@ -32,6 +48,13 @@ class ConfigStore(Protocol):
     def describe(self) -> dict[str, Any]: ...
     def put(self, config: IdentityConfig) -> None: ...
     def reset(self) -> None: ...
+
+
+class Definitions(Protocol):
+    def get(self, kind: Kind, ident: str) -> StoredDefinition | None: ...
+    def list(self, kind: Kind) -> list[StoredDefinition]: ...
+    def put(self, kind: Kind, ident: str, definition: str, expected_version: int | None) -> StoredDefinition: ...
+    def delete(self, kind: Kind, ident: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -48,13 +71,37 @@ def _error(status: int, code: str, message: str, **extra: Any) -> AdminResponse:
     return AdminResponse(status, {"error": {"code": code, "message": message, **extra}}, headers)
 
 
+def _view(stored: StoredDefinition) -> dict[str, Any]:
+    definition = MODELS[stored.kind].model_validate_json(stored.definition)
+    return {"id": stored.id, "kind": stored.kind, "version": stored.version, "summary": definition.summary(),
+            "definition": json.loads(stored.definition), "created_at": stored.created_at,
+            "updated_at": stored.updated_at}
+
+
+def _parse_body(body: str | None) -> dict[str, Any] | AdminResponse:
+    if not body:
+        return _error(400, "validation_error", "The body must be a JSON object.")
+    if len(body.encode("utf-8")) > MAX_BODY_BYTES:
+        return _error(413, "too_large", f"The body must be under {MAX_BODY_BYTES} bytes.")
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return _error(400, "validation_error", "The body is not JSON.")
+    if not isinstance(data, dict):
+        return _error(400, "validation_error", "The body must be a JSON object.")
+    return data
+
+
 class AdminApi:
-    def __init__(self, find_token: Callable[[str], AccessToken | None], space_id: str, store: ConfigStore) -> None:
+    def __init__(self, find_token: Callable[[str], AccessToken | None], space_id: str, store: ConfigStore,
+                 definitions: Definitions | None = None) -> None:
         self._find_token = find_token
         self._space = space_id
         self._store = store
+        self._definitions = definitions
 
-    def handle(self, method: str, path: str, body: str | None, authorization: str | None) -> AdminResponse:
+    def handle(self, method: str, path: str, body: str | None, authorization: str | None,
+               headers: dict[str, str] | None = None) -> AdminResponse:
         token_text = token_from_authorization(authorization)
         token = self._find_token(token_text) if token_text else None
         decision = authorize(token, self._space)
@@ -63,9 +110,16 @@ class AdminApi:
                           "An admin access token is required as the HTTP Basic username (cdp tokens create --admin).")
         if decision == "forbidden" or token is None or token.scope != "admin":
             return _error(403, "forbidden", "This access token may not use the admin API (it needs scope admin).")
-        if path.rstrip("/") != IDENTITY_CONFIG_PATH:
-            return _error(404, "not_found", f"No such path; the admin API has {IDENTITY_CONFIG_PATH}.")
+        path = path.rstrip("/")
         method = method.upper()
+        collection, _, ident = path.rpartition("/")
+        if self._definitions is not None and path in DEFINITION_PATHS:
+            return self._collection(method, DEFINITION_PATHS[path], body)
+        if self._definitions is not None and collection in DEFINITION_PATHS and ident:
+            return self._definition(method, DEFINITION_PATHS[collection], ident, body, headers or {})
+        if path != IDENTITY_CONFIG_PATH:
+            return _error(404, "not_found", f"No such path; the admin API has {IDENTITY_CONFIG_PATH}, "
+                          f"{', '.join(DEFINITION_PATHS)}.")
         if method == "GET":
             return AdminResponse(200, self._store.describe())
         if method == "DELETE":
@@ -94,3 +148,69 @@ class AdminApi:
             return _error(400, "validation_error", "The identity settings are not valid.", problems=problems)
         self._store.put(config)
         return AdminResponse(200, self._store.describe())
+
+    # --- audience and computed trait definitions --------------------------------------------
+
+    def _validated(self, kind: Kind, data: dict[str, Any]) -> AudienceDefinition | ComputedTraitDefinition | \
+            AdminResponse:
+        try:
+            return MODELS[kind].model_validate(data)
+        except ValidationError as exc:
+            return _error(400, "validation_error", f"The {kind.replace('_', ' ')} definition is not valid.",
+                          problems=problems(exc))
+
+    def _collection(self, method: str, kind: Kind, body: str | None) -> AdminResponse:
+        assert self._definitions is not None
+        if method == "GET":
+            return AdminResponse(200, {"data": [_view(d) for d in self._definitions.list(kind)]})
+        if method != "POST":
+            return AdminResponse(405, {"error": {"code": "method_not_allowed", "message": "Use GET or POST."}},
+                                 {**HEADERS, "Allow": "GET, POST"})
+        data = _parse_body(body)
+        if isinstance(data, AdminResponse):
+            return data
+        definition = self._validated(kind, data)
+        if isinstance(definition, AdminResponse):
+            return definition
+        try:
+            stored = self._definitions.put(kind, definition.id, definition.model_dump_json(), None)
+        except DefinitionConflict:
+            return _error(409, "conflict", f"A {kind.replace('_', ' ')} with id {definition.id!r} exists; "
+                          "PUT to its path to change it.")
+        return AdminResponse(201, _view(stored))
+
+    def _definition(self, method: str, kind: Kind, ident: str, body: str | None,
+                    headers: dict[str, str]) -> AdminResponse:
+        assert self._definitions is not None
+        current = self._definitions.get(kind, ident)
+        if method == "GET":
+            return AdminResponse(200, _view(current)) if current else _error(404, "not_found", "No such definition.")
+        if method == "DELETE":
+            if not self._definitions.delete(kind, ident):
+                return _error(404, "not_found", "No such definition.")
+            return AdminResponse(200, {"deleted": ident})
+        if method != "PUT":
+            return AdminResponse(405, {"error": {"code": "method_not_allowed", "message": "Use GET, PUT or DELETE."}},
+                                 {**HEADERS, "Allow": "GET, PUT, DELETE"})
+        if current is None:
+            return _error(404, "not_found", "No such definition; POST to the collection to create it.")
+        data = _parse_body(body)
+        if isinstance(data, AdminResponse):
+            return data
+        definition = self._validated(kind, {**data, "id": data.get("id", ident)})
+        if isinstance(definition, AdminResponse):
+            return definition
+        if definition.id != ident:
+            return _error(400, "validation_error", "The definition's id must be the one in the path.",
+                          problems=[{"field": "id", "reason": f"expected {ident!r}"}])
+        match = {k.lower(): v for k, v in headers.items()}.get("if-match")
+        expected = current.version
+        if match is not None:
+            if not match.strip('"').isdigit():
+                return _error(400, "validation_error", "If-Match must be the version number read.")
+            expected = int(match.strip('"'))
+        try:
+            stored = self._definitions.put(kind, ident, definition.model_dump_json(), expected)
+        except DefinitionConflict:
+            return _error(409, "conflict", "The definition changed since that version; read it again.")
+        return AdminResponse(200, _view(stored))

@@ -18,6 +18,7 @@ class Settings(BaseModel):
     events_table: str = resources.EVENTS_TABLE.local_name
     quarantine_table: str = resources.QUARANTINE_TABLE.local_name
     identity_table: str = resources.IDENTITY_TABLE.local_name
+    segments_table: str = resources.SEGMENTS_TABLE.local_name
     event_stream: str = resources.EVENT_STREAM.local_name
     archive_bucket: str = resources.ARCHIVE_BUCKET.local_name
     event_retention_days: int = Field(default=90, ge=1)
@@ -43,6 +44,7 @@ ENV_VARS: dict[str, str] = {
     "events_table": resources.EVENTS_TABLE.env,
     "quarantine_table": resources.QUARANTINE_TABLE.env,
     "identity_table": resources.IDENTITY_TABLE.env,
+    "segments_table": resources.SEGMENTS_TABLE.env,
     "event_stream": resources.EVENT_STREAM.env,
     "archive_bucket": resources.ARCHIVE_BUCKET.env,
     "event_retention_days": "CDP_EVENT_RETENTION_DAYS",

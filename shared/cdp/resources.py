@@ -108,7 +108,15 @@ IDENTITY_TABLE = TableSpec(
     purpose="Identity graph: identifier -> profile, and each profile's identifiers and merge state.",
 )
 
-TABLES: tuple[TableSpec, ...] = (SOURCES_TABLE, EVENTS_TABLE, QUARANTINE_TABLE, IDENTITY_TABLE)
+SEGMENTS_TABLE = TableSpec(
+    logical_id="SegmentsTable",
+    local_name="cdp-segments",
+    env="CDP_SEGMENTS_TABLE",
+    partition_key=Key("pk"),
+    purpose="Audience and computed trait definitions (issue 4), written through the admin API.",
+)
+
+TABLES: tuple[TableSpec, ...] = (SOURCES_TABLE, EVENTS_TABLE, QUARANTINE_TABLE, IDENTITY_TABLE, SEGMENTS_TABLE)
 
 # --- Kinesis ---------------------------------------------------------------------
 
@@ -218,7 +226,7 @@ DEFAULT_ROUTE = HttpRouteSpec(
 ADMIN_API_ROUTE = HttpRouteSpec(
     route_key="ANY /v1/admin/{proxy+}",
     function=ADMIN_API_FUNCTION,
-    purpose="Admin API (identity settings; admin access tokens).",
+    purpose="Admin API (identity settings, audience and computed trait definitions; admin access tokens).",
 )
 
 HTTP_ROUTES: tuple[HttpRouteSpec, ...] = (PROFILE_API_ROUTE, ADMIN_API_ROUTE, DEFAULT_ROUTE)

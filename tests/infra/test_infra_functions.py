@@ -194,7 +194,7 @@ class _Context:
         return self._values.get(key)
 
 
-def test_admin_api_may_touch_only_the_identity_settings_item(cdp_stack: SynthesizedStack) -> None:
+def test_admin_api_may_touch_only_the_identity_settings_item_and_definitions(cdp_stack: SynthesizedStack) -> None:
     role = cdp_stack.role_of(resources.ADMIN_API_FUNCTION.logical_id)
     statements = cdp_stack.statements_of_role(role)
     on_identity = [s for s in statements if "IdentityTable" in json.dumps(s.get("Resource"))]
@@ -203,5 +203,6 @@ def test_admin_api_may_touch_only_the_identity_settings_item(cdp_stack: Synthesi
     assert set(statement["Action"]) == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"}
     assert statement["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["config#identity"]}}
     grants = cdp_stack.grants_of_role(role)
-    assert grants["dynamodb:GetItem"] >= {"SourcesTable.Arn"}
-    assert not any(a in grants for a in ("dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchWriteItem"))
+    assert grants["dynamodb:GetItem"] >= {"SourcesTable.Arn", "SegmentsTable.Arn"}
+    assert grants["dynamodb:Scan"] == {"SegmentsTable.Arn"}  # listing definitions, nothing else
+    assert not any(a in grants for a in ("dynamodb:Query", "dynamodb:BatchWriteItem", "dynamodb:UpdateItem"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -28,12 +29,13 @@ def tokens(aws: None) -> dict[str, str]:
             "other": registry.create_token("elsewhere", "other", scope="admin")[1]}
 
 
-def call(method: str, token: str | None, ctx: Any, body: Any = None, path: str = PATH) -> tuple[int, dict[str, Any]]:
-    headers = [("Host", "api.example.com"), ("Content-Type", "application/json")]
+def call(method: str, token: str | None, ctx: Any, body: Any = None, path: str = PATH,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    sent = [("Host", "api.example.com"), ("Content-Type", "application/json"), *(headers or {}).items()]
     if token is not None:
-        headers.append(("Authorization", "Basic " + base64.b64encode(f"{token}:".encode()).decode()))
+        sent.append(("Authorization", "Basic " + base64.b64encode(f"{token}:".encode()).decode()))
     text = None if body is None else body if isinstance(body, str) else json.dumps(body)
-    event = http_api_event(method=method, path=path, headers=headers, route_key=resources.ADMIN_API_ROUTE.route_key,
+    event = http_api_event(method=method, path=path, headers=sent, route_key=resources.ADMIN_API_ROUTE.route_key,
                            body=None if text is None else text.encode(),
                            path_parameters={"proxy": path.removeprefix("/v1/admin/")})
     response = admin_api.handler(event, ctx)
@@ -71,3 +73,42 @@ def test_settings_are_validated_stored_and_reset(tokens, lambda_context):
     assert status == 200 and body["origin"] == "deployment"
     assert call("POST", tokens["admin"], lambda_context)[0] == 405
     assert call("GET", tokens["admin"], lambda_context, path="/v1/admin/other")[0] == 404
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "audiences"
+
+
+def test_audience_definitions_are_created_validated_listed_updated_and_deleted(tokens, lambda_context):
+    pricing = json.loads((EXAMPLES / "pricing-page-interest.json").read_text())
+    path = "/v1/admin/audiences"
+    status, body = call("POST", tokens["admin"], lambda_context, pricing, path=path)
+    assert status == 201, body
+    assert body["id"] == pricing["id"] and body["version"] == 1 and body["summary"]
+    assert call("POST", tokens["admin"], lambda_context, pricing, path=path)[0] == 409
+
+    broken = json.loads(json.dumps(pricing))
+    broken["id"] = "broken-one"
+    broken["condition"] = {"type": "and", "conditions": [{"type": "trait", "trait": "plan", "op": "gt",
+                                                          "value": "pro"}, {"type": "nope"}]}
+    status, body = call("POST", tokens["admin"], lambda_context, broken, path=path)
+    assert status == 400 and body["error"]["problems"], body
+    assert all(p["field"].startswith("condition") for p in body["error"]["problems"])
+
+    status, listing = call("GET", tokens["admin"], lambda_context, path=path)
+    assert [d["id"] for d in listing["data"]] == [pricing["id"]]
+    changed = {**pricing, "name": "Pricing page, keen"}
+    one = f"{path}/{pricing['id']}"
+    status, body = call("PUT", tokens["admin"], lambda_context, changed, path=one)
+    assert status == 200 and body["version"] == 2 and body["definition"]["name"] == "Pricing page, keen"
+    assert call("PUT", tokens["read"], lambda_context, changed, path=one)[0] == 403
+    stale = call("PUT", tokens["admin"], lambda_context, pricing, path=one, headers={"If-Match": "1"})
+    assert stale[0] == 409  # someone else saved version 2 since version 1 was read
+    assert call("DELETE", tokens["admin"], lambda_context, path=one) == (200, {"deleted": pricing["id"]})
+    assert call("GET", tokens["admin"], lambda_context, path=one)[0] == 404
+
+
+def test_computed_trait_definitions_use_their_own_collection(tokens, lambda_context):
+    ltv = json.loads((EXAMPLES / "computed_traits" / "lifetime_value.json").read_text())
+    status, body = call("POST", tokens["admin"], lambda_context, ltv, path="/v1/admin/computed-traits")
+    assert status == 201 and body["kind"] == "computed_trait", body
+    assert call("GET", tokens["admin"], lambda_context, path=f"/v1/admin/audiences/{ltv['id']}")[0] == 404
