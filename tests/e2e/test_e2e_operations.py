@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,23 @@ def _basic(key: str) -> str:
     import base64
 
     return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
+def test_cdp_audiences_manage_definitions_through_the_admin_api(pipeline: Pipeline, tmp_path: Path):
+    examples = Path(__file__).resolve().parents[2] / "examples" / "audiences"
+    sample = json.loads((examples / "pricing-page-interest.json").read_text())
+    mine = {**sample, "id": f"pricing-{uuid.uuid4().hex[:8]}"}
+    definition = tmp_path / "audience.json"
+    definition.write_text(json.dumps(mine))
+    created = cdp(pipeline, "audiences", "create", "-f", str(definition))
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith(f"created {mine['id']} (version 1): ")
+    assert mine["id"] in cdp(pipeline, "audiences", "list").stdout
+
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**mine, "id": "broken-x", "condition": {"type": "trait", "trait": "plan"}}))
+    refused = cdp(pipeline, "audiences", "create", "-f", str(broken))
+    assert refused.returncode != 0 and "400" in refused.stderr and "condition" in refused.stderr
+
+    assert cdp(pipeline, "audiences", "delete", mine["id"]).returncode == 0
+    assert mine["id"] not in cdp(pipeline, "audiences", "list").stdout

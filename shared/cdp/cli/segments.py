@@ -1,0 +1,108 @@
+"""``cdp audiences`` and ``cdp traits``: definitions through the admin API (issue 4).
+
+They talk HTTP to the admin API with an access token of scope ``admin`` (locally the
+printed token), so a definition is validated exactly as the API validates it and an
+invalid one is reported with the parts at fault.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cdp.cli.deployment import Deployment
+from cdp.local.stack import ACCESS_TOKEN_ENV, DEFAULT_ACCESS_TOKEN
+
+
+class AdminApiClient:
+    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
+        self._base = url.rstrip("/") + "/v1/admin"
+        self._auth = "Basic " + base64.b64encode(f"{token}:".encode()).decode("ascii")
+        self._timeout = timeout
+
+    def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        request = urllib.request.Request(self._base + path, data=data, method=method, headers={
+            "Authorization": self._auth, "Content-Type": "application/json", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as response:
+                return json.loads(response.read())  # type: ignore[no-any-return]
+        except urllib.error.HTTPError as error:
+            try:
+                detail = json.loads(error.read()).get("error", {})
+            except ValueError:
+                raise click.ClickException(f"admin API answered {error.code} {error.reason}") from None
+            lines = [f"admin API answered {error.code} {detail.get('code', '')}: {detail.get('message', '')}"]
+            lines += [f"  {p.get('field')}: {p.get('reason')}" for p in detail.get("problems") or []]
+            raise click.ClickException("\n".join(lines)) from None
+        except urllib.error.URLError as error:
+            raise click.ClickException(f"cannot reach the admin API at {self._base}: {error.reason}") from None
+
+
+def _client(ctx: click.Context, access_token: str | None, url: str | None) -> AdminApiClient:
+    deployment: Deployment = ctx.find_root().obj["deployment"]()
+    token = access_token or (DEFAULT_ACCESS_TOKEN if deployment.is_local else None)
+    if not token:
+        raise click.UsageError(f"an admin access token is needed: --access-token or {ACCESS_TOKEN_ENV} "
+                               "(create one with `cdp tokens create --admin NAME`)")
+    return AdminApiClient(url or deployment.api_url, token)
+
+
+def _definition_group(name: str, collection: str, noun: str) -> click.Group:
+    @click.group(name=name, help=f"{noun.capitalize()} definitions, through the admin API.")
+    @click.option("--access-token", envvar=ACCESS_TOKEN_ENV, help="Admin access token (locally the printed one).")
+    @click.option("--url", help="API base URL (default: the stack's ApiUrl, or the local stack's).")
+    @click.pass_context
+    def group(ctx: click.Context, access_token: str | None, url: str | None) -> None:
+        ctx.obj = {**(ctx.obj or {}), "admin": lambda: _client(ctx, access_token, url)}
+
+    @group.command("create")
+    @click.option("-f", "--file", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.pass_context
+    def create(ctx: click.Context, file: Path) -> None:
+        """Create from a JSON file (see examples/audiences/)."""
+        result = ctx.obj["admin"]().call("POST", f"/{collection}", json.loads(file.read_text(encoding="utf-8")))
+        click.echo(f"created {result['id']} (version {result['version']}): {result['summary']}")
+
+    @group.command("update")
+    @click.option("-f", "--file", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.pass_context
+    def update(ctx: click.Context, file: Path) -> None:
+        """Replace a definition with the JSON file's (same id)."""
+        body = json.loads(file.read_text(encoding="utf-8"))
+        result = ctx.obj["admin"]().call("PUT", f"/{collection}/{body.get('id', '')}", body)
+        click.echo(f"updated {result['id']} (version {result['version']}): {result['summary']}")
+
+    @group.command("list")
+    @click.pass_context
+    def list_(ctx: click.Context) -> None:
+        """One line each: id, version, summary."""
+        for item in ctx.obj["admin"]().call("GET", f"/{collection}")["data"]:
+            click.echo(f"{item['id']}\tv{item['version']}\t{item['summary']}")
+
+    @group.command("show")
+    @click.argument("ident")
+    @click.pass_context
+    def show(ctx: click.Context, ident: str) -> None:
+        """The definition as stored, with its summary."""
+        click.echo(json.dumps(ctx.obj["admin"]().call("GET", f"/{collection}/{ident}"), indent=2,
+                              ensure_ascii=False))
+
+    @group.command("delete")
+    @click.argument("ident")
+    @click.pass_context
+    def delete(ctx: click.Context, ident: str) -> None:
+        ctx.obj["admin"]().call("DELETE", f"/{collection}/{ident}")
+        click.echo(f"deleted {ident}")
+
+    return group
+
+
+audiences = _definition_group("audiences", "audiences", "audience")
+traits = _definition_group("traits", "computed-traits", "computed trait")
