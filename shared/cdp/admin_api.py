@@ -131,21 +131,13 @@ class AdminApi:
                              {**HEADERS, "Allow": "GET, PUT, DELETE"})
 
     def _put(self, body: str | None) -> AdminResponse:
-        if not body:
-            return _error(400, "validation_error", "The body must be the identity settings as JSON.")
-        if len(body.encode("utf-8")) > MAX_BODY_BYTES:
-            return _error(413, "too_large", f"The settings must be under {MAX_BODY_BYTES} bytes.")
-        try:
-            data = json.loads(body)
-        except ValueError:
-            return _error(400, "validation_error", "The body is not JSON.")
-        if not isinstance(data, dict):
-            return _error(400, "validation_error", "The body must be a JSON object.")
+        data = _parse_body(body)
+        if isinstance(data, AdminResponse):
+            return data
         try:
             config = IdentityConfig.model_validate(data)
         except ValidationError as exc:
-            problems = [{"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()]
-            return _error(400, "validation_error", "The identity settings are not valid.", problems=problems)
+            return _error(400, "validation_error", "The identity settings are not valid.", problems=problems(exc))
         self._store.put(config)
         return AdminResponse(200, self._store.describe())
 
