@@ -17,6 +17,8 @@ the Lambda service does for a mapping, following ``KinesisEventSourceSpec``:
   ``max_record_age_s``, the records are skipped and a description of them (the
   on-failure message, with ``KinesisBatchInfo``) goes to the on-failure destination.
 
+The retry policy itself is ``cdp.local.stream_delivery.BatchDelivery``, shared with the
+DynamoDB Streams mapping; this module supplies the Kinesis event and on-failure message.
 Everything that talks to the outside is passed in (Kinesis client, function, on-failure
 destination, clock, sleep) so the semantics are unit-tested without threads:
 ``deliver`` runs the whole retry policy for one batch synchronously.
@@ -25,21 +27,20 @@ destination, clock, sleep) so the semantics are unit-tested without threads:
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from cdp.local.functions import MAX_PAYLOAD_BYTES, Invocation, LocalFunction
+from cdp.local.functions import Invocation, LocalFunction
 from cdp.local.lambda_events import (
     REGION,
     FailureCondition,
@@ -48,13 +49,20 @@ from cdp.local.lambda_events import (
     kinesis_event,
     kinesis_on_failure_message,
 )
+from cdp.local.stream_delivery import BatchDelivery, MappingStats, OnFailure, RetryPolicy, batch_byte_limited
 from cdp.resources import KinesisEventSourceSpec
 
-log = logging.getLogger(__name__)
+# MappingStats, OnFailure and batch_byte_limited are re-exported: callers import them from here.
+__all__ = [
+    "KinesisEventSourceMapping",
+    "MappingStats",
+    "OnFailure",
+    "SqsDestination",
+    "batch_byte_limited",
+    "retry_policy",
+]
 
-OnFailure = Callable[[dict[str, Any]], None]
-# Room for the event's envelope inside Lambda's 6 MB request limit.
-_EVENT_OVERHEAD_BYTES = 64
+log = logging.getLogger(__name__)
 
 
 class SqsDestination:
@@ -66,24 +74,6 @@ class SqsDestination:
 
     def __call__(self, message: dict[str, Any]) -> None:
         self._sqs.send_message(QueueUrl=self._queue_url, MessageBody=json.dumps(message))
-
-
-@dataclass
-class _Attempt:
-    """A run of records being delivered, with what it has cost so far."""
-
-    records: list[KinesisRecord]
-    retries: int = 0
-    invokes: int = 0
-    last: Invocation | None = None
-
-
-@dataclass
-class MappingStats:
-    invocations: int = 0
-    records_delivered: int = 0
-    records_discarded: int = 0
-    on_failure_messages: int = 0
 
 
 @dataclass
@@ -111,16 +101,11 @@ class _Shard:
         return any(lane.records or lane.in_flight for lane in self.lanes)
 
 
-def batch_byte_limited(records: Iterable[KinesisRecord], batch_size: int) -> int:
-    """How many leading records fit in one invocation (count and 6 MB payload limit)."""
-    total = _EVENT_OVERHEAD_BYTES
-    count = 0
-    for record in itertools.islice(records, batch_size):
-        total += record.approximate_event_bytes()
-        if count and total > MAX_PAYLOAD_BYTES:
-            break
-        count += 1
-    return count
+def retry_policy(spec: KinesisEventSourceSpec) -> RetryPolicy:
+    """The settings of ``spec`` that decide what happens to a failed batch."""
+    return RetryPolicy(bisect_batch_on_error=spec.bisect_batch_on_error, retry_attempts=spec.retry_attempts,
+                       max_record_age_s=spec.max_record_age_s,
+                       report_batch_item_failures=spec.report_batch_item_failures)
 
 
 class KinesisEventSourceMapping:
@@ -145,22 +130,35 @@ class KinesisEventSourceMapping:
         self._kinesis = kinesis
         self._stream = stream_name
         self._function = function
-        self._on_failure = on_failure
         self._clock = clock
         self._stop = threading.Event()
-        self._sleep: Callable[[float], Any] = sleep or self._stop.wait
-        self._backoff = retry_backoff_s
-        self._max_backoff = max_backoff_s
         self._poll_interval = poll_interval_s
         self._region = region
         self._invoke_identity = execution_role_arn(function.name)
         self._stream_arn: str | None = None
         self._shards: dict[str, _Shard] = {}
         self._threads: list[threading.Thread] = []
-        self._stats_lock = threading.Lock()
-        self.stats = MappingStats()
+        self._delivery: BatchDelivery[KinesisRecord] = BatchDelivery(
+            function=function, policy=retry_policy(spec), build_event=self.event,
+            on_failure_message=self._on_failure_message, on_failure=on_failure, clock=clock,
+            sleep=sleep or self._stop.wait, stopped=self._stop.is_set,
+            retry_backoff_s=retry_backoff_s, max_backoff_s=max_backoff_s)
 
-    # --- the retry policy (synchronous) -------------------------------------------
+    @property
+    def stats(self) -> MappingStats:
+        """Invocations and records delivered, discarded and described to the on-failure destination."""
+        return self._delivery.stats
+
+    @property
+    def _backoff(self) -> float:
+        # The first retry's wait; tests set it after construction to age records out between retries.
+        return self._delivery.retry_backoff_s
+
+    @_backoff.setter
+    def _backoff(self, seconds: float) -> None:
+        self._delivery.retry_backoff_s = seconds
+
+    # --- events and the retry policy (synchronous) ----------------------------------
 
     @property
     def stream_arn(self) -> str:
@@ -169,116 +167,26 @@ class KinesisEventSourceMapping:
             self._stream_arn = str(summary["StreamDescriptionSummary"]["StreamARN"])
         return self._stream_arn
 
+    def event(self, records: Sequence[KinesisRecord]) -> dict[str, Any]:
+        """The event Lambda sends for ``records``."""
+        return kinesis_event(records, stream_arn=self.stream_arn, invoke_identity_arn=self._invoke_identity,
+                             region=self._region)
+
     def deliver(self, records: Sequence[KinesisRecord]) -> None:
         """Deliver one batch until every record succeeded or was discarded."""
-        pending = [_Attempt(list(records))]
-        while pending and not self._stop.is_set():
-            attempt = pending.pop()
-            self._discard_expired(attempt)
-            if not attempt.records:
-                continue
-            invocation = self._function.invoke(kinesis_event(
-                attempt.records, stream_arn=self.stream_arn, invoke_identity_arn=self._invoke_identity,
-                region=self._region))
-            attempt.invokes += 1
-            attempt.last = invocation
-            with self._stats_lock:
-                self.stats.invocations += 1
-            failed_at = self.failure_index(attempt.records, invocation)
-            if failed_at is None:
-                self._count_delivered(len(attempt.records))
-                continue
-            if failed_at > 0:
-                # Checkpoint before the lowest failed record; retry from there.
-                self._count_delivered(failed_at)
-                rest = _Attempt(attempt.records[failed_at:], attempt.retries, attempt.invokes, invocation)
-                if self.spec.bisect_batch_on_error:
-                    pending.append(rest)  # split at the failed record: not a retry
-                else:
-                    self._retry_or_discard(rest, pending)
-                continue
-            if self.spec.bisect_batch_on_error and len(attempt.records) > 1:
-                middle = len(attempt.records) // 2
-                for part in (attempt.records[middle:], attempt.records[:middle]):
-                    pending.append(_Attempt(part, attempt.retries, attempt.invokes, invocation))
-                continue
-            self._retry_or_discard(attempt, pending)
+        self._delivery.deliver(records)
 
     def failure_index(self, records: Sequence[KinesisRecord], invocation: Invocation) -> int | None:
         """Index of the first record to retry; ``None`` when the batch succeeded."""
-        if invocation.failed:
-            return 0
-        if not self.spec.report_batch_item_failures:
-            return None
-        result = invocation.result
-        if not isinstance(result, dict):
-            return None
-        failures = result.get("batchItemFailures")
-        if not failures:
-            return None  # null or empty list: complete success
-        if not isinstance(failures, list):
-            return 0
-        positions = {record.sequence_number: index for index, record in enumerate(records)}
-        lowest = len(records)
-        for failure in failures:
-            identifier = failure.get("itemIdentifier") if isinstance(failure, dict) else None
-            if not isinstance(identifier, str) or identifier not in positions:
-                return 0  # empty, null or unknown identifier: the whole batch failed
-            lowest = min(lowest, positions[identifier])
-        return lowest
+        return self._delivery.failure_index(records, invocation)
 
-    def _retry_or_discard(self, attempt: _Attempt, pending: list[_Attempt]) -> None:
-        limit = self.spec.retry_attempts
-        if 0 <= limit <= attempt.retries:
-            self._discard(attempt.records, "RetryAttemptsExhausted", attempt)
-            return
-        attempt.retries += 1
-        self._sleep(min(self._max_backoff, self._backoff * 2 ** (attempt.retries - 1)))
-        pending.append(attempt)
-
-    def _discard_expired(self, attempt: _Attempt) -> None:
-        max_age = self.spec.max_record_age_s
-        if max_age < 0:
-            return
-        now = self._clock()
-        expired = 0
-        for record in attempt.records:
-            if now - record.approximate_arrival <= max_age:
-                break
-            expired += 1
-        if expired:
-            self._discard(attempt.records[:expired], "RecordAgeExceeded", attempt)
-            del attempt.records[:expired]
-
-    def _discard(self, records: list[KinesisRecord], condition: FailureCondition, attempt: _Attempt) -> None:
-        last = attempt.last
-        message = kinesis_on_failure_message(
-            records,
-            condition=condition,
-            request_id=last.request_id if last else str(uuid.uuid4()),
-            function_arn=self._function.arn,
-            invoke_count=attempt.invokes,
-            stream_arn=self.stream_arn,
+    def _on_failure_message(self, records: Sequence[KinesisRecord], condition: FailureCondition,
+                            invokes: int, last: Invocation | None) -> dict[str, Any]:
+        return kinesis_on_failure_message(
+            records, condition=condition, request_id=last.request_id if last else str(uuid.uuid4()),
+            function_arn=self._function.arn, invoke_count=invokes, stream_arn=self.stream_arn,
             timestamp=datetime.fromtimestamp(self._clock(), UTC),
-            function_error="Unhandled" if last is not None and last.failed else None,
-        )
-        with self._stats_lock:
-            self.stats.records_discarded += len(records)
-        log.warning("%s: %d record(s) of %s skipped (%s)", self._function.name, len(records),
-                    records[0].shard_id, condition)
-        if self._on_failure is None:
-            return
-        try:
-            self._on_failure(message)
-        except Exception:
-            log.exception("could not send the on-failure message")
-            return
-        with self._stats_lock:
-            self.stats.on_failure_messages += 1
-
-    def _count_delivered(self, count: int) -> None:
-        with self._stats_lock:
-            self.stats.records_delivered += count
+            function_error="Unhandled" if last is not None and last.failed else None)
 
     # --- polling (threads) -----------------------------------------------------------
 

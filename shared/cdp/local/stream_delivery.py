@@ -11,9 +11,8 @@ partial failure splits it at the failed record, without using up retries; after
 on-failure destination.
 
 ``BatchDelivery`` runs that policy synchronously for one batch; what differs per
-source (the event, the on-failure message) is passed in. It is the same logic as
-``KinesisEventSourceMapping.deliver`` in ``kinesis_esm.py``, which can move onto this
-class later.
+source (the event, the on-failure message) is passed in; ``kinesis_esm`` and
+``dynamodb_esm`` both deliver through it.
 """
 
 from __future__ import annotations
@@ -123,8 +122,8 @@ class BatchDelivery(Generic[R]):
         self._clock = clock
         self._sleep = sleep
         self._stopped = stopped
-        self._backoff = retry_backoff_s
-        self._max_backoff = max_backoff_s
+        self.retry_backoff_s = retry_backoff_s
+        self.max_backoff_s = max_backoff_s
         self._stats_lock = threading.Lock()
         self.stats = MappingStats()
 
@@ -191,7 +190,7 @@ class BatchDelivery(Generic[R]):
             self._discard(attempt.records, "RetryAttemptsExhausted", attempt)
             return
         attempt.retries += 1
-        self._sleep(min(self._max_backoff, self._backoff * 2 ** (attempt.retries - 1)))
+        self._sleep(min(self.max_backoff_s, self.retry_backoff_s * 2 ** (attempt.retries - 1)))
         pending.append(attempt)
 
     def _discard_expired(self, attempt: Attempt[R]) -> None:
