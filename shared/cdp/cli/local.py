@@ -140,4 +140,5 @@ def _send_demo(stack: EmbeddedStack) -> None:
             click.echo(f"demo: {result.file} refused ({result.status}): {result.body}", err=True)
     drained = stack.wait_idle(timeout=30)
     click.echo(f"Demo: sent {sent} events in {len(results)} batches"
-               f"{'' if drained else ' (still processing)'}; see them with the scan command above.")
+               f"{'' if drained else ' (still processing)'}: a visitor who signs up, buys and uses the app.\n"
+               f"  Her unified profile: cdp --api-url {stack.api_url} profile get email:ada@example.com")
