@@ -45,7 +45,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from cdp.local.event_filtering import FilterCriteria
 from cdp.local.functions import Invocation, LocalFunction
 from cdp.local.kinesis_esm import SqsDestination
-from cdp.local.lambda_events import REGION, FailureCondition, iso_millis
+from cdp.local.lambda_events import REGION, FailureCondition, stream_on_failure_message
 from cdp.local.stream_delivery import BatchDelivery, MappingStats, OnFailure, RetryPolicy, batch_byte_limited
 
 __all__ = [
@@ -199,47 +199,10 @@ def _iso_seconds(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def dynamodb_on_failure_message(
-    records: Sequence[DynamoDbStreamRecord],
-    *,
-    condition: FailureCondition,
-    request_id: str,
-    function_arn: str,
-    invoke_count: int,
-    stream_arn: str,
-    timestamp: datetime,
-    status_code: int = 200,
-    function_error: str | None = "Unhandled",
-) -> dict[str, Any]:
-    """What Lambda sends to a DynamoDB Streams mapping's on-failure destination.
-
-    Like Kinesis's, it describes the skipped records (shard, sequence range) without
-    carrying them: they must be read back from the stream within its 24 h retention.
-    """
-    first, last = records[0], records[-1]
-    response: dict[str, Any] = {"statusCode": status_code, "executedVersion": "$LATEST"}
-    if function_error:
-        response["functionError"] = function_error
-    return {
-        "requestContext": {
-            "requestId": request_id,
-            "functionArn": function_arn,
-            "condition": condition,
-            "approximateInvokeCount": invoke_count,
-        },
-        "responseContext": response,
-        "version": "1.0",
-        "timestamp": iso_millis(timestamp),
-        "DDBStreamBatchInfo": {
-            "shardId": first.shard_id,
-            "startSequenceNumber": first.sequence_number,
-            "endSequenceNumber": last.sequence_number,
-            "approximateArrivalOfFirstRecord": _iso_seconds(first.approximate_arrival),
-            "approximateArrivalOfLastRecord": _iso_seconds(last.approximate_arrival),
-            "batchSize": len(records),
-            "streamArn": stream_arn,
-        },
-    }
+def dynamodb_on_failure_message(records: Sequence[DynamoDbStreamRecord], **fields: Any) -> dict[str, Any]:
+    """What Lambda sends to a DynamoDB Streams mapping's on-failure destination (arrival
+    times to the second)."""
+    return stream_on_failure_message(records, batch_info_key="DDBStreamBatchInfo", arrival=_iso_seconds, **fields)
 
 
 # --- the mapping ------------------------------------------------------------------------

@@ -13,10 +13,10 @@ import base64
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl
 
 from boto3.dynamodb.types import TypeSerializer
@@ -237,9 +237,22 @@ def kinesis_event(
 FailureCondition = Literal["RetryAttemptsExhausted", "RecordAgeExceeded"]
 
 
-def kinesis_on_failure_message(
-    records: Sequence[KinesisRecord],
+class _ShardRecord(Protocol):
+    @property
+    def shard_id(self) -> str: ...
+
+    @property
+    def sequence_number(self) -> str: ...
+
+    @property
+    def approximate_arrival(self) -> float: ...
+
+
+def stream_on_failure_message(
+    records: Sequence[_ShardRecord],
     *,
+    batch_info_key: str,
+    arrival: Callable[[float], str],
     condition: FailureCondition,
     request_id: str,
     function_arn: str,
@@ -249,7 +262,8 @@ def kinesis_on_failure_message(
     status_code: int = 200,
     function_error: str | None = "Unhandled",
 ) -> dict[str, Any]:
-    """What Lambda sends to a Kinesis mapping's on-failure destination.
+    """What Lambda sends to a stream mapping's on-failure destination (Kinesis and
+    DynamoDB Streams differ only in the batch info's key and arrival format).
 
     It describes the discarded records (shard and sequence range) but does not carry
     them: the records must be read back from the stream while it still holds them.
@@ -268,16 +282,21 @@ def kinesis_on_failure_message(
         "responseContext": response,
         "version": "1.0",
         "timestamp": iso_millis(timestamp),
-        "KinesisBatchInfo": {
+        batch_info_key: {
             "shardId": first.shard_id,
             "startSequenceNumber": first.sequence_number,
             "endSequenceNumber": last.sequence_number,
-            "approximateArrivalOfFirstRecord": _iso_epoch(first.approximate_arrival),
-            "approximateArrivalOfLastRecord": _iso_epoch(last.approximate_arrival),
+            "approximateArrivalOfFirstRecord": arrival(first.approximate_arrival),
+            "approximateArrivalOfLastRecord": arrival(last.approximate_arrival),
             "batchSize": len(records),
             "streamArn": stream_arn,
         },
     }
+
+
+def kinesis_on_failure_message(records: Sequence[KinesisRecord], **fields: Any) -> dict[str, Any]:
+    """What Lambda sends to a Kinesis mapping's on-failure destination."""
+    return stream_on_failure_message(records, batch_info_key="KinesisBatchInfo", arrival=_iso_epoch, **fields)
 
 
 # --- SQS ----------------------------------------------------------------------------
