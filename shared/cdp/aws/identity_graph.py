@@ -218,14 +218,13 @@ class DynamoIdentityGraph:
                     pkey = profile_key(item["profile_id"]["S"])
                     if self._cache.get(pkey) is None and pkey not in self._expected:
                         self._cache[pkey] = virtual_profile(item)
-        # A solo profile asked for by its id: read the identifier item it lives in.
-        lost = [k for k in unique if k.startswith("prof#") and self._cache.get(k) is None
-                and solo_ident_key(k.removeprefix("prof#")) is not None]
-        for key in lost:
-            ikey = solo_ident_key(key.removeprefix("prof#"))
-            assert ikey is not None
-            if ikey not in self._cache:
-                self._fetch([ikey], consistent)
+        # A home profile asked for by its id: read the identifier items they live in, together.
+        homes = {k: ikey for k in unique if k.startswith("prof#") and self._cache.get(k) is None
+                 and (ikey := solo_ident_key(k.removeprefix("prof#"))) is not None}
+        unread = [ikey for ikey in homes.values() if ikey not in self._cache]
+        if unread:
+            self._fetch(unread, consistent)
+        for key, ikey in homes.items():
             ident = self._cache.get(ikey)
             if ident is None:
                 continue
