@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from cdp.aws.event_store import event_of_item
-from cdp.aws.identity_graph import account_key, ident_key, profile_key, solo_ident_key
+from cdp.aws.identity_graph import account_key, home_ident_key, ident_key, profile_key
 from cdp.identity.identifiers import Identifier
 from cdp.identity.profile_state import ProfileState, state_from_json
 from cdp.keys import bounded
@@ -238,13 +238,13 @@ class ProfileReader:
                 break
             items = self._tables.get_identity(sorted({profile_key(c) for c in pending.values()}))
             # A profile created from one anonymous id lives in that identifier's item (its home).
-            solo_keys = {c: solo_ident_key(c) for c in pending.values() if profile_key(c) not in items}
-            wanted = sorted({k for k in solo_keys.values() if k})
-            solo_items = self._tables.get_identity(wanted) if wanted else {}
+            home_keys = {c: home_ident_key(c) for c in pending.values() if profile_key(c) not in items}
+            wanted = sorted({k for k in home_keys.values() if k})
+            home_items = self._tables.get_identity(wanted) if wanted else {}
             following: dict[str, str] = {}
             for original, current in pending.items():
                 item = items.get(profile_key(current))
-                home = solo_items.get(solo_keys.get(current) or "")
+                home = home_items.get(home_keys.get(current) or "")
                 if item is None and home is not None and home.get("solo") and home.get("profile_id") == current:
                     found[original] = _user_profile(current, {**home, "ids": home.get("ids") or {home["pk"]}})
                 elif item is None and home is not None and home.get("profile_id") not in (None, current):

@@ -65,11 +65,11 @@ def _parse_ident(key: str) -> Identifier:
     return Identifier(type_name, value)
 
 
-SOLO_PREFIX = "a."
-MAX_SOLO_VALUE_BYTES = 128
+HOME_PREFIX = "a."
+MAX_HOME_VALUE_BYTES = 128
 
 
-def solo_profile_id(identifier: Identifier) -> str | None:
+def home_profile_id(identifier: Identifier) -> str | None:
     """The id of a profile created from this anonymous id, if it may live in that id's item.
 
     A profile first seen with one anonymous id (most visitors) lives in that identifier's
@@ -80,16 +80,16 @@ def solo_profile_id(identifier: Identifier) -> str | None:
     keeps the old id resolvable.
     """
     raw = identifier.value.encode("utf-8")
-    if identifier.type != "anonymous_id" or len(raw) > MAX_SOLO_VALUE_BYTES:
+    if identifier.type != "anonymous_id" or len(raw) > MAX_HOME_VALUE_BYTES:
         return None
-    return SOLO_PREFIX + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    return HOME_PREFIX + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
-def solo_ident_key(profile_id: str) -> str | None:
-    """The identifier item a solo profile id lives in (None for other ids)."""
-    if not profile_id.startswith(SOLO_PREFIX):
+def home_ident_key(profile_id: str) -> str | None:
+    """The identifier item a home profile id lives in (None for other ids)."""
+    if not profile_id.startswith(HOME_PREFIX):
         return None
-    encoded = profile_id.removeprefix(SOLO_PREFIX)
+    encoded = profile_id.removeprefix(HOME_PREFIX)
     try:
         value = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
@@ -102,7 +102,7 @@ def virtual_profile(ident_item: dict[str, Any]) -> dict[str, Any]:
     profile_id = ident_item["profile_id"]["S"]
     virtual = {"pk": {"S": profile_key(profile_id)}, "status": {"S": "live"},
                "ids": ident_item.get("ids") or {"SS": [ident_item["pk"]["S"]]},
-               "_solo": {"S": ident_item["pk"]["S"]}}
+               "_home": {"S": ident_item["pk"]["S"]}}
     for name in ("created_at", "updated_at", "version", "state", "merged_from"):
         if name in ident_item:
             virtual[name] = ident_item[name]
@@ -194,8 +194,8 @@ class DynamoIdentityGraph:
     def _discard(self) -> None:
         for key in self._expected:
             self._cache.pop(key, None)  # read again rather than trust an uncommitted change
-        for key in [k for k, item in self._cache.items() if item is not None and "_solo" in item]:
-            del self._cache[key]  # solo profiles are read again from their identifier items
+        for key in [k for k, item in self._cache.items() if item is not None and "_home" in item]:
+            del self._cache[key]  # home profiles are read again from their identifier items
         self._expected.clear()
         self._units = _Units()
         self._log.clear()
@@ -214,13 +214,13 @@ class DynamoIdentityGraph:
             for key in chunk:
                 self._cache[key] = found.get(key)
                 item = found.get(key)
-                if item is not None and "solo" in item:  # a one-item profile: see solo_profile_id
+                if item is not None and "solo" in item:  # a home profile: see home_profile_id
                     pkey = profile_key(item["profile_id"]["S"])
                     if self._cache.get(pkey) is None and pkey not in self._expected:
                         self._cache[pkey] = virtual_profile(item)
         # A home profile asked for by its id: read the identifier items they live in, together.
         homes = {k: ikey for k in unique if k.startswith("prof#") and self._cache.get(k) is None
-                 and (ikey := solo_ident_key(k.removeprefix("prof#"))) is not None}
+                 and (ikey := home_ident_key(k.removeprefix("prof#"))) is not None}
         unread = [ikey for ikey in homes.values() if ikey not in self._cache]
         if unread:
             self._fetch(unread, consistent)
@@ -319,13 +319,13 @@ class DynamoIdentityGraph:
         return {"Put": {"TableName": self._table, "Item": item, "ConditionExpression": "profile_id = :was",
                         "ExpressionAttributeValues": {":was": before["profile_id"]}}}
 
-    def _fold_solo_profiles(self) -> None:
+    def _fold_home_profiles(self) -> None:
         """Changed home profiles go back into their identifier item; merged away, it points on."""
         for key in [k for k in self._expected if k.startswith("prof#")]:
             item = self._cache[key]
-            if item is None or "_solo" not in item:
+            if item is None or "_home" not in item:
                 continue
-            ikey = item["_solo"]["S"]
+            ikey = item["_home"]["S"]
             if ikey not in self._expected:  # the identifier item as read is what the commit expects
                 self._expected[ikey] = self._cache.get(ikey)
             del self._expected[key]  # never a prof# item: the profile id decodes to its home
@@ -349,7 +349,7 @@ class DynamoIdentityGraph:
         """Commit the working copy's changes; ``CommitConflict`` if a condition failed."""
         if not self._expected:
             return
-        self._fold_solo_profiles()
+        self._fold_home_profiles()
         orphaned = set(self._log) - set(self._expected)
         if orphaned:  # a merge log must commit with the change it records
             self._discard()
@@ -457,15 +457,15 @@ class DynamoIdentityGraph:
         changed: dict[str, dict[str, Any]] = {}
         log: list[dict[str, Any]] = []
         if plan.creates:
-            solo = solo_profile_id(plan.add[0]) if len(plan.add) == 1 else None
-            survivor = solo or self._new_id()
+            home = home_profile_id(plan.add[0]) if len(plan.add) == 1 else None
+            survivor = home or self._new_id()
             changed[profile_key(survivor)] = {
                 "pk": {"S": profile_key(survivor)}, "status": {"S": "live"},
                 "created_at": {"S": now}, "updated_at": {"S": now}, "version": {"N": "1"},
                 "ids": {"SS": sorted(ident_key(i) for i in plan.add)},
                 "state": {"S": state_to_json(initial_state or ProfileState())}}
-            if solo:
-                changed[profile_key(survivor)]["_solo"] = {"S": ident_key(plan.add[0])}
+            if home:
+                changed[profile_key(survivor)]["_home"] = {"S": ident_key(plan.add[0])}
         else:
             assert plan.survivor is not None
             survivor = plan.survivor
