@@ -1274,7 +1274,7 @@ def identity_report(runs: list[RunResult], out: Callable[[str], None]) -> dict[s
         markdown_table(
             ["quantity", "count", "per 1,000 events"],
             [
-                ["profiles created (prof# items and solo identifier items)", f"{outcome.profiles:,}",
+                ["profiles created (prof# items and home identifier items)", f"{outcome.profiles:,}",
                  per_1000(outcome.profiles)],
                 ["merges (merged prof# items and merged-away home profiles)", f"{outcome.merged:,}",
                  per_1000(outcome.merged)],
