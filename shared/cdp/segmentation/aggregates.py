@@ -186,6 +186,23 @@ def merge(a: AggregateState, b: AggregateState) -> AggregateState:
     return AggregateState(a.spec, buckets)
 
 
+def merge_stored(kind: str, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``merge`` on two stored forms (``to_json``) of states of one spec, knowing only its kind."""
+    def parse(data: dict[str, Any]) -> dict[str, Record]:
+        buckets = data.get("b") or {}
+        if kind in ("sum", "average"):
+            return {key: [r[0], _decimal(r[1])] for key, r in buckets.items()}
+        return dict(buckets)
+
+    buckets = parse(a)
+    for key, record in parse(b).items():
+        current = buckets.get(key)
+        buckets[key] = record if current is None else _combine(kind, current, record)
+    if kind in ("sum", "average"):
+        return {"b": {key: [r[0], _sum_to_json(r[1])] for key, r in buckets.items()}}
+    return {"b": buckets}
+
+
 def _today(now: datetime) -> date:
     return (now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)).date()
 

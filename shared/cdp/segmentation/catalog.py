@@ -1,0 +1,189 @@
+"""The definitions in force, and the aggregate states profiles keep for them.
+
+The segments table holds, besides the definitions (``audience#<id>``,
+``computed_trait#<id>``, see ``cdp.aws.definition_store``), one **spec item** per
+aggregate spec some definition reads (``spec#<aggregate_id>``): the spec, its
+generation ``gen`` and ``live_from``. The stream consumer folds an event into a spec's
+state when the event was received at or after ``live_from``; the backfill
+(``docs/segmentation.md``) computes the part before it from the history. The cut is by
+the collector's ``receivedAt``, which never changes for an event, so the two halves never
+overlap and never leave a gap, whichever consumer saw the definition first.
+
+``live_from`` is the registration time plus twice the definitions' cache time plus a
+clock margin: by then every warm consumer has read the new spec. A spec no definition
+reads any more is deregistered; registered again later it gets a new ``gen``, and states
+of an older generation are discarded rather than continued (they missed the events of
+the gap).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from cdp.observability import logger
+from cdp.segmentation.definitions import AggregateSpec, AudienceDefinition, ComputedTraitDefinition
+from cdp.segmentation.evaluate import dependencies
+
+SPEC_PREFIX = "spec#"
+# Consumer clocks may differ from the admin function's by this much.
+CLOCK_MARGIN = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class ActiveSpec:
+    """An aggregate spec profiles keep a state for, from ``live_from`` (ISO 8601 UTC) on."""
+
+    spec: AggregateSpec
+    gen: str
+    live_from: str
+    backfill: str = "pending"  # pending | running | done
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Audiences, computed traits and the aggregate specs being kept, by id."""
+
+    audiences: Mapping[str, AudienceDefinition] = field(default_factory=dict)
+    computed_traits: Mapping[str, ComputedTraitDefinition] = field(default_factory=dict)
+    specs: Mapping[str, ActiveSpec] = field(default_factory=dict)
+    versions: Mapping[str, int] = field(default_factory=dict)  # "audience#<id>" -> version
+
+    def computed_spec_id(self, trait_id: str) -> str | None:
+        definition = self.computed_traits.get(trait_id)
+        return definition.aggregate.aggregate_id() if definition else None
+
+    @property
+    def empty(self) -> bool:
+        return not self.specs and not self.audiences
+
+
+def needed_specs(definitions: Iterable[AudienceDefinition | ComputedTraitDefinition]) -> dict[str, AggregateSpec]:
+    """Every aggregate spec the definitions read, by aggregate id."""
+    found: dict[str, AggregateSpec] = {}
+    for definition in definitions:
+        found.update(dependencies(definition).aggregates)
+    return found
+
+
+def catalog_from_items(items: Iterable[dict[str, Any]]) -> Catalog:
+    """The catalog of the segments table's items (definitions that fail to parse are skipped)."""
+    audiences: dict[str, AudienceDefinition] = {}
+    traits: dict[str, ComputedTraitDefinition] = {}
+    registered: dict[str, ActiveSpec] = {}
+    versions: dict[str, int] = {}
+    for item in items:
+        key = item["pk"]["S"]
+        kind, _, ident = key.partition("#")
+        try:
+            if kind == "audience":
+                audiences[ident] = AudienceDefinition.model_validate_json(item["definition"]["S"])
+            elif kind == "computed_trait":
+                traits[ident] = ComputedTraitDefinition.model_validate_json(item["definition"]["S"])
+            elif key.startswith(SPEC_PREFIX):
+                registered[ident] = ActiveSpec(AggregateSpec.model_validate_json(item["spec"]["S"]),
+                                               item["gen"]["S"], item["live_from"]["S"],
+                                               item.get("backfill", {}).get("S", "pending"))
+                continue
+            else:
+                continue
+        except (ValidationError, KeyError):
+            # Stored through the admin API, so valid when written; a definition from a newer
+            # version of the language must not stop the pipeline.
+            logger.warning("definition skipped", extra={"key": key})
+            continue
+        versions[key] = int(item.get("version", {}).get("N", "0"))
+    wanted = needed_specs([*audiences.values(), *traits.values()])
+    specs = {sid: active for sid, active in registered.items() if sid in wanted}
+    return Catalog(audiences, traits, specs, versions)
+
+
+class CatalogStore:
+    """Reads the catalog from the segments table, at most once per ``cache_seconds``."""
+
+    def __init__(self, dynamodb: Any, table_name: str, cache_seconds: float = 60,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._ddb = dynamodb
+        self._table = table_name
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cached: tuple[float, Catalog] | None = None
+
+    def current(self) -> Catalog:
+        now = self._clock()
+        if self._cached is None or now - self._cached[0] >= self._cache_seconds:
+            self._cached = (now, catalog_from_items(self._scan()))
+        return self._cached[1]
+
+    def _scan(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        request: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
+        while True:
+            page = self._ddb.scan(**request)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return items
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SpecRegistry:
+    """Keeps the spec items in step with the definitions (called by the admin API)."""
+
+    def __init__(self, dynamodb: Any, table_name: str, cache_seconds: float = 60,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._ddb = dynamodb
+        self._table = table_name
+        self._delay = timedelta(seconds=2 * cache_seconds) + CLOCK_MARGIN
+        self._now = now
+
+    def sync(self, definitions: Iterable[AudienceDefinition | ComputedTraitDefinition]) -> dict[str, str]:
+        """Register the specs the definitions read and drop the ones none reads.
+
+        Returns the registered specs' ids and states (``new`` or ``kept``), for logs.
+        """
+        wanted = needed_specs(definitions)
+        existing = {i["pk"]["S"].removeprefix(SPEC_PREFIX) for i in self._spec_items()}
+        outcome: dict[str, str] = {}
+        for spec_id, spec in wanted.items():
+            if spec_id in existing:
+                outcome[spec_id] = "kept"
+                continue
+            now = self._now()
+            item = {"pk": {"S": SPEC_PREFIX + spec_id},
+                    "spec": {"S": json.dumps(spec.model_dump(mode="json", exclude_none=True), sort_keys=True)},
+                    "gen": {"S": _iso(now)}, "live_from": {"S": _iso(now + self._delay)},
+                    "created_at": {"S": _iso(now)}, "backfill": {"S": "pending"}}
+            try:
+                self._ddb.put_item(TableName=self._table, Item=item,
+                                   ConditionExpression="attribute_not_exists(pk)")
+                outcome[spec_id] = "new"
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise
+                outcome[spec_id] = "kept"  # registered concurrently by another admin request
+        for spec_id in existing - set(wanted):
+            self._ddb.delete_item(TableName=self._table, Key={"pk": {"S": SPEC_PREFIX + spec_id}})
+        return outcome
+
+    def _spec_items(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        request: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True,
+                                   "FilterExpression": "begins_with(pk, :p)",
+                                   "ExpressionAttributeValues": {":p": {"S": SPEC_PREFIX}}}
+        while True:
+            page = self._ddb.scan(**request)
+            items.extend(page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return items
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
