@@ -69,6 +69,7 @@ def to_inbound(record: KinesisStreamRecord) -> InboundRecord:
         sequence_number=record.kinesis.sequence_number,
         arrival=float(record.kinesis.approximate_arrival_timestamp),
         data=record.kinesis.data_as_bytes(),
+        partition_key=record.kinesis.partition_key,
     )
 
 

@@ -31,6 +31,7 @@ from cdp.aws.event_store import HistoryEntry, dedupe_key
 from cdp.ingest import RECORD_VERSION, normalize_event, validate_event
 from cdp.observability import logger
 from cdp.segment import RejectedEvent
+from cdp.segmentation.tallies import StreamPosition
 
 UNKNOWN_SOURCE = "unknown"
 MAX_SOURCE_ID_LENGTH = 128
@@ -44,6 +45,12 @@ class InboundRecord:
     sequence_number: str
     arrival: float  # approximateArrivalTimestamp, epoch seconds
     data: bytes
+    partition_key: str = ""
+
+    @property
+    def position(self) -> StreamPosition:
+        """Where the record sits in its partition key's order (folds aggregates once)."""
+        return StreamPosition.of(self.shard_id, self.partition_key, self.sequence_number)
 
     @property
     def owner(self) -> str:
@@ -102,9 +109,10 @@ class History(Protocol):
 
 
 class EventStage(Protocol):
-    """A step run on the newly claimed events of a batch, in stream order."""
+    """A step run on the newly claimed events of a batch, in stream order: each as
+    (source id, event, stream position)."""
 
-    def store(self, events: list[tuple[str, dict[str, Any]]]) -> None: ...
+    def store(self, events: list[tuple[str, dict[str, Any], StreamPosition | None]]) -> None: ...
 
 
 class Quarantine(Protocol):
@@ -248,13 +256,14 @@ class StreamConsumer:
         fresh = [first[k] for k in first if k in claim.claimed]
         if not fresh:
             return
-        pairs = [(a.source_id, a.event) for a in fresh]
+        staged: list[tuple[str, dict[str, Any], StreamPosition | None]] = [
+            (a.source_id, a.event, a.record.position) for a in fresh]
         # The archive keeps the event as stored and as the client sent it.
         lines = [{"source_id": a.source_id, "event": a.event, "raw": a.raw} for a in fresh]
         try:
             self._archive.write(self._batch_key("events", records), lines)
             for stage in self._stages:
-                stage.store(pairs)
+                stage.store(staged)
         except Exception as exc:
             logger.exception("event stages failed", extra={"events": len(fresh)})
             for accepted in fresh:

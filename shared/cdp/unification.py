@@ -11,7 +11,9 @@ For one batch of newly stored events, in stream order:
    identifiers and the event is recorded as a blocked merge);
 4. fold the events of each profile into one state change and write it once per profile
    (a profile merged later in the batch receives its events through the survivor);
-   ``group`` events also update the account and link it to the profile.
+   ``group`` events also update the account and link it to the profile. Events that an
+   active aggregate spec selects (``cdp.segmentation.catalog``) are folded into the
+   profile's aggregate states in the same write, once each (``cdp.segmentation.tallies``).
 
 Every write is idempotent and every state is order-insensitive
 (``cdp.identity.profile_state``), so a retried or duplicated batch converges to the
@@ -23,6 +25,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from cdp.aws.identity_graph import CommitConflict, DynamoIdentityGraph, account_key
@@ -31,6 +34,10 @@ from cdp.identity.config import IdentityConfig
 from cdp.identity.identifiers import ExtractedIdentifiers, Identifier, extract_identifiers
 from cdp.identity.profile_state import ProfileState, fold_account_event, fold_event, merge_states
 from cdp.observability import logger
+from cdp.segmentation.catalog import Catalog
+from cdp.segmentation.tallies import StreamPosition, selected_by_any
+
+StagedEvent = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], StreamPosition | None]
 
 
 class Records(Protocol):
@@ -47,17 +54,27 @@ class UnificationStats:
     # Batches resolved again one event at a time: a concurrent change, or too many changes
     # of one profile for one transaction.
     batch_conflicts: int = 0
+    aggregated: int = 0  # events kept for a fold into aggregate states
     by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 class UnificationStage:
     def __init__(self, graph: DynamoIdentityGraph, records: Records,
-                 config: IdentityConfig | Callable[[], IdentityConfig]) -> None:
+                 config: IdentityConfig | Callable[[], IdentityConfig],
+                 catalog: Catalog | Callable[[], Catalog] | None = None,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._graph = graph
         self._records = records
-        # The settings in force, asked for once per batch (an admin may change them).
+        # The settings and definitions in force, asked for once per batch (admins change them).
         self._settings = config if callable(config) else (lambda: config)
         self._config = self._settings()
+        if callable(catalog):
+            self._catalogs = catalog
+        else:
+            fixed = catalog or Catalog()
+            self._catalogs = lambda: fixed
+        self._catalog = self._catalogs()
+        self._now = now
         self.stats = UnificationStats()
 
     def _identifiers(self, extracted: ExtractedIdentifiers) -> list[Identifier]:
@@ -72,10 +89,15 @@ class UnificationStage:
                 identifiers.append(as_user)  # merge protection decides (two user ids never merge)
         return identifiers
 
-    def store(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+    def store(self, events: list[StagedEvent]) -> None:
         """Unify a batch: first with one commit for the whole batch, and if a concurrent
-        consumer changed something it read, again with one commit per event."""
+        consumer changed something it read, again with one commit per event.
+
+        Each event is ``(source id, event)`` or ``(source id, event, stream position)``;
+        without a position an event is folded into aggregates even if it was before.
+        """
         self._config = self._settings()
+        self._catalog = self._catalogs()
         try:
             records = self._unify(events, batched=True)
         except CommitConflict:
@@ -84,10 +106,13 @@ class UnificationStage:
         if records:
             self._records.put(records)
 
-    def _unify(self, events: list[tuple[str, dict[str, Any]]], batched: bool) -> list[dict[str, Any]]:
+    def _unify(self, events: list[StagedEvent], batched: bool) -> list[dict[str, Any]]:
         graph = self._graph
         graph.begin_batch(self._config, batched=batched)
-        extracted = [(event, extract_identifiers(event, self._config)) for _, event in events]
+        specs = self._catalog.specs
+        extracted = [(staged[1], extract_identifiers(staged[1], self._config)) for staged in events]
+        # Stream order and position of each event (marks must see one key's events in order).
+        positions = {id(staged[1]): (n, staged[2] if len(staged) > 2 else None) for n, staged in enumerate(events)}
         wanted: set[Identifier] = set()
         for _, found in extracted:
             wanted.update(found.identifiers)
@@ -98,6 +123,7 @@ class UnificationStage:
         graph.prefetch(wanted, [account_key(g) for g in groups])
 
         deltas: dict[str, ProfileState] = {}
+        folds: dict[str, list[tuple[int, StreamPosition | None, dict[str, Any]]]] = {}
         accounts: dict[str, ProfileState] = {}
         records: list[dict[str, Any]] = []
         for event, found in extracted:
@@ -109,6 +135,8 @@ class UnificationStage:
                 self.stats.without_identifiers += 1
                 continue
             deltas[profile_id] = fold_event(deltas.get(profile_id, ProfileState()), event)
+            if specs and selected_by_any(specs, event):
+                folds.setdefault(profile_id, []).append((*positions[id(event)], event))
             if plan.dropped:
                 self.stats.blocked += 1
                 records.append(blocked_record(profile_id, event["messageId"], event["timestamp"],
@@ -120,11 +148,17 @@ class UnificationStage:
 
         # A profile merged into another later in the batch hands its events to the survivor.
         by_survivor: dict[str, ProfileState] = {}
+        survivor_folds: dict[str, list[tuple[int, StreamPosition | None, dict[str, Any]]]] = {}
         for profile_id, delta in deltas.items():
             target = graph.live_profile(profile_id) or profile_id
             by_survivor[target] = merge_states(by_survivor[target], delta) if target in by_survivor else delta
+            survivor_folds.setdefault(target, []).extend(folds.get(profile_id, []))
+        now = self._now()
         for profile_id, delta in by_survivor.items():
-            graph.apply_state(profile_id, delta)
+            kept = [(position, event) for _, position, event in sorted(survivor_folds.get(profile_id, []),
+                                                                       key=lambda fold: fold[0])]
+            self.stats.aggregated += len(kept)
+            graph.apply_state(profile_id, delta, kept, specs, now)
         self.stats.profiles_touched += len(by_survivor)
         for group_id, delta in accounts.items():
             graph.apply_account_state(group_id, delta)

@@ -31,7 +31,7 @@ import base64
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +42,8 @@ from cdp.identity.identifiers import Identifier
 from cdp.identity.profile_state import ProfileState, merge_states, state_from_json, state_to_json
 from cdp.identity.resolution import ProfileView, ResolutionPlan, plan_resolution
 from cdp.keys import bounded
+from cdp.segmentation.catalog import ActiveSpec
+from cdp.segmentation.tallies import StreamPosition, fold_events, merge_tallies, tallies_from_json, tallies_to_json
 
 MAX_TRANSACTION_ITEMS = 100
 MAX_BATCH_GET = 100
@@ -66,6 +68,8 @@ def _parse_ident(key: str) -> Identifier:
 
 
 HOME_PREFIX = "a."
+# What a profile item holds besides its key, status and identifiers (a home item too).
+PROFILE_ATTRIBUTES = ("created_at", "updated_at", "version", "state", "agg", "merged_from")
 MAX_HOME_VALUE_BYTES = 128
 
 
@@ -103,7 +107,7 @@ def virtual_profile(ident_item: dict[str, Any]) -> dict[str, Any]:
     virtual = {"pk": {"S": profile_key(profile_id)}, "status": {"S": "live"},
                "ids": ident_item.get("ids") or {"SS": [ident_item["pk"]["S"]]},
                "_home": {"S": ident_item["pk"]["S"]}}
-    for name in ("created_at", "updated_at", "version", "state", "merged_from"):
+    for name in PROFILE_ATTRIBUTES:
         if name in ident_item:
             virtual[name] = ident_item[name]
     return virtual
@@ -334,8 +338,7 @@ class DynamoIdentityGraph:
             if item["status"]["S"] == "live":
                 home: dict[str, Any] = {"pk": {"S": ikey}, "profile_id": {"S": key.removeprefix("prof#")},
                                         "solo": {"BOOL": True}}
-                home.update({n: item[n] for n in ("created_at", "updated_at", "version", "state", "merged_from")
-                             if n in item})
+                home.update({n: item[n] for n in PROFILE_ATTRIBUTES if n in item})
                 if item.get("ids", {}).get("SS", []) != [ikey]:
                     home["ids"] = item["ids"]
                 self._cache[ikey] = home
@@ -478,19 +481,23 @@ class DynamoIdentityGraph:
             after = dict(current, ids={"SS": sorted(held | gained)}, updated_at={"S": now})
             if plan.merged:
                 state = state_from_json(current.get("state", {}).get("S"))
+                tallies = tallies_from_json(current.get("agg", {}).get("S"))
                 merged_from = set(current.get("merged_from", {}).get("SS", []))
                 for merged in plan.merged:
                     other = self._cache[profile_key(merged)]
                     assert other is not None
                     state = merge_states(state, state_from_json(other.get("state", {}).get("S")))
+                    tallies = merge_tallies(tallies, tallies_from_json(other.get("agg", {}).get("S")))
                     merged_from |= {merged, *other.get("merged_from", {}).get("SS", [])}
                 after.update(state={"S": state_to_json(state)}, merged_from={"SS": sorted(merged_from)})
+                if tallies.states or tallies.marks:
+                    after["agg"] = {"S": tallies_to_json(tallies)}
             changed[profile_key(survivor)] = after
         for merged in plan.merged:
             item = self._cache[profile_key(merged)]
             assert item is not None
             changed[profile_key(merged)] = dict(
-                {k: v for k, v in item.items() if k not in ("ids", "state")},
+                {k: v for k, v in item.items() if k not in ("ids", "state", "agg")},
                 status={"S": "merged"}, merged_into={"S": survivor}, updated_at={"S": now})
             if self._records_table:
                 joined = [i.key() for i in wanted
@@ -523,12 +530,18 @@ class DynamoIdentityGraph:
         live = self._live(profile_id, consistent=False)
         return live[0] if live else None
 
-    def apply_state(self, profile_id: str, delta: ProfileState) -> str | None:
+    def apply_state(self, profile_id: str, delta: ProfileState,
+                    events: Sequence[tuple[StreamPosition | None, dict[str, Any]]] = (),
+                    specs: Mapping[str, ActiveSpec] | None = None,
+                    now: datetime | None = None) -> str | None:
         """Merge a batch's state into a profile (following merges); returns the profile changed.
 
+        ``events`` are folded into the profile's aggregate states for ``specs``
+        (``cdp.segmentation.tallies``: each at most once, by its stream position).
         Nothing changes when the profile already has everything (a replay). The commit is
         conditional on the version read, so a concurrent merge or state write makes it
-        read again and retry; the state is a semilattice, so retrying is always safe.
+        read again and retry; the state is a semilattice and the tallies are folded
+        again from what was read, so retrying is always safe.
         """
         consistent = False
         for attempt in range(self._attempts):
@@ -542,10 +555,15 @@ class DynamoIdentityGraph:
             target, item = live
             current = state_from_json(item.get("state", {}).get("S"))
             combined = merge_states(current, delta)
-            if combined == current:
+            tallies = before = tallies_from_json(item.get("agg", {}).get("S"))
+            if events and specs:
+                tallies = fold_events(before, specs, events, now or datetime.now(UTC))
+            if combined == current and tallies == before:
                 return target
-            self._change({profile_key(target): dict(item, state={"S": state_to_json(combined)},
-                                                    updated_at={"S": self._now()})})
+            after = dict(item, state={"S": state_to_json(combined)}, updated_at={"S": self._now()})
+            if tallies != before:
+                after["agg"] = {"S": tallies_to_json(tallies)}
+            self._change({profile_key(target): after})
             try:
                 self._commit_now()
             except CommitConflict:

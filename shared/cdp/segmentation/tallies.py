@@ -98,38 +98,47 @@ def fold_events(tallies: Tallies, specs: Mapping[str, ActiveSpec],
                 events: Sequence[tuple[StreamPosition | None, Mapping[str, Any]]], now: datetime) -> Tallies:
     """The tallies with the events folded that this profile has not folded yet.
 
-    An event without a stream position (a direct call, a test) is always folded. States
-    of specs not in ``specs`` are kept as they are (another consumer may know a newer
-    catalog); day buckets outside a sliding window at ``now`` are pruned.
+    Only events some live spec selects count (and leave a mark): the others change
+    nothing, so a profile is written only when one of its states changes. An event
+    without a stream position (a direct call, a test) is always folded. States of specs
+    not in ``specs`` are kept as they are (another consumer may know a newer catalog);
+    day buckets outside a sliding window at ``now`` are pruned.
     """
     marks = dict(tallies.marks)
-    fresh: list[Mapping[str, Any]] = []
+    states = dict(tallies.states)
+    folded: dict[str, AggregateState] = {}
+    day = now.date().isoformat()
+    live = [(spec_id, active, _instant_key(active.live_from)) for spec_id, active in specs.items()]
     for position, event in events:
+        received = _instant_key(_received(event))
+        targets = [(spec_id, active) for spec_id, active, live_from in live
+                   if received >= live_from and aggregates.selects(active.spec, dict(event))]
+        if not targets:
+            continue
         if position is not None:
             mark = marks.get(position.key)
             if mark is not None and position.sequence <= int(mark[0]):
-                continue
-            marks[position.key] = (str(position.sequence), now.date().isoformat())
-        fresh.append(event)
-    states = dict(tallies.states)
-    for spec_id, active in specs.items():
-        live_from = _instant_key(active.live_from)
-        selected = [e for e in fresh if _instant_key(_received(e)) >= live_from
-                    and aggregates.selects(active.spec, dict(e))]
-        stored = states.get(spec_id)
-        if not selected and (stored is None or stored.get("g") == active.gen):
-            continue
-        state = _state(active, stored)
-        for event in selected:
-            state = aggregates.fold(state, dict(event))
+                continue  # folded into this profile before: a redelivery
+            marks[position.key] = (str(position.sequence), day)
+        for spec_id, active in targets:
+            state = folded.get(spec_id) or _state(active, states.get(spec_id))
+            folded[spec_id] = aggregates.fold(state, dict(event))
+    for spec_id, state in folded.items():
         state = aggregates.prune(state, now)
         if state.buckets:
-            states[spec_id] = _stored(active, state)
+            states[spec_id] = _stored(specs[spec_id], state)
         else:
             states.pop(spec_id, None)
     cutoff = (now.date() - timedelta(days=MARK_DAYS)).isoformat()
     marks = {k: v for k, v in marks.items() if v[1] >= cutoff}
     return Tallies(states, marks)
+
+
+def selected_by_any(specs: Mapping[str, ActiveSpec], event: Mapping[str, Any]) -> bool:
+    """Whether some live spec selects the event (cheap test before keeping it for a fold)."""
+    received = _instant_key(_received(event))
+    return any(received >= _instant_key(a.live_from) and aggregates.selects(a.spec, dict(event))
+               for a in specs.values())
 
 
 def merge_tallies(a: Tallies, b: Tallies) -> Tallies:
