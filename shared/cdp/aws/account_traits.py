@@ -1,0 +1,53 @@
+"""The traits of a profile's accounts, for audiences with account conditions.
+
+A profile's account links are ``p#<profile_id>`` / ``group#<groupId>`` records in the
+events table (``cdp.aws.profile_store``); each account's traits are the ``state`` of its
+``acct#<groupId>`` item in the identity table. One Query and one BatchGetItem (per 100
+accounts).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cdp.aws.identity_graph import account_key
+from cdp.identity.profile_state import state_from_json
+
+MAX_BATCH_GET = 100
+
+
+class AccountTraits:
+    def __init__(self, dynamodb: Any, events_table: str, identity_table: str) -> None:
+        self._ddb = dynamodb
+        self._events = events_table
+        self._identity = identity_table
+
+    def group_ids(self, profile_id: str) -> list[str]:
+        ids: list[str] = []
+        request: dict[str, Any] = {"TableName": self._events,
+                                   "KeyConditionExpression": "pk = :p AND begins_with(sk, :g)",
+                                   "ExpressionAttributeValues": {":p": {"S": f"p#{profile_id}"},
+                                                                 ":g": {"S": "group#"}},
+                                   "ProjectionExpression": "group_id"}
+        while True:
+            page = self._ddb.query(**request)
+            ids.extend(item["group_id"]["S"] for item in page.get("Items", []) if "group_id" in item)
+            if "LastEvaluatedKey" not in page:
+                return sorted(set(ids))
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def of_profile(self, profile_id: str) -> list[dict[str, Any]]:
+        """Each account's traits (name -> value), for the accounts the profile belongs to."""
+        keys = [account_key(group_id) for group_id in self.group_ids(profile_id)]
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(keys), MAX_BATCH_GET):
+            request: dict[str, Any] = {self._identity: {
+                "Keys": [{"pk": {"S": key}} for key in keys[start:start + MAX_BATCH_GET]],
+                "ProjectionExpression": "pk, #s", "ExpressionAttributeNames": {"#s": "state"}}}
+            while request:
+                response = self._ddb.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self._identity, []):
+                    state = state_from_json(item.get("state", {}).get("S"))
+                    found.append({name: trait.value for name, trait in state.traits.items()})
+                request = response.get("UnprocessedKeys") or {}
+        return found

@@ -1,0 +1,112 @@
+"""``SegmentEvaluator``: one identity-table stream record in, memberships and events out.
+
+For each profile change (``cdp.segmentation.membership.profile_change``): read the
+profile's stored memberships, decide (``decide``), write the decisions conditionally,
+then put ``Audience Entered`` / ``Audience Exited`` onto the event stream. Memberships
+are written before the events: if the put fails, the record fails and is delivered
+again, and the stored transition (``changed_version`` = this version) is replayed as the
+same event (same messageId), so no event is lost and none is counted twice.
+
+The adapters are ports (small protocols) so unit tests can pass fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from cdp.ingest import StreamRecord, accepted_record
+from cdp.observability import logger
+from cdp.segmentation.audience_events import AUDIENCE_SOURCE_ID, audience_event, person_of
+from cdp.segmentation.catalog import Catalog
+from cdp.segmentation.membership import Decision, DependencyIndex, Membership, ProfileChange, decide, profile_change
+
+
+class Memberships(Protocol):
+    def of_profile(self, profile_id: str) -> dict[str, Membership]: ...
+
+    def apply(self, profile_id: str, decisions: Sequence[Decision],
+              stored: dict[str, Membership]) -> list[Decision]: ...
+
+
+class EventSink(Protocol):
+    def put_records(self, records: list[StreamRecord]) -> None: ...
+
+
+@dataclass
+class EvaluationStats:
+    profiles: int = 0
+    entered: int = 0
+    exited: int = 0
+    replayed: int = 0
+    skipped_events: int = 0  # transitions of profiles without a user or anonymous id
+
+    def as_metrics(self) -> dict[str, int]:
+        return {"ProfilesEvaluated": self.profiles, "AudiencesEntered": self.entered,
+                "AudiencesExited": self.exited, "AudienceEventsReplayed": self.replayed}
+
+
+@dataclass
+class SegmentEvaluator:
+    catalog: Callable[[], Catalog]
+    memberships: Memberships
+    accounts: Callable[[str], Sequence[Mapping[str, Any]]]
+    events: EventSink
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    stats: EvaluationStats = field(default_factory=EvaluationStats)
+    _index: tuple[Catalog, DependencyIndex] | None = None
+
+    def index(self, catalog: Catalog) -> DependencyIndex:
+        """The dependency index, built again only when the catalog object changes."""
+        if self._index is None or self._index[0] is not catalog:
+            self._index = (catalog, DependencyIndex.of(catalog))
+        return self._index[1]
+
+    def process(self, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> list[Decision]:
+        """Evaluate one profile item change (stream images in DynamoDB JSON); returns what was done."""
+        change = profile_change(old, new)
+        if change is None:
+            return []
+        catalog = self.catalog()
+        index = self.index(catalog)
+        if change.live and not catalog.audiences:
+            return []
+        self.stats.profiles += 1
+        stored = self.memberships.of_profile(change.profile_id)
+        if not change.live and not stored:
+            return []
+        now = self.now()
+        decisions = decide(change, catalog, index, now, stored,
+                           accounts=lambda: self.accounts(change.profile_id))
+        done = self.memberships.apply(change.profile_id, decisions, stored)
+        self._emit(change, catalog, done)
+        return done
+
+    def _emit(self, change: ProfileChange, catalog: Catalog, done: Sequence[Decision]) -> None:
+        transitions = [d for d in done if d.transition is not None]
+        if not transitions:
+            return
+        person = person_of(change.ids)
+        if person is None:
+            self.stats.skipped_events += len(transitions)
+            logger.warning("audience events skipped: profile has no user or anonymous id",
+                           extra={"profile_id": change.profile_id, "transitions": len(transitions)})
+            return
+        records = []
+        for decision in transitions:
+            assert decision.transition is not None
+            definition = catalog.audiences.get(decision.audience_id)
+            event = audience_event(audience_id=decision.audience_id,
+                                   audience_name=definition.name if definition else decision.audience_id,
+                                   profile_id=change.profile_id, person=person, transition=decision.transition,
+                                   version=decision.profile_version, at=decision.at)
+            records.append(accepted_record(AUDIENCE_SOURCE_ID, event, event))
+            if decision.replay:
+                self.stats.replayed += 1
+            elif decision.transition == "entered":
+                self.stats.entered += 1
+            else:
+                self.stats.exited += 1
+        self.events.put_records(records)
