@@ -13,7 +13,10 @@
     ... and the same under /v1/admin/computed-traits.
 
 Definitions are validated by ``cdp.segmentation.definitions``; an invalid one gets a 400
-whose ``problems`` point at the offending part. (Issue 4: evaluation is not built yet.)
+whose ``problems`` point at the offending part. Every change registers the aggregate
+specs the definitions read (``cdp.segmentation.catalog.SpecRegistry``): consumers keep
+their states from ``live_from`` on, and a definition's ``status`` is ``ready`` once the
+backfill of its specs (the events before ``live_from``) is done, ``backfilling`` before.
 
 Authentication: an access token of scope ``admin`` for the deployment's space, as the
 HTTP Basic username (``cdp tokens create --admin``); read tokens get 403. Consumers pick
@@ -33,7 +36,9 @@ from pydantic import ValidationError
 from cdp.access_tokens import AccessToken, authorize, token_from_authorization
 from cdp.aws.definition_store import DefinitionConflict, Kind, StoredDefinition
 from cdp.identity.config import IdentityConfig
+from cdp.segmentation.catalog import ActiveSpec
 from cdp.segmentation.definitions import AudienceDefinition, ComputedTraitDefinition, problems
+from cdp.segmentation.evaluate import dependencies
 
 IDENTITY_CONFIG_PATH = "/v1/admin/identity-config"
 DEFINITION_PATHS: dict[str, Kind] = {"/v1/admin/audiences": "audience", "/v1/admin/computed-traits": "computed_trait"}
@@ -48,6 +53,11 @@ class ConfigStore(Protocol):
     def describe(self) -> dict[str, Any]: ...
     def put(self, config: IdentityConfig) -> None: ...
     def reset(self) -> None: ...
+
+
+class Specs(Protocol):
+    def sync(self, definitions: list[AudienceDefinition | ComputedTraitDefinition]) -> dict[str, str]: ...
+    def registered(self) -> dict[str, ActiveSpec]: ...
 
 
 class Definitions(Protocol):
@@ -71,11 +81,26 @@ def _error(status: int, code: str, message: str, **extra: Any) -> AdminResponse:
     return AdminResponse(status, {"error": {"code": code, "message": message, **extra}}, headers)
 
 
-def _view(stored: StoredDefinition) -> dict[str, Any]:
+def _view(stored: StoredDefinition, specs: dict[str, ActiveSpec] | None = None) -> dict[str, Any]:
     definition = MODELS[stored.kind].model_validate_json(stored.definition)
-    return {"id": stored.id, "kind": stored.kind, "version": stored.version, "summary": definition.summary(),
+    view = {"id": stored.id, "kind": stored.kind, "version": stored.version, "summary": definition.summary(),
             "definition": json.loads(stored.definition), "created_at": stored.created_at,
             "updated_at": stored.updated_at}
+    if specs is not None:
+        view.update(_readiness(definition, specs))
+    return view
+
+
+def _readiness(definition: AudienceDefinition | ComputedTraitDefinition,
+               specs: dict[str, ActiveSpec]) -> dict[str, Any]:
+    """``ready`` once every aggregate the definition reads is complete (its backfill done)."""
+    needed = dependencies(definition).aggregates
+    kept = [specs[spec_id] for spec_id in needed if spec_id in specs]
+    if len(kept) < len(needed):
+        return {"status": "registering"}
+    if all(s.backfill == "done" for s in kept):
+        return {"status": "ready"}
+    return {"status": "backfilling", "live_from": max(s.live_from for s in kept)}
 
 
 def _parse_body(body: str | None) -> dict[str, Any] | AdminResponse:
@@ -94,11 +119,24 @@ def _parse_body(body: str | None) -> dict[str, Any] | AdminResponse:
 
 class AdminApi:
     def __init__(self, find_token: Callable[[str], AccessToken | None], space_id: str, store: ConfigStore,
-                 definitions: Definitions | None = None) -> None:
+                 definitions: Definitions | None = None, specs: Specs | None = None) -> None:
         self._find_token = find_token
         self._space = space_id
         self._store = store
         self._definitions = definitions
+        self._specs = specs
+
+    def _sync_specs(self) -> None:
+        """Register the specs every definition reads, drop the ones none reads any more."""
+        if self._specs is None or self._definitions is None:
+            return
+        models: list[AudienceDefinition | ComputedTraitDefinition] = []
+        for kind, model in MODELS.items():
+            models.extend(model.model_validate_json(d.definition) for d in self._definitions.list(kind))  # type: ignore[arg-type]
+        self._specs.sync(models)
+
+    def _registered(self) -> dict[str, ActiveSpec] | None:
+        return self._specs.registered() if self._specs is not None else None
 
     def handle(self, method: str, path: str, body: str | None, authorization: str | None,
                headers: dict[str, str] | None = None) -> AdminResponse:
@@ -154,7 +192,8 @@ class AdminApi:
     def _collection(self, method: str, kind: Kind, body: str | None) -> AdminResponse:
         assert self._definitions is not None
         if method == "GET":
-            return AdminResponse(200, {"data": [_view(d) for d in self._definitions.list(kind)]})
+            specs = self._registered()
+            return AdminResponse(200, {"data": [_view(d, specs) for d in self._definitions.list(kind)]})
         if method != "POST":
             return AdminResponse(405, {"error": {"code": "method_not_allowed", "message": "Use GET or POST."}},
                                  {**HEADERS, "Allow": "GET, POST"})
@@ -169,17 +208,20 @@ class AdminApi:
         except DefinitionConflict:
             return _error(409, "conflict", f"A {kind.replace('_', ' ')} with id {definition.id!r} exists; "
                           "PUT to its path to change it.")
-        return AdminResponse(201, _view(stored))
+        self._sync_specs()
+        return AdminResponse(201, _view(stored, self._registered()))
 
     def _definition(self, method: str, kind: Kind, ident: str, body: str | None,
                     headers: dict[str, str]) -> AdminResponse:
         assert self._definitions is not None
         current = self._definitions.get(kind, ident)
         if method == "GET":
-            return AdminResponse(200, _view(current)) if current else _error(404, "not_found", "No such definition.")
+            return AdminResponse(200, _view(current, self._registered())) if current else \
+                _error(404, "not_found", "No such definition.")
         if method == "DELETE":
             if not self._definitions.delete(kind, ident):
                 return _error(404, "not_found", "No such definition.")
+            self._sync_specs()
             return AdminResponse(200, {"deleted": ident})
         if method != "PUT":
             return AdminResponse(405, {"error": {"code": "method_not_allowed", "message": "Use GET, PUT or DELETE."}},
@@ -205,4 +247,5 @@ class AdminApi:
             stored = self._definitions.put(kind, ident, definition.model_dump_json(), expected)
         except DefinitionConflict:
             return _error(409, "conflict", "The definition changed since that version; read it again.")
-        return AdminResponse(200, _view(stored))
+        self._sync_specs()
+        return AdminResponse(200, _view(stored, self._registered()))

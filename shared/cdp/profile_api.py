@@ -22,6 +22,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from cdp.access_tokens import AccessToken, authorize, token_from_authorization
@@ -36,6 +37,8 @@ from cdp.identity.identifiers import (
 from cdp.identity.profile_state import ProfileState, last_context_of
 from cdp.profiles import Account, ProfileReader, StoredEvent, UserProfile
 from cdp.segment import ECMA_WHITESPACE
+from cdp.segmentation.catalog import Catalog
+from cdp.segmentation.tallies import aggregate_states, computed_values, tallies_from_json
 
 COLLECTIONS = ("users", "accounts")
 RESOURCES = ("traits", "events", "external_ids", "links", "metadata")
@@ -256,13 +259,23 @@ def event_view(stored: StoredEvent, profile_id: str, keep_ip: bool = False) -> d
     return view
 
 
+TRAIT_CLASSES = ("custom_trait", "computed_trait", "audience")
+
+
+def trait_class(query: Mapping[str, str]) -> str | None:
+    """The ``class`` filter of a traits request (None: every class)."""
+    value = query.get("class")
+    if not value:
+        return None
+    if value not in TRAIT_CLASSES:
+        raise invalid(f"class must be one of {', '.join(TRAIT_CLASSES)}.")
+    return value
+
+
 def _traits_body(traits: Mapping[str, Any], query: Mapping[str, str], url: str) -> dict[str, Any]:
     limit = parse_limit(query, "traits")
     include = parse_list(query, "include")
     after = _text_position(decode_cursor("traits", query.get("next")))
-    if query.get("class"):
-        # Audiences and computed traits do not exist yet (segmentation is issue 4).
-        return {"traits": {}, "cursor": cursor_body(url, limit, "traits", None)}
     names = sorted(n for n in traits if (include is None or n in include) and (after is None or n > after))
     page, more = names[:limit], len(names) > limit
     return {"traits": {n: traits[n] for n in page},
@@ -318,10 +331,17 @@ class ProfileApi:
 
     def __init__(self, reader: ProfileReader, find_token: Callable[[str], AccessToken | None], space_id: str,
                  identity_config: IdentityConfig | Callable[[], IdentityConfig] = IdentityConfig,
-                 keep_ip: bool = False) -> None:
+                 keep_ip: bool = False, catalog: Callable[[], Catalog] = Catalog,
+                 audiences: Callable[[str], Mapping[str, bool]] | None = None,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         """``identity_config``: the identity settings in force, or what returns them (they may
         change at run time; identifiers are normalised with the consumer's current ones).
-        ``keep_ip``: show the IP address in a profile's last context."""
+        ``keep_ip``: show the IP address in a profile's last context. ``catalog``: the
+        definitions in force (computed traits); ``audiences``: a profile's audience
+        memberships (audience id -> member), the boolean trait of each audience."""
+        self._catalog = catalog
+        self._audiences = audiences
+        self._now = now
         self._reader = reader
         self._keep_ip = keep_ip
         self._find_token = find_token
@@ -372,11 +392,28 @@ class ProfileApi:
 
     # --- users -----------------------------------------------------------------------------------
 
+    def _user_traits(self, profile: UserProfile, wanted: str | None, verbose: bool) -> dict[str, Any]:
+        """Custom traits (from events), computed traits and audience booleans, as Segment
+        lists them; a computed trait or audience hides a custom trait of the same name."""
+        found: dict[str, Any] = {}
+        if wanted in (None, "custom_trait"):
+            found.update(_trait_values(profile.state, verbose))
+        if wanted in (None, "computed_trait"):
+            catalog = self._catalog()
+            now = self._now()
+            states = aggregate_states(tallies_from_json(profile.tallies), catalog.specs)
+            for name, value in computed_values(catalog, states, now).items():
+                found[name] = {"value": value, "class": "computed_trait"} if verbose else value
+        if wanted in (None, "audience") and self._audiences is not None:
+            for name, member in self._audiences(profile.profile_id).items():
+                found[name] = {"value": member, "class": "audience"} if verbose else member
+        return found
+
     def _user(self, profile: UserProfile, target: ProfilePath, query: Mapping[str, str]) -> dict[str, Any]:
         url = target.path
         verbose = parse_flag(query, "verbose")
         if target.resource == "traits":
-            return _traits_body(_trait_values(profile.state, verbose), query, url)
+            return _traits_body(self._user_traits(profile, trait_class(query), verbose), query, url)
         if target.resource == "external_ids":
             return _external_ids_body(list(profile.identifiers), "users", query, url)
         if target.resource == "events":
@@ -444,7 +481,10 @@ class ProfileApi:
             raise not_found("Account was not found.")
         url = target.path
         if target.resource == "traits":
-            return _traits_body(_trait_values(account.state, parse_flag(query, "verbose")), query, url)
+            # Accounts have custom traits only (no computed traits or audiences of accounts yet).
+            values = _trait_values(account.state, parse_flag(query, "verbose")) \
+                if trait_class(query) in (None, "custom_trait") else {}
+            return _traits_body(values, query, url)
         if target.resource == "external_ids":
             return _external_ids_body([Identifier("group_id", account.group_id)], "accounts", query, url)
         if target.resource == "events":

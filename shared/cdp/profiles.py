@@ -77,6 +77,7 @@ class UserProfile:
     identifiers: tuple[Identifier, ...]
     merged_from: tuple[str, ...]
     state: ProfileState
+    tallies: str | None = None  # the ``agg`` JSON: aggregate states (cdp.segmentation.tallies)
 
     def history_partitions(self) -> list[str]:
         """The events table partitions of this person: one per user id and anonymous id."""
@@ -214,6 +215,7 @@ def _user_profile(profile_id: str, item: dict[str, Any]) -> UserProfile:
         identifiers=tuple(sorted(parse_ident_key(k) for k in _strings(item, "ids"))),
         merged_from=_strings(item, "merged_from"),
         state=state_from_json(item.get("state")),
+        tallies=item.get("agg"),
     )
 
 

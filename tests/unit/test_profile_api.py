@@ -326,3 +326,33 @@ def test_accounts_are_found_by_group_id_with_traits_members_and_metadata(tables:
     assert status == 400 and "group_id" in body["error"]["message"]
     status, _, _ = call(tables, f"{accounts}/group_id:nope/traits")
     assert status == 404
+
+
+def test_traits_list_computed_traits_and_audiences_and_filter_them_by_class(tables: MemoryProfileTables) -> None:
+    from datetime import UTC, datetime
+
+    from cdp.segmentation.catalog import ActiveSpec, Catalog
+    from cdp.segmentation.definitions import AggregateSpec, ComputedTraitDefinition
+    from cdp.segmentation.tallies import StreamPosition, Tallies, fold_events, tallies_to_json
+
+    spent = AggregateSpec(kind="sum", event="Order Completed", property="total")
+    catalog = Catalog(computed_traits={"ltv": ComputedTraitDefinition(id="ltv", name="LTV", aggregate=spent)},
+                      specs={spent.aggregate_id(): ActiveSpec(spent, "g1", "2026-01-01T00:00:00Z")})
+    order = segment_event("track", "m4", "2026-03-04T10:00:00.000Z", userId="ana", event="Order Completed",
+                          properties={"total": 30})
+    tables.identity["prof#p-ana"]["agg"] = tallies_to_json(
+        fold_events(Tallies(), catalog.specs, [(StreamPosition("k", 1), order)], datetime(2026, 3, 5, tzinfo=UTC)))
+    api = ProfileApi(ProfileReader(tables), tokens, "default", IdentityConfig(), catalog=lambda: catalog,
+                     audiences=lambda pid: {"big-spenders": True} if pid == "p-ana" else {})
+
+    def traits(**query: str) -> dict[str, Any]:
+        response = api.handle(ApiRequest(f"{BASE}/user_id:ana/traits", {"limit": "200", **query}, basic(TOKEN)))
+        assert response.status == 200, response.body
+        return response.body["traits"]
+
+    assert traits() == {"city": "Lisbon", "name": "Ana", "plan": "pro", "ltv": 30, "big-spenders": True}
+    assert traits(**{"class": "computed_trait"}) == {"ltv": 30}
+    assert traits(**{"class": "audience"}) == {"big-spenders": True}
+    assert traits(**{"class": "custom_trait"}) == {"city": "Lisbon", "name": "Ana", "plan": "pro"}
+    assert traits(**{"class": "audience"}, verbose="true") == {"big-spenders": {"value": True, "class": "audience"}}
+    assert api.handle(ApiRequest(f"{BASE}/user_id:ana/traits", {"class": "sql"}, basic(TOKEN))).status == 400

@@ -88,9 +88,7 @@ def catalog_from_items(items: Iterable[dict[str, Any]]) -> Catalog:
             elif kind == "computed_trait":
                 traits[ident] = ComputedTraitDefinition.model_validate_json(item["definition"]["S"])
             elif key.startswith(SPEC_PREFIX):
-                registered[ident] = ActiveSpec(AggregateSpec.model_validate_json(item["spec"]["S"]),
-                                               item["gen"]["S"], item["live_from"]["S"],
-                                               item.get("backfill", {}).get("S", "pending"))
+                registered[ident] = _active(item)
                 continue
             else:
                 continue
@@ -103,6 +101,11 @@ def catalog_from_items(items: Iterable[dict[str, Any]]) -> Catalog:
     wanted = needed_specs([*audiences.values(), *traits.values()])
     specs = {sid: active for sid, active in registered.items() if sid in wanted}
     return Catalog(audiences, traits, specs, versions)
+
+
+def _active(item: dict[str, Any]) -> ActiveSpec:
+    return ActiveSpec(AggregateSpec.model_validate_json(item["spec"]["S"]), item["gen"]["S"],
+                      item["live_from"]["S"], item.get("backfill", {}).get("S", "pending"))
 
 
 class CatalogStore:
@@ -175,6 +178,10 @@ class SpecRegistry:
         for spec_id in existing - set(wanted):
             self._ddb.delete_item(TableName=self._table, Key={"pk": {"S": SPEC_PREFIX + spec_id}})
         return outcome
+
+    def registered(self) -> dict[str, ActiveSpec]:
+        """The spec items, by aggregate id."""
+        return {i["pk"]["S"].removeprefix(SPEC_PREFIX): _active(i) for i in self._spec_items()}
 
     def _spec_items(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
