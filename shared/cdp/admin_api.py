@@ -10,7 +10,9 @@
     PUT    /v1/admin/audiences/<id>            replace it (``If-Match: <version>`` guards
                                                against overwriting someone else's change)
     DELETE /v1/admin/audiences/<id>            remove it
-    ... and the same under /v1/admin/computed-traits.
+    GET    /v1/admin/audiences/<id>/members    its current members (``limit`` 1-1000, ``cursor``)
+    ... and the same under /v1/admin/computed-traits (without members).
+    GET    /v1/admin/profiles/<profile id>/audiences   a profile's memberships, current and former
 
 Definitions are validated by ``cdp.segmentation.definitions``; an invalid one gets a 400
 whose ``problems`` point at the offending part. Every change registers the aggregate
@@ -27,6 +29,7 @@ processed from then on.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -45,6 +48,9 @@ DEFINITION_PATHS: dict[str, Kind] = {"/v1/admin/audiences": "audience", "/v1/adm
 MODELS: dict[str, type[AudienceDefinition] | type[ComputedTraitDefinition]] = {
     "audience": AudienceDefinition, "computed_trait": ComputedTraitDefinition}
 MAX_BODY_BYTES = 64 * 1024
+MAX_MEMBERS_PAGE = 1000
+MEMBERSHIP_PATH = re.compile(r"/v1/admin/audiences/(?P<audience>[^/]+)/members|"
+                             r"/v1/admin/profiles/(?P<profile>[^/]+)/audiences")
 HEADERS = {"Cache-Control": "no-store"}
 WWW_AUTHENTICATE = 'Basic realm="cdp admin API"'
 
@@ -58,6 +64,11 @@ class ConfigStore(Protocol):
 class Specs(Protocol):
     def sync(self, definitions: list[AudienceDefinition | ComputedTraitDefinition]) -> dict[str, str]: ...
     def registered(self) -> dict[str, ActiveSpec]: ...
+
+
+class Memberships(Protocol):
+    def members(self, audience_id: str, limit: int = 100, cursor: str | None = None) -> Any: ...
+    def of_profile(self, profile_id: str) -> dict[str, Any]: ...
 
 
 class Definitions(Protocol):
@@ -119,12 +130,35 @@ def _parse_body(body: str | None) -> dict[str, Any] | AdminResponse:
 
 class AdminApi:
     def __init__(self, find_token: Callable[[str], AccessToken | None], space_id: str, store: ConfigStore,
-                 definitions: Definitions | None = None, specs: Specs | None = None) -> None:
+                 definitions: Definitions | None = None, specs: Specs | None = None,
+                 memberships: Memberships | None = None) -> None:
+        self._memberships = memberships
         self._find_token = find_token
         self._space = space_id
         self._store = store
         self._definitions = definitions
         self._specs = specs
+
+    def _members(self, audience_id: str, query: dict[str, str]) -> AdminResponse:
+        assert self._memberships is not None and self._definitions is not None
+        if self._definitions.get("audience", audience_id) is None:
+            return _error(404, "not_found", "No such audience.")
+        limit_text = query.get("limit", "100")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_MEMBERS_PAGE:
+            return _error(400, "validation_error", f"limit must be a whole number from 1 to {MAX_MEMBERS_PAGE}.")
+        try:
+            page = self._memberships.members(audience_id, int(limit_text), query.get("cursor") or None)
+        except ValueError:
+            return _error(400, "validation_error", "cursor is not one this API returned for this audience.")
+        return AdminResponse(200, {"data": [{"profile_id": pid} for pid in page.profile_ids],
+                                   "cursor": page.cursor})
+
+    def _profile_audiences(self, profile_id: str) -> AdminResponse:
+        assert self._memberships is not None
+        memberships = self._memberships.of_profile(profile_id)
+        return AdminResponse(200, {"profile_id": profile_id, "data": [
+            {"audience_id": aid, "member": m.member, "entered_at": m.entered_at, "exited_at": m.exited_at}
+            for aid, m in sorted(memberships.items())]})
 
     def _sync_specs(self) -> None:
         """Register the specs every definition reads, drop the ones none reads any more."""
@@ -139,7 +173,7 @@ class AdminApi:
         return self._specs.registered() if self._specs is not None else None
 
     def handle(self, method: str, path: str, body: str | None, authorization: str | None,
-               headers: dict[str, str] | None = None) -> AdminResponse:
+               headers: dict[str, str] | None = None, query: dict[str, str] | None = None) -> AdminResponse:
         token_text = token_from_authorization(authorization)
         token = self._find_token(token_text) if token_text else None
         decision = authorize(token, self._space)
@@ -151,6 +185,13 @@ class AdminApi:
         path = path.rstrip("/")
         method = method.upper()
         collection, _, ident = path.rpartition("/")
+        if self._memberships is not None and (found := MEMBERSHIP_PATH.fullmatch(path)):
+            if method != "GET":
+                return AdminResponse(405, {"error": {"code": "method_not_allowed", "message": "Use GET."}},
+                                     {**HEADERS, "Allow": "GET"})
+            if found["audience"]:
+                return self._members(found["audience"], query or {})
+            return self._profile_audiences(found["profile"])
         if self._definitions is not None and path in DEFINITION_PATHS:
             return self._collection(method, DEFINITION_PATHS[path], body)
         if self._definitions is not None and collection in DEFINITION_PATHS and ident:

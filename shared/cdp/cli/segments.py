@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def _definition_group(name: str, collection: str, noun: str) -> click.Group:
     def list_(ctx: click.Context) -> None:
         """One line each: id, version, summary."""
         for item in ctx.obj["admin"]().call("GET", f"/{collection}")["data"]:
-            click.echo(f"{item['id']}\tv{item['version']}\t{item['summary']}")
+            click.echo(f"{item['id']}\tv{item['version']}\t{item.get('status', '')}\t{item['summary']}")
 
     @group.command("show")
     @click.argument("ident")
@@ -105,4 +106,27 @@ def _definition_group(name: str, collection: str, noun: str) -> click.Group:
 
 
 audiences = _definition_group("audiences", "audiences", "audience")
+
+
+@audiences.command("members")
+@click.argument("ident")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True, help="Members per request.")
+@click.option("--max", "most", type=click.IntRange(min=1), help="Stop after this many members.")
+@click.pass_context
+def members(ctx: click.Context, ident: str, limit: int, most: int | None) -> None:
+    """The audience's current members, one profile id per line (every page, or --max)."""
+    admin = ctx.obj["admin"]()
+    cursor: str | None = None
+    shown = 0
+    while True:
+        query = f"?limit={limit}" + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else "")
+        page = admin.call("GET", f"/audiences/{urllib.parse.quote(ident, safe='')}/members{query}")
+        for member in page["data"]:
+            if most is not None and shown >= most:
+                return
+            click.echo(member["profile_id"])
+            shown += 1
+        cursor = page.get("cursor")
+        if not cursor:
+            return
 traits = _definition_group("traits", "computed-traits", "computed trait")
