@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
@@ -112,7 +113,7 @@ def local(host: str, port: int, aws_port: int, write_key: str, access_token: str
             raise click.ClickException(str(exc)) from exc
         click.echo(banner(stack))
         if demo and not stop.is_set():
-            _send_demo(stack)
+            _send_demo(stack, stop)
         stop.wait()
     finally:
         stack.stop()
@@ -130,15 +131,30 @@ def _quiet_handlers_env() -> dict[str, str]:
     return {name: value for name, value in wanted.items() if name not in os.environ}
 
 
-def _send_demo(stack: EmbeddedStack) -> None:
-    from cdp.local.demo import send_demo
+def _send_demo(stack: EmbeddedStack, stop: threading.Event | None = None) -> None:
+    from cdp.local.demo import live_from, load_definitions, send_demo
 
+    loaded = load_definitions(stack.api_url, stack.access_token)
+    for refused in loaded:
+        if not refused.ok:
+            click.echo(f"demo: {refused.collection}/{refused.ident} refused ({refused.status}): {refused.body}",
+                       err=True)
+    ready = live_from(loaded)
+    if ready is not None:
+        # Consumers keep a new definition's aggregates from its live_from on (docs/segmentation.md).
+        wait = (ready - datetime.now(UTC)).total_seconds()
+        if wait > 0 and (stop or threading.Event()).wait(wait):
+            return
     results = send_demo(stack.api_url, stack.write_key)
     sent = sum(r.events for r in results if r.ok)
     for result in results:
         if not result.ok:
             click.echo(f"demo: {result.file} refused ({result.status}): {result.body}", err=True)
     drained = stack.wait_idle(timeout=30)
-    click.echo(f"Demo: sent {sent} events in {len(results)} batches"
-               f"{'' if drained else ' (still processing)'}: a visitor who signs up, buys and uses the app.\n"
-               f"  Her unified profile: cdp --api-url {stack.api_url} profile get email:ada@example.com")
+    audiences = sum(1 for r in loaded if r.ok and r.collection == "audiences")
+    traits = sum(1 for r in loaded if r.ok and r.collection == "computed-traits")
+    click.echo(f"Demo: {audiences} audiences and {traits} computed traits (examples/audiences), then "
+               f"{sent} events in {len(results)} batches{'' if drained else ' (still processing)'}: "
+               "a visitor who signs up, buys, uses the app and looks at office plans.\n"
+               f"  Her unified profile: cdp --api-url {stack.api_url} profile get email:ada@example.com\n"
+               f"  An audience filling:  cdp --api-url {stack.api_url} audiences members pricing-page-interest")

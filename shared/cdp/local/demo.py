@@ -1,4 +1,8 @@
-"""The demo story (``events/demo/*.json``) sent through the local HTTP API.
+"""The demo: sample audiences and computed traits, then a story of events, through the local HTTP API.
+
+The definitions (``examples/audiences/``) are created through the admin API with the
+local access token, as ``cdp audiences create`` does; consumers keep their aggregates
+from the definitions' ``live_from`` on, so the story is sent once that moment passed.
 
 Each file is a Segment ``/v1/batch`` request; they are sent in name order, with the
 write key as HTTP Basic username, exactly as a Segment library would. Timestamps are
@@ -22,6 +26,56 @@ from cdp.local.functions import repo_root
 
 def demo_dir() -> Path:
     return repo_root() / "events" / "demo"
+
+
+def examples_dir() -> Path:
+    return repo_root() / "examples" / "audiences"
+
+
+def example_definitions(directory: Path | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The sample definitions as (admin API collection, definition): computed traits first."""
+    folder = directory or examples_dir()
+    traits = [("computed-traits", json.loads(p.read_text(encoding="utf-8")))
+              for p in sorted((folder / "computed_traits").glob("*.json"))]
+    audiences = [("audiences", json.loads(p.read_text(encoding="utf-8"))) for p in sorted(folder.glob("*.json"))]
+    return traits + audiences
+
+
+@dataclass(frozen=True)
+class DefinitionResult:
+    collection: str
+    ident: str
+    status: int
+    body: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def load_definitions(api_url: str, access_token: str, directory: Path | None = None,
+                     timeout_s: float = 15.0) -> list[DefinitionResult]:
+    """Create each sample definition through the admin API (an existing one is left as it is)."""
+    auth = base64.b64encode(f"{access_token}:".encode()).decode("ascii")
+    results = []
+    for collection, definition in example_definitions(directory):
+        request = urllib.request.Request(
+            f"{api_url.rstrip('/')}/v1/admin/{collection}", data=json.dumps(definition).encode("utf-8"),
+            headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                results.append(DefinitionResult(collection, definition["id"], response.status,
+                                                json.loads(response.read())))
+        except urllib.error.HTTPError as error:
+            results.append(DefinitionResult(collection, definition["id"], error.code,
+                                            json.loads(error.read() or b"{}")))
+    return results
+
+
+def live_from(results: list[DefinitionResult]) -> datetime | None:
+    """When consumers keep every new definition's aggregates (None: nothing to wait for)."""
+    moments = [_parse(r.body["live_from"]) for r in results if r.ok and r.body.get("live_from")]
+    return max(moments) if moments else None
 
 
 def _parse(timestamp: str) -> datetime:
