@@ -17,11 +17,13 @@ from infra.constructs.ingestion import Ingestion
 from infra.constructs.monitoring import Monitoring
 from infra.constructs.pipeline import Pipeline
 from infra.constructs.profile_api import ProfileApi
+from infra.constructs.segmentation import Segmentation
 from infra.settings import DeploymentSettings
 
 
 class CdpStack(Stack):
-    """Ingestion (HTTP API, collector, stream), pipeline (consumer, tables, archive, DLQ), Profile API, monitoring.
+    """Ingestion (HTTP API, collector, stream), pipeline (consumer, tables, archive, DLQ), Profile API,
+    admin API, segmentation (evaluator, memberships table, DLQ), monitoring.
 
     Environment-agnostic on purpose (no account/region, no lookups): ``cdk synth`` works
     without AWS credentials, and one template deploys to any account and region.
@@ -87,6 +89,18 @@ class CdpStack(Stack):
             sources_table=self.ingestion.sources_table,
             identity_table=self.pipeline.tables[resources.IDENTITY_TABLE.logical_id],
         )
+        self.segmentation = Segmentation(
+            self,
+            "Segmentation",
+            settings=self.settings,
+            code_dir=assets.function_dirs[resources.SEGMENT_EVALUATOR_FUNCTION.folder],
+            layer=self.dependencies_layer,
+            identity_table=self.pipeline.identity_table,
+            events_table=self.pipeline.events_table,
+            segments_table=self.admin_api.tables[resources.SEGMENTS_TABLE.logical_id],
+            stream=self.ingestion.stream,
+            stream_consumer=self.pipeline.consumer,
+        )
         self.monitoring = Monitoring(
             self,
             "Monitoring",
@@ -99,7 +113,7 @@ class CdpStack(Stack):
         )
 
         self.tables: dict[str, dynamodb.Table] = {**self.ingestion.tables, **self.pipeline.tables,
-                                                  **self.admin_api.tables}
+                                                  **self.admin_api.tables, **self.segmentation.tables}
         missing = {spec.logical_id for spec in resources.TABLES} - set(self.tables)
         if missing:  # a table added to resources.py needs an owning construct
             raise ValueError(f"tables defined in cdp.resources but not built: {sorted(missing)}")
@@ -134,5 +148,11 @@ class CdpStack(Stack):
             "StreamConsumerDlqUrl",
             value=self.pipeline.dlq.queue_url,
             description=resources.STREAM_CONSUMER_DLQ.purpose,
+        )
+        CfnOutput(
+            self,
+            "SegmentEvaluatorDlqUrl",
+            value=self.segmentation.dlq.queue_url,
+            description=resources.SEGMENT_EVALUATOR_DLQ.purpose,
         )
         CfnOutput(self, "DashboardName", value=self.monitoring.dashboard.dashboard_name)

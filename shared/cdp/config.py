@@ -19,6 +19,7 @@ class Settings(BaseModel):
     quarantine_table: str = resources.QUARANTINE_TABLE.local_name
     identity_table: str = resources.IDENTITY_TABLE.local_name
     segments_table: str = resources.SEGMENTS_TABLE.local_name
+    memberships_table: str = resources.MEMBERSHIPS_TABLE.local_name
     event_stream: str = resources.EVENT_STREAM.local_name
     archive_bucket: str = resources.ARCHIVE_BUCKET.local_name
     event_retention_days: int = Field(default=90, ge=1)
@@ -37,6 +38,9 @@ class Settings(BaseModel):
     space_id: str = Field(default="default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     # How long a positive / negative access-token lookup is cached (revocation delay).
     access_token_cache_seconds: int = Field(default=60, ge=0)
+    # How long a warm function trusts the audience and computed trait definitions (and
+    # aggregate specs) it read from the segments table (an admin may change them).
+    segments_cache_seconds: int = Field(default=60, ge=0)
 
 
 ENV_VARS: dict[str, str] = {
@@ -45,6 +49,7 @@ ENV_VARS: dict[str, str] = {
     "quarantine_table": resources.QUARANTINE_TABLE.env,
     "identity_table": resources.IDENTITY_TABLE.env,
     "segments_table": resources.SEGMENTS_TABLE.env,
+    "memberships_table": resources.MEMBERSHIPS_TABLE.env,
     "event_stream": resources.EVENT_STREAM.env,
     "archive_bucket": resources.ARCHIVE_BUCKET.env,
     "event_retention_days": "CDP_EVENT_RETENTION_DAYS",
@@ -55,6 +60,7 @@ ENV_VARS: dict[str, str] = {
     "identity_config_cache_seconds": "CDP_IDENTITY_CONFIG_CACHE_SECONDS",
     "space_id": "CDP_SPACE_ID",
     "access_token_cache_seconds": "CDP_ACCESS_TOKEN_CACHE_SECONDS",
+    "segments_cache_seconds": "CDP_SEGMENTS_CACHE_SECONDS",
 }
 
 

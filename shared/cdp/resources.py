@@ -105,6 +105,9 @@ IDENTITY_TABLE = TableSpec(
     local_name="cdp-identity",
     env="CDP_IDENTITY_TABLE",
     partition_key=Key("pk"),
+    # Old and new images: the segment evaluator diffs a profile's traits and aggregate
+    # states, and sees a home profile lose ``solo`` when it is merged away.
+    stream="NEW_AND_OLD_IMAGES",
     purpose="Identity graph: identifier -> profile, and each profile's identifiers and merge state.",
 )
 
@@ -116,7 +119,30 @@ SEGMENTS_TABLE = TableSpec(
     purpose="Audience and computed trait definitions (issue 4), written through the admin API.",
 )
 
-TABLES: tuple[TableSpec, ...] = (SOURCES_TABLE, EVENTS_TABLE, QUARANTINE_TABLE, IDENTITY_TABLE, SEGMENTS_TABLE)
+# Profile first: the evaluator reads one profile's memberships with one consistent Query
+# of the main key (a GSI read could be stale and decide an entry twice). Two sparse
+# indexes: ``members`` holds only current members (``member_of`` is set on entry and
+# removed on exit), so listing an audience reads no former members; ``due`` holds only
+# memberships a sliding window may flip (``next_check``: the UTC hour bucket plus a
+# shard suffix ``#00``-``#15``, so the midnight peak spreads over 16 index partitions).
+MEMBERSHIPS_TABLE = TableSpec(
+    logical_id="MembershipsTable",
+    local_name="cdp-memberships",
+    env="CDP_MEMBERSHIPS_TABLE",
+    partition_key=Key("profile_id"),
+    sort_key=Key("audience_id"),
+    # For activation (issue 5): every entry and exit, with the before and after.
+    stream="NEW_AND_OLD_IMAGES",
+    indexes=(
+        GlobalIndex("members", Key("member_of"), Key("profile_id")),
+        GlobalIndex("due", Key("next_check"), Key("profile_id")),
+    ),
+    purpose="Audience memberships: one item per profile and audience (member or not, entered/exited at).",
+)
+
+TABLES: tuple[TableSpec, ...] = (
+    SOURCES_TABLE, EVENTS_TABLE, QUARANTINE_TABLE, IDENTITY_TABLE, SEGMENTS_TABLE, MEMBERSHIPS_TABLE,
+)
 
 # --- Kinesis ---------------------------------------------------------------------
 
@@ -149,7 +175,14 @@ STREAM_CONSUMER_DLQ = QueueSpec(
     purpose="On-failure destination of the Kinesis consumer: batches that kept failing.",
 )
 
-QUEUES: tuple[QueueSpec, ...] = (STREAM_CONSUMER_DLQ,)
+SEGMENT_EVALUATOR_DLQ = QueueSpec(
+    logical_id="SegmentEvaluatorDlq",
+    local_name="cdp-segment-evaluator-dlq",
+    env="CDP_SEGMENT_EVALUATOR_DLQ",
+    purpose="On-failure destination of the identity-table stream mapping: profile changes not evaluated.",
+)
+
+QUEUES: tuple[QueueSpec, ...] = (STREAM_CONSUMER_DLQ, SEGMENT_EVALUATOR_DLQ)
 
 # --- Lambda functions -------------------------------------------------------------
 
@@ -195,8 +228,18 @@ ADMIN_API_FUNCTION = FunctionSpec(
     purpose="Admin API: the identity resolution settings at run time, with an admin access token.",
 )
 
+SEGMENT_EVALUATOR_FUNCTION = FunctionSpec(
+    logical_id="SegmentEvaluatorFunction",
+    folder="segment_evaluator",
+    memory_mb=512,
+    timeout_s=60,
+    purpose="Identity-table stream consumer: re-evaluates a changed profile's audiences, records "
+    "memberships, emits Audience Entered/Exited.",
+)
+
 FUNCTIONS: tuple[FunctionSpec, ...] = (
     COLLECTOR_FUNCTION, STREAM_CONSUMER_FUNCTION, PROFILE_API_FUNCTION, ADMIN_API_FUNCTION,
+    SEGMENT_EVALUATOR_FUNCTION,
 )
 
 
@@ -272,3 +315,53 @@ STREAM_CONSUMER_ESM = KinesisEventSourceSpec()
 
 # Kinesis data retention, hours (the DLQ only holds pointers into the stream).
 EVENT_STREAM_RETENTION_HOURS = 24
+
+
+# Lambda event filtering of the identity table's stream: only profile items reach the
+# evaluator. A ``prof#`` item (live or merged), a home identifier item (``solo``), or a
+# home identifier item that just lost ``solo`` (merged away: its old image had it).
+# Plain identifier pointers, accounts and settings items are dropped without an
+# invocation (and without cost). Filters are ORed; Lambda allows 5 per mapping.
+PROFILE_ITEM_FILTERS: tuple[str, ...] = (
+    '{"dynamodb": {"Keys": {"pk": {"S": [{"prefix": "prof#"}]}}}}',
+    '{"dynamodb": {"NewImage": {"solo": {"BOOL": [true]}}}}',
+    '{"dynamodb": {"OldImage": {"solo": {"BOOL": [true]}}}}',
+)
+
+
+@dataclass(frozen=True)
+class DynamoDbStreamEventSourceSpec:
+    """Settings of a DynamoDB Streams -> Lambda event source mapping, each with its reason.
+
+    The field names are those of ``cdp.local.dynamodb_esm.DynamoDbEventSourceSpec``, so
+    the local stack's emulated mapping is built from the same values.
+    """
+
+    # 100 profile changes per invocation: each costs one Query of the profile's
+    # memberships and, on a change, a conditional write per audience; 100 keeps an
+    # invocation well under a second while spreading the per-invocation overhead.
+    batch_size: int = 100
+    # Wait up to 1 s to fill a batch: at low traffic this turns one invocation per
+    # profile write into one per second per shard, at <= 1 s extra latency.
+    max_batching_window_s: int = 1
+    # Split a failing batch so one poison profile is isolated.
+    bisect_batch_on_error: bool = True
+    # Finite retries, then the batch's pointers go to the DLQ and the shard moves on
+    # (DynamoDB Streams' default is to retry until the record expires, stalling the shard).
+    retry_attempts: int = 3
+    # Records older than 6 h go to the DLQ; the stream keeps records 24 h, which leaves
+    # 18 h to redrive them (re-evaluate the profiles named in the DLQ message).
+    max_record_age_s: int = 6 * 3600
+    # Powertools' partial batch response: records before the first failure are not redone.
+    report_batch_item_failures: bool = True
+    # From the oldest record: profile changes made before the mapping existed count too.
+    starting_position: Literal["TRIM_HORIZON", "LATEST"] = "TRIM_HORIZON"
+    # Only profile items (see PROFILE_ITEM_FILTERS).
+    filter_patterns: tuple[str, ...] = PROFILE_ITEM_FILTERS
+    # One batch per shard at a time: one item's changes are evaluated in order. The
+    # decisions are versioned anyway (cdp.aws.membership_store), so raising it (up to 10;
+    # order per item is still kept) is safe for throughput.
+    parallelization_factor: int = 1
+
+
+SEGMENT_EVALUATOR_ESM = DynamoDbStreamEventSourceSpec()

@@ -30,9 +30,10 @@ ESM_PROPERTIES: dict[str, tuple[str, Any]] = {
 
 
 def _esm(cdp_stack: SynthesizedStack) -> dict[str, Any]:
-    mappings = cdp_stack.of_type("AWS::Lambda::EventSourceMapping")
+    mappings = [m for m in cdp_stack.of_type("AWS::Lambda::EventSourceMapping").values()
+                if m["Properties"]["FunctionName"] == {"Ref": resources.STREAM_CONSUMER_FUNCTION.logical_id}]
     assert len(mappings) == 1
-    return dict(next(iter(mappings.values()))["Properties"])
+    return dict(mappings[0]["Properties"])
 
 
 def test_every_esm_setting_of_resources_py_is_mapped() -> None:

@@ -1,0 +1,65 @@
+"""Segment evaluator: identity-table stream (profile items only) -> memberships + audience events.
+
+Powertools' BatchProcessor runs ``cdp.segmentation.evaluator.SegmentEvaluator`` on each
+record and reports the ones that raised as batch item failures (the mapping retries
+from the first of them, then bisects, then sends the rest to the DLQ).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from cdp.aws.account_traits import AccountTraits
+from cdp.aws.clients import client
+from cdp.aws.event_stream import KinesisEventStream
+from cdp.aws.membership_store import MembershipStore
+from cdp.config import get_settings
+from cdp.observability import logger, metrics, tracer
+from cdp.segmentation.catalog import CatalogStore
+from cdp.segmentation.evaluator import SegmentEvaluator
+
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+
+
+@lru_cache(maxsize=1)
+def dependencies() -> SegmentEvaluator:
+    settings = get_settings()
+    ddb = client("dynamodb")
+    catalog = CatalogStore(ddb, settings.segments_table, cache_seconds=settings.segments_cache_seconds)
+    return SegmentEvaluator(
+        catalog=catalog.current,
+        memberships=MembershipStore(ddb, settings.memberships_table),
+        accounts=AccountTraits(ddb, settings.events_table, settings.identity_table).of_profile,
+        events=KinesisEventStream(client("kinesis"), settings.event_stream),
+    )
+
+
+def evaluate_record(record: DynamoDBRecord) -> None:
+    # The images as DynamoDB JSON (the domain reads attribute values, like GetItem returns).
+    images = record.raw_event.get("dynamodb", {})
+    dependencies().process(images.get("OldImage"), images.get("NewImage"))
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    evaluator = dependencies()
+    before = evaluator.stats.as_metrics()
+    response = process_partial_response(event=event, record_handler=evaluate_record, processor=processor,
+                                         context=context)
+    after = evaluator.stats.as_metrics()
+    for name, value in after.items():
+        metrics.add_metric(name=name, unit=MetricUnit.Count, value=value - before[name])
+    failed = len(response.get("batchItemFailures", []))
+    metrics.add_metric(name="ProfileChangesFailed", unit=MetricUnit.Count, value=failed)
+    logger.info("batch evaluated", extra={"records": len(event.get("Records", [])), "failed": failed,
+                                          **{k: after[k] - before[k] for k in after}})
+    return response

@@ -1,0 +1,150 @@
+"""Segmentation: identity-table stream -> segment evaluator -> memberships table + audience events."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Duration
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kinesis as kinesis
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as event_sources
+from aws_cdk import aws_sqs as sqs
+from cdk_nag import NagSuppressions
+from constructs import Construct
+
+from cdp import config, resources
+from infra.constructs.function import CdpFunction
+from infra.constructs.tables import build_table, grant_item_actions
+from infra.settings import DeploymentSettings
+
+# The memberships table (cdp.aws.membership_store): a consistent Query of one profile's
+# memberships (main key), conditional PutItem of decisions. Listing an audience's members
+# (the ``members`` index) is the admin and Profile APIs' business, not the evaluator's.
+MEMBERSHIPS_ACTIONS = ("dynamodb:Query", "dynamodb:PutItem")
+# The catalog (cdp.segmentation.catalog.CatalogStore): one Scan of the segments table per
+# cache period.
+SEGMENTS_ACTIONS = ("dynamodb:Scan",)
+# Account traits (cdp.aws.account_traits): BatchGetItem of ``acct#`` items of the identity
+# table (GetItem too, for single reads), only for audiences with account conditions.
+IDENTITY_ACTIONS = ("dynamodb:GetItem", "dynamodb:BatchGetItem")
+# A profile's account links: Query of ``p#<profile_id>`` records in the events table.
+EVENTS_ACTIONS = ("dynamodb:Query",)
+
+
+class Segmentation(Construct):
+    """The memberships table, the segment evaluator, its DLQ and its filtered stream mapping."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        settings: DeploymentSettings,
+        code_dir: Path,
+        layer: lambda_.ILayerVersion,
+        identity_table: dynamodb.ITable,
+        events_table: dynamodb.ITable,
+        segments_table: dynamodb.ITable,
+        stream: kinesis.IStream,
+        stream_consumer: CdpFunction,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.tables: dict[str, dynamodb.Table] = {
+            resources.MEMBERSHIPS_TABLE.logical_id: build_table(self, resources.MEMBERSHIPS_TABLE)}
+        self.memberships_table = self.tables[resources.MEMBERSHIPS_TABLE.logical_id]
+        self.dlq = self._dead_letter_queue()
+        cache_seconds = str(config.Settings().segments_cache_seconds)
+
+        self.evaluator = CdpFunction(
+            self,
+            "SegmentEvaluator",
+            spec=resources.SEGMENT_EVALUATOR_FUNCTION,
+            code_dir=code_dir,
+            layer=layer,
+            log_retention=settings.log_retention,
+            environment={
+                resources.MEMBERSHIPS_TABLE.env: self.memberships_table.table_name,
+                resources.SEGMENTS_TABLE.env: segments_table.table_name,
+                resources.IDENTITY_TABLE.env: identity_table.table_name,
+                resources.EVENTS_TABLE.env: events_table.table_name,
+                resources.EVENT_STREAM.env: stream.stream_name,
+                config.ENV_VARS["segments_cache_seconds"]: cache_seconds,
+            },
+        )
+        role = self.evaluator.role
+        grant_item_actions(self.memberships_table, role, *MEMBERSHIPS_ACTIONS)
+        grant_item_actions(segments_table, role, *SEGMENTS_ACTIONS)
+        # Only account items, and only profile records: IAM checks each key's partition value.
+        iam.Grant.add_to_principal(
+            grantee=role, actions=list(IDENTITY_ACTIONS), resource_arns=[identity_table.table_arn],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["acct#*"]}})
+        iam.Grant.add_to_principal(
+            grantee=role, actions=list(EVENTS_ACTIONS), resource_arns=[events_table.table_arn],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["p#*"]}})
+        # PutRecords only (stream.grant_write would add PutRecord and ListShards).
+        iam.Grant.add_to_principal(grantee=role, actions=["kinesis:PutRecords"], resource_arns=[stream.stream_arn])
+
+        # The stream consumer folds events into aggregate states of the specs the catalog
+        # lists: it reads the segments table too.
+        grant_item_actions(segments_table, stream_consumer.role, *SEGMENTS_ACTIONS)
+        stream_consumer.function.add_environment(resources.SEGMENTS_TABLE.env, segments_table.table_name)
+        stream_consumer.function.add_environment(config.ENV_VARS["segments_cache_seconds"], cache_seconds)
+
+        # Every setting, and its reason, is in cdp.resources.SEGMENT_EVALUATOR_ESM; the
+        # local stack's emulated mapping reads the same spec.
+        esm = resources.SEGMENT_EVALUATOR_ESM
+        self.event_source = event_sources.DynamoEventSource(
+            identity_table,
+            starting_position=lambda_.StartingPosition[esm.starting_position],
+            batch_size=esm.batch_size,
+            max_batching_window=Duration.seconds(esm.max_batching_window_s),
+            bisect_batch_on_error=esm.bisect_batch_on_error,
+            retry_attempts=esm.retry_attempts,
+            max_record_age=Duration.seconds(esm.max_record_age_s),
+            parallelization_factor=esm.parallelization_factor,
+            report_batch_item_failures=esm.report_batch_item_failures,
+            on_failure=event_sources.SqsDlq(self.dlq),
+            filters=[{"pattern": pattern} for pattern in esm.filter_patterns],
+        )
+        self.evaluator.function.add_event_source(self.event_source)
+        NagSuppressions.add_resource_suppressions(
+            role,
+            [
+                {
+                    "id": "AwsSolutions-IAM5",
+                    "reason": "The DynamoDB Streams event source mapping needs dynamodb:ListStreams, which does "
+                    "not support resource-level permissions (resource must be '*'); reading records is granted "
+                    "on the identity table's stream only. A test asserts '*' is used only by it and X-Ray.",
+                    "appliesTo": ["Resource::*"],
+                }
+            ],
+            apply_to_children=True,
+        )
+
+    def _dead_letter_queue(self) -> sqs.Queue:
+        spec = resources.SEGMENT_EVALUATOR_DLQ
+        # Holds pointers (shard, sequence numbers) into the identity table's stream; 14
+        # days, the SQS maximum, gives operators the most time to look at them.
+        dlq = sqs.Queue(
+            self,
+            spec.logical_id,
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+            retention_period=Duration.days(14),
+        )
+        cfn_queue = dlq.node.default_child
+        assert isinstance(cfn_queue, sqs.CfnQueue)
+        cfn_queue.override_logical_id(spec.logical_id)
+        NagSuppressions.add_resource_suppressions(
+            dlq,
+            [
+                {
+                    "id": "AwsSolutions-SQS3",
+                    "reason": "This queue is itself the dead-letter (on-failure) destination of the segment "
+                    "evaluator's stream mapping; a DLQ of the DLQ would add nothing.",
+                }
+            ],
+        )
+        return dlq
