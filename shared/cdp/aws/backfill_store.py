@@ -1,0 +1,548 @@
+"""The backfill job on DynamoDB: parallel scan of the identity table, history queries, resumable.
+
+``DynamoBackfill.run(deadline)`` does as much as it can before ``deadline`` (a
+``time.monotonic()`` instant) and returns; invoked again it continues where the last
+invocation stopped, so a Lambda function on a schedule (or invoking itself) finishes a
+backfill of any size. See ``cdp.segmentation.backfill`` for what is added to a profile
+and why it is added once.
+
+**What a run covers.** The specs of the catalog whose ``backfill`` is not ``done`` and
+whose ``live_from`` is at least ``settle`` in the past: an event received just before
+``live_from`` may still be in the consumer's pipeline (Kinesis, retries) and must be in
+the history before its partition is read. ``settle`` must exceed the consumer's
+iterator age; the default is generous.
+
+**Scan.** ``segments`` parallel-scan segments (``Segment``/``TotalSegments``), worked by
+``workers`` threads, each with its own client. Every live profile is filled: a
+``prof#`` item with ``status`` live and a home identifier item (``solo``) as read; the
+profile of every other ``user_id``/``anonymous_id`` identifier item is read and filled
+too, which is what makes a profile merged away during the scan safe (its history
+partitions then belong to the survivor, and the survivor may have been scanned before
+the merge). A partition once known filled is not looked at again in the invocation.
+
+**Writes.** ``UpdateItem`` of ``agg`` and ``version`` only (every other attribute the graph
+wrote stays), conditional on the ``version`` read, incremented as the graph does; on a
+conflict (the consumer wrote, a merge happened) the item is read again (consistently),
+following a merge to the survivor, and the fill is recomputed from the partitions still
+missing.
+
+**Checkpoint.** One item ``backfill#<run id>`` in the segments table, the run id being a
+hash of the specs and generations: per segment its scan position (a key, or ``done``)
+and counts, written after each page and every ``checkpoint_seconds``; a lease
+(``lease_until``, ``lease_owner``) so two invocations never work one run at once. When
+every segment is done, the spec items' ``backfill`` becomes ``done`` (conditional on
+their ``gen``). If a spec's ``gen`` changes during the run (deregistered and registered
+again) the run stops as ``superseded``; the next invocation starts a run for the new
+generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from cdp.aws.event_store import event_of_item
+from cdp.aws.identity_graph import home_ident_key, profile_key
+from cdp.observability import logger
+from cdp.segmentation.aggregates import AggregateState
+from cdp.segmentation.backfill import (
+    BackfillProgress,
+    add_history,
+    fold_history,
+    history_partitions,
+    partition_of,
+    unfilled,
+)
+from cdp.segmentation.catalog import SPEC_PREFIX, ActiveSpec, CatalogStore
+from cdp.segmentation.tallies import tallies_from_json, tallies_to_json
+
+RUN_PREFIX = "backfill#"
+DONE = "done"
+MAX_MERGE_CHAIN = 64
+
+
+def run_id_of(specs: Mapping[str, ActiveSpec]) -> str:
+    """The run of a set of specs at their generations (the same set resumes the same run)."""
+    canonical = json.dumps({spec_id: a.gen for spec_id, a in specs.items()}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _conditional_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+@dataclass
+class BackfillOutcome:
+    """What one ``run`` did. ``finished``: no spec is waiting for a backfill any more."""
+
+    finished: bool
+    state: str  # idle | waiting | busy | stopped (deadline) | superseded | done
+    run_id: str | None = None
+    scanned: int = 0
+    profiles: int = 0
+    written: int = 0
+    conflicts: int = 0
+
+
+@dataclass
+class _Counters:
+    scanned: int = 0
+    profiles: int = 0
+    written: int = 0
+    conflicts: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, scanned: int = 0, profiles: int = 0, written: int = 0, conflicts: int = 0) -> None:
+        with self.lock:
+            self.scanned += scanned
+            self.profiles += profiles
+            self.written += written
+            self.conflicts += conflicts
+
+
+class _Stop(Exception):
+    """The run must stop now: the lease was lost or a spec's generation changed."""
+
+
+class DynamoBackfill:
+    """Fills the aggregate states of pending specs from the history; see the module docstring."""
+
+    def __init__(self, client_factory: Callable[[], Any], identity_table: str, events_table: str,
+                 segments_table: str, segments: int = 8, workers: int = 8,
+                 settle: timedelta = timedelta(minutes=15), checkpoint_seconds: float = 10.0,
+                 gen_check_seconds: float = 10.0, attempts: int = 8,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._clients = client_factory
+        self._identity = identity_table
+        self._events = events_table
+        self._segments_table = segments_table
+        self._total_segments = segments
+        self._workers = workers
+        self._settle = settle
+        self._checkpoint_seconds = checkpoint_seconds
+        self._gen_check_seconds = gen_check_seconds
+        self._attempts = attempts
+        self._now = now
+        self._clock = clock
+        self._sleep = sleep
+        self._owner = uuid.uuid4().hex
+        # Per run() call:
+        self._specs: dict[str, ActiveSpec] = {}
+        self._run_id = ""
+        self._deadline = 0.0
+        self._stop_reason: str | None = None
+        self._filled: set[str] = set()
+        self._filled_lock = threading.Lock()
+        self._counters = _Counters()
+        self._next_gen_check = 0.0
+        self._gen_lock = threading.Lock()
+
+    # --- the run ------------------------------------------------------------------------
+
+    def run(self, deadline: float) -> BackfillOutcome:
+        """Work until done or ``deadline`` (``clock()`` instant); call again to continue."""
+        ddb = self._clients()
+        catalog = CatalogStore(ddb, self._segments_table, cache_seconds=0).current()
+        pending = {sid: a for sid, a in catalog.specs.items() if a.backfill != DONE}
+        if not pending:
+            return BackfillOutcome(True, "idle")
+        now = self._now()
+        ready = {sid: a for sid, a in pending.items() if _parse_iso(a.live_from) + self._settle <= now}
+        checkpoint = self._resumable(ddb, pending)
+        if checkpoint is None:
+            if not ready:
+                return BackfillOutcome(False, "waiting")
+            checkpoint = self._create(ddb, ready)
+        specs_gen = json.loads(checkpoint["specs"]["S"])
+        self._specs = {sid: pending[sid] for sid in specs_gen}
+        self._run_id = checkpoint["pk"]["S"].removeprefix(RUN_PREFIX)
+        self._deadline = deadline
+        self._stop_reason = None
+        self._filled = set()
+        self._counters = _Counters()
+        self._next_gen_check = self._clock() + self._gen_check_seconds
+        if not self._acquire(ddb):
+            return BackfillOutcome(False, "busy", self._run_id)
+        try:
+            if not self._mark_specs(ddb, "running"):
+                self._supersede(ddb)
+                return self._outcome("superseded", finished=False)
+            positions = {int(k): v["S"] for k, v in checkpoint["pos"]["M"].items()}
+            todo = [s for s, p in sorted(positions.items()) if p != DONE]
+            logger.info("backfill running", extra={"run_id": self._run_id, "specs": specs_gen,
+                                                   "segments_left": len(todo)})
+            if todo:
+                with ThreadPoolExecutor(max_workers=min(self._workers, len(todo))) as pool:
+                    results = list(pool.map(lambda s: self._work_segment(s, positions[s]), todo))
+            else:
+                results = []
+            if self._stop_reason == "superseded":
+                self._supersede(ddb)
+                return self._outcome("superseded", finished=False)
+            if not all(results):
+                return self._outcome("stopped", finished=False)
+            self._complete(ddb)
+            remaining = set(pending) - set(self._specs)
+            return self._outcome("done", finished=not remaining)
+        finally:
+            self._release(ddb)
+
+    def _outcome(self, state: str, finished: bool) -> BackfillOutcome:
+        c = self._counters
+        return BackfillOutcome(finished, state, self._run_id, c.scanned, c.profiles, c.written, c.conflicts)
+
+    def _time_left(self) -> bool:
+        return self._clock() < self._deadline and self._stop_reason is None
+
+    # --- checkpoint item ------------------------------------------------------------------
+
+    def _resumable(self, ddb: Any, pending: Mapping[str, ActiveSpec]) -> dict[str, Any] | None:
+        """A running checkpoint whose specs are all still pending at the same generations."""
+        for item in _run_items(ddb, self._segments_table):
+            if item.get("status", {}).get("S") != "running":
+                continue
+            gens = json.loads(item["specs"]["S"])
+            if all(sid in pending and pending[sid].gen == gen for sid, gen in gens.items()):
+                return item
+        return None
+
+    def _create(self, ddb: Any, specs: Mapping[str, ActiveSpec]) -> dict[str, Any]:
+        run_id = run_id_of(specs)
+        key = {"pk": {"S": RUN_PREFIX + run_id}}
+        found = ddb.get_item(TableName=self._segments_table, Key=key, ConsistentRead=True).get("Item")
+        if found is not None:
+            return dict(found)
+        estimate = ddb.describe_table(TableName=self._identity)["Table"].get("ItemCount", 0)
+        now = _iso(self._now())
+        segments = {str(s): {"S": ""} for s in range(self._total_segments)}
+        zeros = {str(s): {"N": "0"} for s in range(self._total_segments)}
+        item = {**key, "specs": {"S": json.dumps({sid: a.gen for sid, a in specs.items()}, sort_keys=True)},
+                "status": {"S": "running"}, "segments": {"N": str(self._total_segments)},
+                "pos": {"M": segments}, "scanned": {"M": zeros}, "profiles": {"M": zeros}, "written": {"M": zeros},
+                "estimate": {"N": str(int(estimate))}, "started_at": {"S": now}, "updated_at": {"S": now}}
+        try:
+            ddb.put_item(TableName=self._segments_table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as exc:
+            if not _conditional_failure(exc):
+                raise
+            return dict(ddb.get_item(TableName=self._segments_table, Key=key, ConsistentRead=True)["Item"])
+        return item
+
+    def _key(self) -> dict[str, Any]:
+        return {"pk": {"S": RUN_PREFIX + self._run_id}}
+
+    def _acquire(self, ddb: Any) -> bool:
+        now = self._now()
+        # Until the deadline (at most a Lambda function's 15 minutes) and a minute more.
+        until = now + timedelta(seconds=min(max(self._deadline - self._clock(), 0), 900) + 60)
+        try:
+            ddb.update_item(TableName=self._segments_table, Key=self._key(),
+                            UpdateExpression="SET lease_until = :until, lease_owner = :me",
+                            ConditionExpression="attribute_exists(pk) AND "
+                                                "(attribute_not_exists(lease_until) OR lease_until < :now)",
+                            ExpressionAttributeValues={":until": {"S": _iso(until)}, ":me": {"S": self._owner},
+                                                       ":now": {"S": _iso(now)}})
+        except ClientError as exc:
+            if _conditional_failure(exc):
+                return False
+            raise
+        return True
+
+    def _release(self, ddb: Any) -> None:
+        try:
+            ddb.update_item(TableName=self._segments_table, Key=self._key(), UpdateExpression="REMOVE lease_until",
+                            ConditionExpression="lease_owner = :me",
+                            ExpressionAttributeValues={":me": {"S": self._owner}})
+        except ClientError as exc:
+            if not _conditional_failure(exc):
+                raise
+
+    def _save(self, ddb: Any, segment: int, position: str, counts: _Counters) -> None:
+        """Record a segment's position and counts (only while this invocation holds the lease)."""
+        s = str(segment)
+        try:
+            ddb.update_item(
+                TableName=self._segments_table, Key=self._key(),
+                # ADD takes top-level attributes only: counts are per-segment map entries.
+                UpdateExpression="SET pos.#s = :p, updated_at = :t, scanned.#s = scanned.#s + :sc, "
+                                 "profiles.#s = profiles.#s + :pr, written.#s = written.#s + :wr",
+                ConditionExpression="lease_owner = :me",
+                ExpressionAttributeNames={"#s": s},
+                ExpressionAttributeValues={":p": {"S": position}, ":t": {"S": _iso(self._now())},
+                                           ":sc": {"N": str(counts.scanned)}, ":pr": {"N": str(counts.profiles)},
+                                           ":wr": {"N": str(counts.written)}, ":me": {"S": self._owner}})
+        except ClientError as exc:
+            if _conditional_failure(exc):
+                self._stop_reason = "lease lost"
+                raise _Stop from exc
+            raise
+
+    def _mark_specs(self, ddb: Any, status: str) -> bool:
+        """Set the specs' ``backfill`` (conditional on their gen); False if a gen changed."""
+        for spec_id, active in self._specs.items():
+            try:
+                ddb.update_item(TableName=self._segments_table, Key={"pk": {"S": SPEC_PREFIX + spec_id}},
+                                UpdateExpression="SET backfill = :s", ConditionExpression="gen = :g",
+                                ExpressionAttributeValues={":s": {"S": status}, ":g": {"S": active.gen}})
+            except ClientError as exc:
+                if _conditional_failure(exc):
+                    return False
+                raise
+        return True
+
+    def _complete(self, ddb: Any) -> None:
+        ddb.update_item(TableName=self._segments_table, Key=self._key(),
+                        UpdateExpression="SET #st = :done, finished_at = :t, updated_at = :t",
+                        ExpressionAttributeNames={"#st": "status"},
+                        ExpressionAttributeValues={":done": {"S": DONE}, ":t": {"S": _iso(self._now())}})
+        if not self._mark_specs(ddb, DONE):
+            logger.warning("backfill done but a spec was registered again meanwhile", extra={"run_id": self._run_id})
+        logger.info("backfill done", extra={"run_id": self._run_id})
+
+    def _supersede(self, ddb: Any) -> None:
+        ddb.update_item(TableName=self._segments_table, Key=self._key(),
+                        UpdateExpression="SET #st = :s, updated_at = :t", ExpressionAttributeNames={"#st": "status"},
+                        ExpressionAttributeValues={":s": {"S": "superseded"}, ":t": {"S": _iso(self._now())}})
+        logger.info("backfill superseded: a spec was registered again", extra={"run_id": self._run_id})
+
+    def _check_gens(self, ddb: Any) -> None:
+        """Every ``gen_check_seconds``, stop the run if a spec's generation changed."""
+        with self._gen_lock:
+            if self._clock() < self._next_gen_check:
+                return
+            self._next_gen_check = self._clock() + self._gen_check_seconds
+        for spec_id, active in self._specs.items():
+            item = ddb.get_item(TableName=self._segments_table, Key={"pk": {"S": SPEC_PREFIX + spec_id}},
+                                ConsistentRead=True, ProjectionExpression="gen").get("Item")
+            if item is None or item["gen"]["S"] != active.gen:
+                self._stop_reason = "superseded"
+                raise _Stop
+
+    # --- one segment ----------------------------------------------------------------------
+
+    def _work_segment(self, segment: int, position: str) -> bool:
+        """Scan one segment from ``position``; True when it is done."""
+        ddb = self._clients()
+        request: dict[str, Any] = {"TableName": self._identity, "Segment": segment,
+                                   "TotalSegments": self._total_segments}
+        if position:
+            request["ExclusiveStartKey"] = json.loads(position)
+        pending = _Counters()
+        saved_at = self._clock()
+        last: dict[str, Any] | None = None
+        try:
+            while self._time_left():
+                page = ddb.scan(**request)
+                for item in page.get("Items", []):
+                    if not self._time_left():
+                        break
+                    self._check_gens(ddb)
+                    self._visit(ddb, item, pending)
+                    last = {"pk": item["pk"]}
+                    if self._clock() - saved_at >= self._checkpoint_seconds:
+                        self._flush(ddb, segment, json.dumps(last), pending)
+                        saved_at = self._clock()
+                else:
+                    following = page.get("LastEvaluatedKey")
+                    if following is None:
+                        self._flush(ddb, segment, DONE, pending)
+                        return True
+                    request["ExclusiveStartKey"] = following
+                    last = following
+                    self._flush(ddb, segment, json.dumps(following), pending)
+                    saved_at = self._clock()
+                    continue
+                break
+            if last is not None and self._stop_reason != "superseded":
+                self._flush(ddb, segment, json.dumps(last), pending)
+        except _Stop:
+            pass
+        return False
+
+    def _flush(self, ddb: Any, segment: int, position: str, pending: _Counters) -> None:
+        self._save(ddb, segment, position, pending)
+        self._counters.add(pending.scanned, pending.profiles, pending.written, pending.conflicts)
+        pending.scanned = pending.profiles = pending.written = pending.conflicts = 0
+
+    # --- one profile ----------------------------------------------------------------------
+
+    def _visit(self, ddb: Any, item: dict[str, Any], counts: _Counters) -> None:
+        counts.scanned += 1
+        key = item["pk"]["S"]
+        if key.startswith("prof#"):
+            if item.get("status", {}).get("S") != "live":
+                return  # merged: its identifiers' items lead to the survivor
+            target: tuple[str, dict[str, Any]] | None = (key, item)
+        elif key.startswith("ident#") and "solo" in item:
+            target = (key, item)
+        elif key.startswith("ident#") and "profile_id" in item:
+            partition = partition_of(key)
+            if partition is None or self._known_filled([partition]):
+                return
+            target = self._live(ddb, item["profile_id"]["S"], consistent=False)
+        else:
+            return
+        if target is not None:
+            counts.profiles += 1
+            self._fill(ddb, *target, counts)
+
+    def _known_filled(self, partitions: list[str]) -> bool:
+        with self._filled_lock:
+            return all(p in self._filled for p in partitions)
+
+    def _get(self, ddb: Any, key: str, consistent: bool) -> dict[str, Any] | None:
+        item = ddb.get_item(TableName=self._identity, Key={"pk": {"S": key}}, ConsistentRead=consistent).get("Item")
+        return dict(item) if item is not None else None
+
+    def _live(self, ddb: Any, profile_id: str, consistent: bool) -> tuple[str, dict[str, Any]] | None:
+        """The item a (possibly merged) profile id lives in now, following merges."""
+        for _ in range(MAX_MERGE_CHAIN):
+            home = home_ident_key(profile_id)
+            key = home or profile_key(profile_id)
+            item = self._get(ddb, key, consistent)
+            if item is None:
+                return None
+            if home is not None:
+                if "solo" in item and item.get("profile_id", {}).get("S") == profile_id:
+                    return key, item
+                following = item.get("profile_id", {}).get("S")  # merged away: points at the survivor
+                if following is None or following == profile_id:
+                    return None
+                profile_id = following
+                continue
+            if item.get("status", {}).get("S") == "live":
+                return key, item
+            following = item.get("merged_into", {}).get("S")
+            if following is None:
+                return None
+            profile_id = following
+        return None
+
+    def _again(self, ddb: Any, key: str) -> tuple[str, dict[str, Any]] | None:
+        """The item at ``key`` read again after a conflict, or its survivor."""
+        item = self._get(ddb, key, consistent=True)
+        if item is None:
+            return None
+        if key.startswith("prof#"):
+            if item.get("status", {}).get("S") == "live":
+                return key, item
+            return self._live(ddb, item["merged_into"]["S"], consistent=True) if "merged_into" in item else None
+        if "solo" in item:
+            return key, item
+        return self._live(ddb, item["profile_id"]["S"], consistent=True) if "profile_id" in item else None
+
+    def _fill(self, ddb: Any, key: str, item: dict[str, Any], counts: _Counters) -> None:
+        fills: dict[str, dict[str, AggregateState]] = {}
+        for attempt in range(self._attempts):
+            partitions = history_partitions(item.get("ids", {}).get("SS") or [key])
+            if self._known_filled(partitions):
+                return
+            tallies = tallies_from_json(item.get("agg", {}).get("S"))
+            # A partition this invocation filled is in its profile's states even if a later
+            # write of the consumer lost the tags.
+            with self._filled_lock:
+                missing = [p for p in unfilled(tallies, self._specs, partitions) if p not in self._filled]
+            for partition in missing:
+                if partition not in fills:
+                    fills[partition] = fold_history(self._specs, self._history(ddb, partition), self._now())
+            updated = add_history(tallies, self._specs, {p: fills[p] for p in missing}, self._now())
+            if updated is tallies:
+                self._remember(partitions)
+                return
+            version = item.get("version", {}).get("N")
+            try:
+                ddb.update_item(
+                    TableName=self._identity, Key={"pk": {"S": key}},
+                    UpdateExpression="SET agg = :agg, version = :next",
+                    ConditionExpression="version = :v" if version is not None else "attribute_not_exists(version)",
+                    ExpressionAttributeValues={":agg": {"S": tallies_to_json(updated)},
+                                               ":next": {"N": str(int(version or 0) + 1)},
+                                               **({":v": {"N": version}} if version is not None else {})})
+            except ClientError as exc:
+                if not _conditional_failure(exc):
+                    raise
+                counts.conflicts += 1
+                again = self._again(ddb, key)
+                if again is None:
+                    return
+                key, item = again
+                if attempt:
+                    self._sleep(random.uniform(0, 0.02 * 2**attempt))
+                continue
+            counts.written += 1
+            self._remember(partitions)
+            return
+        raise RuntimeError(f"profile item {key} kept changing during the backfill")
+
+    def _remember(self, partitions: list[str]) -> None:
+        with self._filled_lock:
+            self._filled.update(partitions)
+
+    def _history(self, ddb: Any, partition: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        request: dict[str, Any] = {"TableName": self._events, "KeyConditionExpression": "pk = :p",
+                                   "ExpressionAttributeValues": {":p": {"S": partition}}}
+        while True:
+            page = ddb.query(**request)
+            events.extend(event_of_item(i) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return events
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+def _run_items(ddb: Any, segments_table: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    request: dict[str, Any] = {"TableName": segments_table, "ConsistentRead": True,
+                               "FilterExpression": "begins_with(pk, :p)",
+                               "ExpressionAttributeValues": {":p": {"S": RUN_PREFIX}}}
+    while True:
+        page = ddb.scan(**request)
+        items.extend(page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return items
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _total(item: dict[str, Any], name: str) -> int:
+    return sum(int(v["N"]) for v in item.get(name, {}).get("M", {}).values())
+
+
+def progress_of_item(item: dict[str, Any]) -> BackfillProgress:
+    """A checkpoint item read as progress."""
+    positions = item.get("pos", {}).get("M", {})
+    return BackfillProgress(
+        run_id=item["pk"]["S"].removeprefix(RUN_PREFIX), specs=json.loads(item["specs"]["S"]),
+        status=item.get("status", {}).get("S", "running"), segments_total=int(item["segments"]["N"]),
+        segments_done=sum(1 for v in positions.values() if v["S"] == DONE),
+        scanned=_total(item, "scanned"), profiles=_total(item, "profiles"), written=_total(item, "written"),
+        estimate=int(item.get("estimate", {}).get("N", "0")), started_at=item["started_at"]["S"],
+        updated_at=item["updated_at"]["S"], finished_at=item.get("finished_at", {}).get("S"))
+
+
+def backfill_status(dynamodb: Any, segments_table: str) -> list[BackfillProgress]:
+    """Every backfill run recorded in the segments table, the latest first (for the admin API and CLI)."""
+    runs = [progress_of_item(i) for i in _run_items(dynamodb, segments_table)]
+    return sorted(runs, key=lambda r: r.started_at, reverse=True)
