@@ -8,7 +8,9 @@
 2. the tables, stream, bucket and queue of ``cdp.resources``;
 3. the source ``src_local`` with the write key, and the access token of the Profile API
    for ``space`` (both stored as hashes, as ``cdp sources`` / ``cdp tokens`` store them);
-4. the Kinesis event source mapping (one poller per shard) into the stream consumer;
+4. the Kinesis event source mapping (one poller per shard) into the stream consumer, and
+   the identity table's DynamoDB Streams mapping (filtered to profile items, as
+   deployed) into the segment evaluator, each with its DLQ;
 5. the HTTP API on ``host:port``: the routes of ``cdp.resources.HTTP_ROUTES``, the
    Profile API on ``GET /v1/spaces/{proxy+}`` and the collector on ``$default``.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -33,12 +36,25 @@ from werkzeug.serving import make_server
 from cdp import config, resources
 from cdp.access_tokens import AccessTokenRegistry, access_token_key, valid_space_id
 from cdp.local import moto_speedups
+from cdp.local.dynamodb_esm import (
+    DynamoDbEventSourceMapping,
+    DynamoDbEventSourceSpec,
+    dynamodb_streams_client,
+    latest_stream_arn,
+)
 from cdp.local.functions import LocalFunction
 from cdp.local.gateway import HttpApiGateway
 from cdp.local.kinesis_esm import KinesisEventSourceMapping, SqsDestination
 from cdp.local.lambda_events import REGION
 from cdp.local.provisioning import Provisioned, provision
-from cdp.resources import BucketSpec, KinesisEventSourceSpec, QueueSpec, StreamSpec, TableSpec
+from cdp.resources import (
+    BucketSpec,
+    DynamoDbStreamEventSourceSpec,
+    KinesisEventSourceSpec,
+    QueueSpec,
+    StreamSpec,
+    TableSpec,
+)
 from cdp.sources import SourceRegistry, hash_write_key
 
 log = logging.getLogger(__name__)
@@ -150,11 +166,13 @@ class EmbeddedStack:
         self._moto: MotoServer | None = None
         self._gateway: HttpApiGateway | None = None
         self._mapping: KinesisEventSourceMapping | None = None
+        self._profile_mapping: DynamoDbEventSourceMapping | None = None
         self._saved_env: dict[str, str | None] = {}
         self._ready = threading.Event()
         self.collector: LocalFunction | None = None
         self.stream_consumer: LocalFunction | None = None
         self.profile_api: LocalFunction | None = None
+        self.segment_evaluator: LocalFunction | None = None
         self.provisioned: Provisioned | None = None
 
     # --- lifecycle --------------------------------------------------------------------
@@ -186,6 +204,8 @@ class EmbeddedStack:
                                                        self._functions_dir)
         self.profile_api = LocalFunction.from_spec(resources.PROFILE_API_FUNCTION, self._functions_dir)
         self.admin_api = LocalFunction.from_spec(resources.ADMIN_API_FUNCTION, self._functions_dir)
+        self.segment_evaluator = LocalFunction.from_spec(resources.SEGMENT_EVALUATOR_FUNCTION,
+                                                         self._functions_dir)
         functions = {spec.logical_id: function for spec, function in (
             (resources.COLLECTOR_FUNCTION, self.collector), (resources.PROFILE_API_FUNCTION, self.profile_api),
             (resources.ADMIN_API_FUNCTION, self.admin_api))}
@@ -217,12 +237,33 @@ class EmbeddedStack:
         )
         mapping.start()
         self._mapping = mapping
+        self._profile_mapping = self._start_profile_mapping(session)
         self._ready.set()
         log.debug("local stack ready: API %s, AWS %s", self.api_url, self.aws_endpoint_url)
+
+    def _start_profile_mapping(self, session: Any) -> DynamoDbEventSourceMapping:
+        """The identity table's stream into the segment evaluator, as SEGMENT_EVALUATOR_ESM says."""
+        assert self.provisioned is not None and self.segment_evaluator is not None
+        self.segment_evaluator.warm_up()
+        dlq_url = self.provisioned.queue_urls[resources.SEGMENT_EVALUATOR_DLQ.local_name]
+        mapping = DynamoDbEventSourceMapping(
+            streams=dynamodb_streams_client(session),
+            stream_arn=latest_stream_arn(session.client("dynamodb"), resources.IDENTITY_TABLE.local_name),
+            function=self.segment_evaluator,
+            spec=local_dynamodb_spec(resources.SEGMENT_EVALUATOR_ESM),
+            on_failure=SqsDestination(session.client("sqs"), dlq_url),
+            retry_backoff_s=self._retry_backoff,
+            poll_interval_s=self._poll_interval,
+        )
+        mapping.start()
+        return mapping
 
     def stop(self) -> None:
         """Stop pollers, the HTTP API and moto, and restore the environment. Safe to call twice."""
         self._ready.clear()
+        if self._profile_mapping is not None:
+            self._profile_mapping.stop()
+            self._profile_mapping = None
         if self._mapping is not None:
             self._mapping.stop()
             self._mapping = None
@@ -260,6 +301,8 @@ class EmbeddedStack:
             # Identity settings changed through the admin API apply within seconds locally
             # (a minute in the cloud).
             config.ENV_VARS["identity_config_cache_seconds"]: "2",
+            # Audience and computed trait definitions too.
+            config.ENV_VARS["segments_cache_seconds"]: "2",
         }
         specs: list[TableSpec | StreamSpec | BucketSpec | QueueSpec] = [
             *resources.TABLES, *resources.STREAMS, *resources.BUCKETS, *resources.QUEUES]
@@ -339,9 +382,41 @@ class EmbeddedStack:
             raise RuntimeError("stack not started")
         return self._mapping
 
+    @property
+    def profile_mapping(self) -> DynamoDbEventSourceMapping:
+        """The identity table's stream mapping into the segment evaluator."""
+        if self._profile_mapping is None:
+            raise RuntimeError("stack not started")
+        return self._profile_mapping
+
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Wait until every record on the stream has been delivered (or discarded)."""
-        return self.mapping.wait_idle(timeout)
+        """Wait until every record on the event stream and on the identity table's stream has
+        been delivered (or discarded or filtered out).
+
+        The two feed each other (a profile change emits audience events, which change
+        profiles), so both are drained until a round in which neither delivered anything.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            before = (self.mapping.stats.invocations, self.profile_mapping.stats.invocations)
+            for mapping in (self.mapping, self.profile_mapping):
+                if not mapping.wait_idle(max(0.0, deadline - time.monotonic())):
+                    return False
+            if (self.mapping.stats.invocations, self.profile_mapping.stats.invocations) == before:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+
+def local_dynamodb_spec(spec: DynamoDbStreamEventSourceSpec) -> DynamoDbEventSourceSpec:
+    """The emulated mapping's settings from the deployed one's (one batch per shard: factor 1)."""
+    if spec.parallelization_factor != 1:
+        raise ValueError("the local DynamoDB Streams mapping runs one batch per shard (parallelization 1)")
+    return DynamoDbEventSourceSpec(
+        batch_size=spec.batch_size, max_batching_window_s=spec.max_batching_window_s,
+        starting_position=spec.starting_position, bisect_batch_on_error=spec.bisect_batch_on_error,
+        retry_attempts=spec.retry_attempts, max_record_age_s=spec.max_record_age_s,
+        report_batch_item_failures=spec.report_batch_item_failures, filter_patterns=spec.filter_patterns)
 
 
 class _EndpointSession(boto3.session.Session):

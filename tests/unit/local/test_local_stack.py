@@ -55,12 +55,18 @@ def handler(event, context):
                                 "pathParameters": event.get("pathParameters")})}
 '''
 
+EVALUATOR = '''
+def handler(event, context):
+    assert all(r["eventSource"] == "aws:dynamodb" for r in event["Records"])
+    return {"batchItemFailures": []}
+'''
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
     functions = tmp_path_factory.mktemp("functions")
     for folder, code in (("collector", COLLECTOR), ("stream_consumer", CONSUMER), ("profile_api", PROFILE_API),
-                         ("admin_api", PROFILE_API)):
+                         ("admin_api", PROFILE_API), ("segment_evaluator", EVALUATOR)):
         (functions / folder).mkdir()
         (functions / folder / "handler.py").write_text(code)
     before = dict(os.environ)
@@ -159,3 +165,15 @@ def test_admin_paths_go_to_the_admin_api_route(stack: EmbeddedStack) -> None:
     with urllib.request.urlopen(request) as response:
         body = json.loads(response.read())
     assert body["routeKey"] == "ANY /v1/admin/{proxy+}" and body["rawPath"] == "/v1/admin/identity-config"
+
+
+def test_profile_items_of_the_identity_table_reach_the_segment_evaluator_filtered(stack: EmbeddedStack) -> None:
+    ddb = stack.session().client("dynamodb")
+    table = resources.IDENTITY_TABLE.local_name
+    assert stack.wait_idle(timeout=15)
+    before = stack.profile_mapping.stats.records_delivered
+    ddb.put_item(TableName=table, Item={"pk": {"S": "ident#user_id:zz"}, "profile_id": {"S": "pz"}})
+    ddb.put_item(TableName=table, Item={"pk": {"S": "prof#pz"}, "status": {"S": "live"}, "version": {"N": "1"}})
+    assert stack.wait_idle(timeout=15)
+    # The pointer item is filtered out as the deployed mapping's filter criteria do.
+    assert stack.profile_mapping.stats.records_delivered == before + 1
