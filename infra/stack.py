@@ -109,6 +109,8 @@ class CdpStack(Stack):
             collector=self.ingestion.collector.function,
             consumer=self.pipeline.consumer.function,
             dlq=self.pipeline.dlq,
+            evaluator=self.segmentation.evaluator.function,
+            evaluator_dlq=self.segmentation.dlq,
             alarm_topic_arn=self.settings.alarm_topic_arn,
         )
 

@@ -35,6 +35,8 @@ class Monitoring(Construct):
         collector: lambda_.IFunction,
         consumer: lambda_.IFunction,
         dlq: sqs.IQueue,
+        evaluator: lambda_.IFunction | None = None,
+        evaluator_dlq: sqs.IQueue | None = None,
         alarm_topic_arn: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -112,6 +114,9 @@ class Monitoring(Construct):
             ),
         }
 
+        if evaluator is not None and evaluator_dlq is not None:
+            self.alarms.update(self._evaluator_alarms(evaluator, evaluator_dlq))
+
         if alarm_topic_arn:
             topic = sns.Topic.from_topic_arn(self, "AlarmTopic", alarm_topic_arn)
             for alarm in self.alarms.values():
@@ -179,6 +184,23 @@ class Monitoring(Construct):
             ),
         )
 
+        if evaluator is not None and evaluator_dlq is not None:
+            self.dashboard.add_widgets(
+                cloudwatch.GraphWidget(
+                    title="Segment evaluator iterator age (ms)",
+                    left=[evaluator.metric("IteratorAge", statistic="Maximum", period=one_minute)],
+                    width=8,
+                ),
+                cloudwatch.GraphWidget(
+                    title="Segment evaluator invocations, errors / DLQ depth",
+                    left=[evaluator.metric_invocations(period=five_minutes),
+                          evaluator.metric_errors(statistic="Sum", period=five_minutes)],
+                    right=[evaluator_dlq.metric_approximate_number_of_messages_visible(statistic="Maximum",
+                                                                                        period=one_minute)],
+                    width=8,
+                ),
+            )
+
         def cdp_metric(name: str) -> cloudwatch.Metric:
             # The consumer's EMF metrics (Powertools: namespace CDP, dimension service=cdp).
             return cloudwatch.Metric(namespace=NAMESPACE, metric_name=name, dimensions_map={"service": SERVICE},
@@ -202,3 +224,43 @@ class Monitoring(Construct):
                 width=8,
             ),
         )
+
+    def _evaluator_alarms(self, evaluator: lambda_.IFunction, dlq: sqs.IQueue) -> dict[str, cloudwatch.Alarm]:
+        """The segment evaluator's: behind on the identity stream, a batch given up on, a crash."""
+        one_minute, five_minutes = Duration.minutes(1), Duration.minutes(5)
+        return {
+            "EvaluatorIteratorAge": cloudwatch.Alarm(
+                self,
+                "EvaluatorIteratorAgeAlarm",
+                alarm_description="The segment evaluator is falling behind the identity table's stream: "
+                f"memberships lag by over {ITERATOR_AGE_THRESHOLD.to_minutes()} min. Records older than "
+                f"{resources.SEGMENT_EVALUATOR_ESM.max_record_age_s // 3600} h go to its DLQ.",
+                metric=evaluator.metric("IteratorAge", statistic="Maximum", period=one_minute),
+                threshold=ITERATOR_AGE_THRESHOLD.to_milliseconds(),
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=5,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+            "EvaluatorDlqDepth": cloudwatch.Alarm(
+                self,
+                "EvaluatorDlqDepthAlarm",
+                alarm_description="Profile changes the segment evaluator gave up on are in its DLQ: those "
+                "profiles' memberships may be stale until they change again or are re-evaluated.",
+                metric=dlq.metric_approximate_number_of_messages_visible(statistic="Maximum", period=one_minute),
+                threshold=0,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=1,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+            "EvaluatorErrors": cloudwatch.Alarm(
+                self,
+                "EvaluatorErrorsAlarm",
+                alarm_description="The segment evaluator crashed, timed out, or failed a whole batch; it is "
+                "retried and, after the retries, sent to the DLQ.",
+                metric=evaluator.metric_errors(statistic="Sum", period=five_minutes),
+                threshold=0,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=1,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+        }

@@ -163,3 +163,19 @@ def test_evaluator_dlq_is_encrypted_and_keeps_messages_14_days(cdp_stack: Synthe
     props = cdp_stack.props(resources.SEGMENT_EVALUATOR_DLQ.logical_id)
     assert props["SqsManagedSseEnabled"] is True
     assert props["MessageRetentionPeriod"] == 14 * 24 * 3600
+
+
+def test_evaluator_has_alarms_on_lag_dlq_and_errors(cdp_stack: SynthesizedStack) -> None:
+    alarms = [a["Properties"] for a in cdp_stack.of_type("AWS::CloudWatch::Alarm").values()]
+
+    def on(metric: str, dimension: dict[str, Any]) -> list[dict[str, Any]]:
+        return [a for a in alarms if a.get("MetricName") == metric and dimension in a.get("Dimensions", [])]
+
+    function = {"Name": "FunctionName", "Value": {"Ref": EVALUATOR}}
+    queue = {"Name": "QueueName", "Value": {"Fn::GetAtt": [resources.SEGMENT_EVALUATOR_DLQ.logical_id, "QueueName"]}}
+    (age,) = on("IteratorAge", function)
+    assert age["Threshold"] == 5 * 60 * 1000 and age["EvaluationPeriods"] == 5
+    (errors,) = on("Errors", function)
+    assert errors["Threshold"] == 0
+    (depth,) = on("ApproximateNumberOfMessagesVisible", queue)
+    assert depth["Threshold"] == 0
