@@ -2,7 +2,8 @@
 
 For each profile change (``cdp.segmentation.membership.profile_change``): read the
 profile's stored memberships, decide (``decide``), write the decisions conditionally,
-then put ``Audience Entered`` / ``Audience Exited`` onto the event stream. Memberships
+then put ``Audience Entered`` / ``Audience Exited`` onto the event stream (live profiles
+only: a merged-away profile's exits are recorded in the table, without events). Memberships
 are written before the events: if the put fails, the record fails and is delivered
 again, and the stored transition (``changed_version`` = this version) is replayed as the
 same event (same messageId), so no event is lost and none is counted twice.
@@ -42,10 +43,12 @@ class EvaluationStats:
     exited: int = 0
     replayed: int = 0
     skipped_events: int = 0  # transitions of profiles without a user or anonymous id
+    merged_exits: int = 0  # exits of merged-away profiles (recorded, no event)
 
     def as_metrics(self) -> dict[str, int]:
         return {"ProfilesEvaluated": self.profiles, "AudiencesEntered": self.entered,
-                "AudiencesExited": self.exited, "AudienceEventsReplayed": self.replayed}
+                "AudiencesExited": self.exited, "AudienceEventsReplayed": self.replayed,
+                "MergedProfileExits": self.merged_exits}
 
 
 @dataclass
@@ -87,6 +90,12 @@ class SegmentEvaluator:
     def _emit(self, change: ProfileChange, catalog: Catalog, done: Sequence[Decision]) -> None:
         transitions = [d for d in done if d.transition is not None]
         if not transitions:
+            return
+        if not change.live:
+            # A merged-away profile's exits are recorded (the memberships table's stream
+            # tells activation), but no event is emitted: its ids now resolve to the
+            # survivor, whose history would show an exit the person did not make.
+            self.stats.merged_exits += len(transitions)
             return
         person = person_of(change.ids)
         if person is None:
