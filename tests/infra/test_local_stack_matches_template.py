@@ -92,3 +92,21 @@ def test_the_local_gateway_routes_what_the_template_routes(cdp_stack: Synthesize
         integration = cdp_stack.props(cdp_stack.ref_target(route["Properties"]["Target"]["Fn::Join"][1][1]))
         template[route["Properties"]["RouteKey"]] = integration["IntegrationUri"]["Fn::GetAtt"][0]
     assert template == {route.route_key: route.function.logical_id for route in resources.HTTP_ROUTES}
+
+
+def test_local_profile_stream_mapping_is_the_deployed_one(cdp_stack: SynthesizedStack) -> None:
+    from cdp.local.stack import local_dynamodb_spec
+
+    local = local_dynamodb_spec(resources.SEGMENT_EVALUATOR_ESM)
+    (deployed,) = [m["Properties"] for m in cdp_stack.of_type("AWS::Lambda::EventSourceMapping").values()
+                   if m["Properties"]["FunctionName"] == {"Ref": resources.SEGMENT_EVALUATOR_FUNCTION.logical_id}]
+    assert deployed["EventSourceArn"] == {"Fn::GetAtt": [resources.IDENTITY_TABLE.logical_id, "StreamArn"]}
+    assert (local.batch_size, local.max_batching_window_s, local.starting_position) == (
+        deployed["BatchSize"], deployed["MaximumBatchingWindowInSeconds"], deployed["StartingPosition"])
+    assert (local.bisect_batch_on_error, local.retry_attempts, local.max_record_age_s) == (
+        deployed["BisectBatchOnFunctionError"], deployed["MaximumRetryAttempts"],
+        deployed["MaximumRecordAgeInSeconds"])
+    assert local.report_batch_item_failures == ("ReportBatchItemFailures" in deployed["FunctionResponseTypes"])
+    assert list(local.filter_patterns) == [f["Pattern"] for f in deployed["FilterCriteria"]["Filters"]]
+    on_failure = deployed["DestinationConfig"]["OnFailure"]["Destination"]
+    assert on_failure == {"Fn::GetAtt": [resources.SEGMENT_EVALUATOR_DLQ.logical_id, "Arn"]}
