@@ -21,8 +21,10 @@ from cdp.admin_api import AdminApi
 from cdp.aws.clients import client, table
 from cdp.aws.definition_store import DefinitionStore
 from cdp.aws.identity_config_store import IdentityConfigStore
+from cdp.aws.membership_store import MembershipStore
 from cdp.config import get_settings, identity_config
 from cdp.observability import logger, metrics, tracer
+from cdp.segmentation.catalog import SpecRegistry
 
 
 @lru_cache(maxsize=1)
@@ -33,7 +35,9 @@ def dependencies() -> AdminApi:
                                negative_ttl_seconds=0)
     ddb = client("dynamodb")
     store = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings))
-    return AdminApi(tokens.find, settings.space_id, store, DefinitionStore(ddb, settings.segments_table))
+    specs = SpecRegistry(ddb, settings.segments_table, settings.segments_cache_seconds)
+    return AdminApi(tokens.find, settings.space_id, store, DefinitionStore(ddb, settings.segments_table), specs,
+                    MembershipStore(ddb, settings.memberships_table))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
@@ -45,7 +49,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if body is not None and request.is_base64_encoded:
         body = base64.b64decode(body).decode("utf-8", errors="replace")
     result = dependencies().handle(request.request_context.http.method, request.raw_path, body,
-                                   (request.headers or {}).get("authorization"), dict(request.headers or {}))
+                                   (request.headers or {}).get("authorization"), dict(request.headers or {}),
+                                   dict(request.query_string_parameters or {}))
     metrics.add_metric(name="AdminRequests", unit=MetricUnit.Count, value=1)
     # Never the token or the body: the settings are not secret, but the log has no need of them.
     logger.info("admin request", extra={"method": request.request_context.http.method, "status": result.status})

@@ -19,11 +19,13 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from cdp.access_tokens import AccessTokenRegistry, CachedTokenLookup
 from cdp.aws.clients import client, table
 from cdp.aws.identity_config_store import IdentityConfigStore
+from cdp.aws.membership_store import MembershipStore
 from cdp.aws.profile_tables import DynamoProfileTables
 from cdp.config import get_settings, identity_config
 from cdp.observability import logger, metrics, tracer
 from cdp.profile_api import COMMON_HEADERS, ApiRequest, ApiResponse, ProfileApi
 from cdp.profiles import ProfileReader
+from cdp.segmentation.catalog import CatalogStore
 
 app = APIGatewayHttpResolver()
 
@@ -38,7 +40,11 @@ def dependencies() -> ProfileApi:
     # The identity settings in force (an admin may change them), to normalise as the consumer does.
     identity = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings),
                                    cache_seconds=settings.identity_config_cache_seconds)
-    return ProfileApi(reader, tokens.find, settings.space_id, identity.current, keep_ip=settings.keep_ip)
+    catalog = CatalogStore(ddb, settings.segments_table, cache_seconds=settings.segments_cache_seconds)
+    memberships = MembershipStore(ddb, settings.memberships_table)
+    return ProfileApi(reader, tokens.find, settings.space_id, identity.current, keep_ip=settings.keep_ip,
+                      catalog=catalog.current,
+                      audiences=lambda pid: {aid: m.member for aid, m in memberships.of_profile(pid).items()})
 
 
 def _respond(result: ApiResponse) -> Response:

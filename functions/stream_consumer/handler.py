@@ -26,6 +26,7 @@ from cdp.aws.quarantine_store import QuarantineStore
 from cdp.config import get_settings, identity_config
 from cdp.observability import logger, metrics, tracer
 from cdp.pipeline import InboundRecord, StreamConsumer
+from cdp.segmentation.catalog import CatalogStore
 from cdp.unification import UnificationStage
 
 processor = BatchProcessor(event_type=EventType.KinesisDataStreams)
@@ -42,7 +43,9 @@ def unification() -> tuple[UnificationStage, DynamoIdentityGraph]:
     identity = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings),
                                    cache_seconds=settings.identity_config_cache_seconds)
     graph = DynamoIdentityGraph(ddb, settings.identity_table, identity.current(), records_table=settings.events_table)
-    return UnificationStage(graph, ProfileRecords(ddb, settings.events_table), identity.current), graph
+    catalog = CatalogStore(ddb, settings.segments_table, cache_seconds=settings.segments_cache_seconds)
+    return UnificationStage(graph, ProfileRecords(ddb, settings.events_table), identity.current,
+                            catalog.current), graph
 
 
 @lru_cache(maxsize=1)

@@ -112,3 +112,76 @@ def test_computed_trait_definitions_use_their_own_collection(tokens, lambda_cont
     status, body = call("POST", tokens["admin"], lambda_context, ltv, path="/v1/admin/computed-traits")
     assert status == 201 and body["kind"] == "computed_trait", body
     assert call("GET", tokens["admin"], lambda_context, path=f"/v1/admin/audiences/{ltv['id']}")[0] == 404
+
+
+def spec_items() -> dict[str, dict[str, Any]]:
+    items = boto3.client("dynamodb").scan(TableName=resources.SEGMENTS_TABLE.local_name)["Items"]
+    return {i["pk"]["S"]: i for i in items if i["pk"]["S"].startswith("spec#")}
+
+
+def test_saving_definitions_registers_the_aggregates_they_read_and_deleting_drops_them(tokens, lambda_context):
+    pricing = json.loads((EXAMPLES / "pricing-page-interest.json").read_text())
+    ltv = json.loads((EXAMPLES / "computed_traits" / "lifetime_value.json").read_text())
+    status, body = call("POST", tokens["admin"], lambda_context, pricing, path="/v1/admin/audiences")
+    assert status == 201 and body["status"] == "backfilling" and body["live_from"], body
+    call("POST", tokens["admin"], lambda_context, ltv, path="/v1/admin/computed-traits")
+    registered = spec_items()
+    assert len(registered) == 2
+    pricing_spec = next(k for k, i in registered.items() if '"Pricing"' in i["spec"]["S"])
+    assert registered[pricing_spec]["live_from"]["S"] > registered[pricing_spec]["created_at"]["S"]
+
+    # Editing the name keeps the spec (and its states); deleting the audience drops it.
+    renamed = {**pricing, "name": "Keen on pricing"}
+    call("PUT", tokens["admin"], lambda_context, renamed, path=f"/v1/admin/audiences/{pricing['id']}")
+    assert spec_items()[pricing_spec]["gen"] == registered[pricing_spec]["gen"]
+    call("DELETE", tokens["admin"], lambda_context, path=f"/v1/admin/audiences/{pricing['id']}")
+    assert set(spec_items()) == set(registered) - {pricing_spec}
+    status, body = call("GET", tokens["admin"], lambda_context, path=f"/v1/admin/computed-traits/{ltv['id']}")
+    assert body["status"] == "backfilling"
+
+
+def test_an_audiences_members_page_through_and_a_profile_lists_its_memberships(tokens, lambda_context):
+    from cdp.aws.membership_store import MembershipStore
+    from cdp.segmentation.membership import Decision
+
+    pricing = json.loads((EXAMPLES / "pricing-page-interest.json").read_text())
+    call("POST", tokens["admin"], lambda_context, pricing, path="/v1/admin/audiences")
+    store = MembershipStore(boto3.client("dynamodb"), resources.MEMBERSHIPS_TABLE.local_name)
+    for n in range(5):
+        store.apply(f"p{n}", [Decision(pricing["id"], True, "entered", 1, "2026-11-28T10:00:00.000Z")], {})
+    store.apply("p0", [Decision(pricing["id"], False, "exited", 2, "2026-11-28T11:00:00.000Z")],
+                store.of_profile("p0"))
+
+    members_path = f"/v1/admin/audiences/{pricing['id']}/members"
+    seen: list[str] = []
+    cursor = None
+    while True:
+        event_path = members_path
+        status, page = call_with_query("GET", tokens["admin"], lambda_context, event_path,
+                                       {"limit": "2", **({"cursor": cursor} if cursor else {})})
+        assert status == 200, page
+        seen += [m["profile_id"] for m in page["data"]]
+        cursor = page["cursor"]
+        if not cursor:
+            break
+    assert sorted(seen) == ["p1", "p2", "p3", "p4"]
+    assert call_with_query("GET", tokens["admin"], lambda_context, members_path, {"cursor": "bad"})[0] == 400
+    assert call_with_query("GET", tokens["admin"], lambda_context, members_path, {"limit": "0"})[0] == 400
+    assert call("GET", tokens["admin"], lambda_context, path="/v1/admin/audiences/nope/members")[0] == 404
+    assert call("GET", tokens["read"], lambda_context, path=members_path)[0] == 403
+
+    status, body = call("GET", tokens["admin"], lambda_context, path="/v1/admin/profiles/p0/audiences")
+    assert status == 200 and body["data"] == [{"audience_id": pricing["id"], "member": False,
+                                               "entered_at": "2026-11-28T10:00:00.000Z",
+                                               "exited_at": "2026-11-28T11:00:00.000Z"}]
+
+
+def call_with_query(method: str, token: str, ctx: Any, path: str, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    from urllib.parse import urlencode
+
+    sent = [("Host", "api.example.com"),
+            ("Authorization", "Basic " + base64.b64encode(f"{token}:".encode()).decode())]
+    event = http_api_event(method=method, path=path, headers=sent, route_key=resources.ADMIN_API_ROUTE.route_key,
+                           raw_query=urlencode(query), path_parameters={"proxy": path.removeprefix("/v1/admin/")})
+    response = admin_api.handler(event, ctx)
+    return response["statusCode"], json.loads(response["body"])
