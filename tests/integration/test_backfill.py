@@ -264,7 +264,7 @@ def test_a_profile_merged_away_during_the_backfill_is_filled_once(world, monkeyp
     assert world.values("user_id", "cat") == world.expected("user_id", "cat") == {"ltv": 30, "pricing_views": 0}
 
 
-@pytest.mark.xfail(strict=True, reason="tallies.fold_events must keep the backfill's 'f' (see backfill docs)")
+
 def test_a_backfill_resumed_after_live_events_does_not_count_history_twice(world):
     """A profile filled, then written by the consumer, then met again by a later invocation
     (its identifier item, in another segment): the fill must still be known."""
@@ -281,7 +281,7 @@ def test_a_backfill_resumed_after_live_events_does_not_count_history_twice(world
     assert_exact(world)
 
 
-@pytest.mark.xfail(strict=True, reason="tallies.merge_tallies must unite the backfill's 'f' (see backfill docs)")
+
 def test_a_merge_of_two_filled_profiles_keeps_both_fills_known(world):
     world.deliver(order(2, BEFORE, anonymousId="dan-phone"), order(4, BEFORE, anonymousId="dan-laptop"))
     define_then_live_traffic(world)

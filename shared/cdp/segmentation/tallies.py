@@ -7,7 +7,9 @@ an ``agg`` attribute, JSON::
      "m": {"<stream key>": ["<sequence number>", "2026-11-28"]}}
 
 ``s`` holds one state per aggregate spec (``cdp.segmentation.aggregates`` stored form
-plus the spec's kind ``k`` and generation ``g``, see ``cdp.segmentation.catalog``).
+plus the spec's kind ``k`` and generation ``g``, see ``cdp.segmentation.catalog``, and
+``f``: the history partitions whose earlier events the backfill added,
+``cdp.segmentation.backfill``; folds keep it and merges unite it).
 
 **Exactly once.** Aggregates add up, so folding an event twice would count it twice;
 and a batch can be delivered again after its profile writes landed (a crash, a timeout,
@@ -36,6 +38,8 @@ from cdp.segmentation.catalog import ActiveSpec, Catalog
 from cdp.segmentation.evaluate import Facts
 
 MARK_DAYS = 8
+# Key of a stored state listing the history partitions the backfill added (cdp.segmentation.backfill).
+FILLED = "f"
 
 
 @dataclass(frozen=True)
@@ -125,8 +129,12 @@ def fold_events(tallies: Tallies, specs: Mapping[str, ActiveSpec],
             folded[spec_id] = aggregates.fold(state, dict(event))
     for spec_id, state in folded.items():
         state = aggregates.prune(state, now)
-        if state.buckets:
-            states[spec_id] = _stored(specs[spec_id], state)
+        stored = _stored(specs[spec_id], state)
+        previous = states.get(spec_id)
+        if previous is not None and previous.get("g") == stored["g"] and previous.get(FILLED):
+            stored[FILLED] = previous[FILLED]  # which history partitions the backfill added
+        if state.buckets or stored.get(FILLED):
+            states[spec_id] = stored
         else:
             states.pop(spec_id, None)
     cutoff = (now.date() - timedelta(days=MARK_DAYS)).isoformat()
@@ -151,7 +159,11 @@ def merge_tallies(a: Tallies, b: Tallies) -> Tallies:
             if ours is None or str(theirs.get("g")) > str(ours.get("g")):
                 states[spec_id] = theirs
             continue
-        states[spec_id] = {"k": ours["k"], "g": ours["g"], **aggregates.merge_stored(ours["k"], ours, theirs)}
+        combined = {"k": ours["k"], "g": ours["g"], **aggregates.merge_stored(ours["k"], ours, theirs)}
+        filled = sorted({*ours.get(FILLED, ()), *theirs.get(FILLED, ())})
+        if filled:
+            combined[FILLED] = filled
+        states[spec_id] = combined
     marks = dict(a.marks)
     for key, (sequence, day) in b.marks.items():
         current = marks.get(key)
