@@ -23,7 +23,7 @@ same graph and profiles.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -89,7 +89,7 @@ class UnificationStage:
                 identifiers.append(as_user)  # merge protection decides (two user ids never merge)
         return identifiers
 
-    def store(self, events: list[StagedEvent]) -> None:
+    def store(self, events: Sequence[StagedEvent]) -> None:
         """Unify a batch: first with one commit for the whole batch, and if a concurrent
         consumer changed something it read, again with one commit per event.
 
@@ -106,7 +106,7 @@ class UnificationStage:
         if records:
             self._records.put(records)
 
-    def _unify(self, events: list[StagedEvent], batched: bool) -> list[dict[str, Any]]:
+    def _unify(self, events: Sequence[StagedEvent], batched: bool) -> list[dict[str, Any]]:
         graph = self._graph
         graph.begin_batch(self._config, batched=batched)
         specs = self._catalog.specs

@@ -78,7 +78,7 @@ def test_selected_events_are_counted_on_the_profile_and_redelivery_changes_nothi
 
 
 def test_a_home_profile_keeps_its_aggregates_in_its_identifier_item(aws):
-    stage, graph = make_stage()
+    stage, _graph = make_stage()
     stage.store([staged(page(1, anonymousId="v1"))])
     items = scan(resources.IDENTITY_TABLE.local_name)
     assert [i["pk"] for i in items] == ["ident#anonymous_id:v1"] and "agg" in items[0]
