@@ -17,13 +17,15 @@ from infra.constructs.ingestion import Ingestion
 from infra.constructs.monitoring import Monitoring
 from infra.constructs.pipeline import Pipeline
 from infra.constructs.profile_api import ProfileApi
+from infra.constructs.segment_jobs import SegmentJobs
 from infra.constructs.segmentation import Segmentation
 from infra.settings import DeploymentSettings
 
 
 class CdpStack(Stack):
     """Ingestion (HTTP API, collector, stream), pipeline (consumer, tables, archive, DLQ), Profile API,
-    admin API, segmentation (evaluator, memberships table, DLQ), monitoring.
+    admin API, segmentation (evaluator, memberships table, DLQ), segmentation's scheduled jobs (backfill,
+    scheduler), monitoring.
 
     Environment-agnostic on purpose (no account/region, no lookups): ``cdk synth`` works
     without AWS credentials, and one template deploys to any account and region.
@@ -100,6 +102,18 @@ class CdpStack(Stack):
             segments_table=self.admin_api.tables[resources.SEGMENTS_TABLE.logical_id],
             stream=self.ingestion.stream,
             stream_consumer=self.pipeline.consumer,
+        )
+        self.segment_jobs = SegmentJobs(
+            self,
+            "SegmentJobs",
+            settings=self.settings,
+            backfill_code_dir=assets.function_dirs[resources.SEGMENT_BACKFILL_FUNCTION.folder],
+            scheduler_code_dir=assets.function_dirs[resources.SEGMENT_SCHEDULER_FUNCTION.folder],
+            layer=self.dependencies_layer,
+            identity_table=self.pipeline.identity_table,
+            events_table=self.pipeline.events_table,
+            segments_table=self.admin_api.tables[resources.SEGMENTS_TABLE.logical_id],
+            memberships_table=self.segmentation.memberships_table,
         )
         self.monitoring = Monitoring(
             self,

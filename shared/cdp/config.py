@@ -41,6 +41,10 @@ class Settings(BaseModel):
     # How long a warm function trusts the audience and computed trait definitions (and
     # aggregate specs) it read from the segments table (an admin may change them).
     segments_cache_seconds: int = Field(default=60, ge=0)
+    # How long after a spec's ``live_from`` the backfill waits before reading the history:
+    # an event received just before ``live_from`` may still be on its way through the
+    # stream consumer (Kinesis, retries), so this must exceed the consumer's iterator age.
+    backfill_settle_seconds: int = Field(default=900, ge=0)
 
 
 ENV_VARS: dict[str, str] = {
@@ -61,6 +65,7 @@ ENV_VARS: dict[str, str] = {
     "space_id": "CDP_SPACE_ID",
     "access_token_cache_seconds": "CDP_ACCESS_TOKEN_CACHE_SECONDS",
     "segments_cache_seconds": "CDP_SEGMENTS_CACHE_SECONDS",
+    "backfill_settle_seconds": "CDP_BACKFILL_SETTLE_SECONDS",
 }
 
 

@@ -237,10 +237,80 @@ SEGMENT_EVALUATOR_FUNCTION = FunctionSpec(
     "memberships, emits Audience Entered/Exited.",
 )
 
+# 1,024 MB on arm64 (about 0.6 vCPU): the backfill's eight threads are mostly waiting on
+# DynamoDB, and botocore's parsing of their answers is what uses the CPU; less memory
+# would starve them of CPU. Five minutes, the period of its schedule: an invocation works
+# until shortly before its timeout and checkpoints, and the next one (whose lease would
+# otherwise make it return at once) starts as it ends.
+SEGMENT_BACKFILL_FUNCTION = FunctionSpec(
+    logical_id="SegmentBackfillFunction",
+    folder="segment_backfill",
+    memory_mb=1024,
+    timeout_s=300,
+    purpose="Backfill: fills new aggregate specs' states from the history (events before live_from) by a "
+    "checkpointed parallel scan of the identity table; marks the specs' backfill done.",
+)
+
+# The scheduler only Queries the due index and updates profile items: I/O-bound, little
+# memory. Up to 15 minutes (Lambda's maximum) for a midnight peak or a catch-up of missed
+# hours; hourly runs never overlap.
+SEGMENT_SCHEDULER_FUNCTION = FunctionSpec(
+    logical_id="SegmentSchedulerFunction",
+    folder="segment_scheduler",
+    memory_mb=512,
+    timeout_s=900,
+    purpose="Hourly: touches the profiles whose time-based memberships are due (due index), so the "
+    "segment evaluator re-evaluates them.",
+)
+
 FUNCTIONS: tuple[FunctionSpec, ...] = (
     COLLECTOR_FUNCTION, STREAM_CONSUMER_FUNCTION, PROFILE_API_FUNCTION, ADMIN_API_FUNCTION,
-    SEGMENT_EVALUATOR_FUNCTION,
+    SEGMENT_EVALUATOR_FUNCTION, SEGMENT_BACKFILL_FUNCTION, SEGMENT_SCHEDULER_FUNCTION,
 )
+
+
+# --- Schedules (EventBridge rules) ----------------------------------------------------
+# Read by the CDK construct; the local stack runs the same functions on shorter periods
+# (``EmbeddedStack(backfill_period_s=..., scheduler_period_s=...)``).
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """An EventBridge rule invoking ``function`` (asynchronously) on ``expression``."""
+
+    logical_id: str
+    function: FunctionSpec
+    expression: str  # EventBridge schedule expression: rate(...) or cron(...)
+    # Lambda's own retries of a failed asynchronous invocation (0-2).
+    retry_attempts: int
+    purpose: str = ""
+
+
+# Every 5 minutes: with nothing waiting an invocation costs one Scan of the (small)
+# segments table and returns; with a backfill running, each invocation continues it from
+# its checkpoint, so a new definition is ready within minutes of its settle time. No
+# retries: the next tick is the retry (and a retry would only find the lease held).
+SEGMENT_BACKFILL_SCHEDULE = ScheduleSpec(
+    logical_id="SegmentBackfillSchedule",
+    function=SEGMENT_BACKFILL_FUNCTION,
+    expression="rate(5 minutes)",
+    retry_attempts=0,
+    purpose="Starts or continues the backfill of pending aggregate specs.",
+)
+
+# A minute past every hour: the scheduler re-evaluates the hour buckets that have ended,
+# so running just after the hour turns keeps the delay of a window's flip to ~1 minute.
+# Two retries (Lambda's default): a run is idempotent (hours are checkpointed, a second
+# touch changes nothing), and a failed run would otherwise wait for the next hour.
+SEGMENT_SCHEDULER_SCHEDULE = ScheduleSpec(
+    logical_id="SegmentSchedulerSchedule",
+    function=SEGMENT_SCHEDULER_FUNCTION,
+    expression="cron(1 * * * ? *)",
+    retry_attempts=2,
+    purpose="Re-evaluates the time-based memberships due in the hours that have ended.",
+)
+
+SCHEDULES: tuple[ScheduleSpec, ...] = (SEGMENT_BACKFILL_SCHEDULE, SEGMENT_SCHEDULER_SCHEDULE)
 
 
 # --- HTTP API routes ----------------------------------------------------------------
