@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.access_tokens import AccessTokenRegistry, CachedTokenLookup
 from cdp.admin_api import AdminApi
+from cdp.aws.backfill_store import backfill_status
 from cdp.aws.clients import client, table
 from cdp.aws.definition_store import DefinitionStore
 from cdp.aws.identity_config_store import IdentityConfigStore
@@ -37,7 +38,8 @@ def dependencies() -> AdminApi:
     store = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings))
     specs = SpecRegistry(ddb, settings.segments_table, settings.segments_cache_seconds)
     return AdminApi(tokens.find, settings.space_id, store, DefinitionStore(ddb, settings.segments_table), specs,
-                    MembershipStore(ddb, settings.memberships_table))
+                    MembershipStore(ddb, settings.memberships_table),
+                    lambda: backfill_status(ddb, settings.segments_table))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)

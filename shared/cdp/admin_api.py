@@ -13,6 +13,8 @@
     GET    /v1/admin/audiences/<id>/members    its current members (``limit`` 1-1000, ``cursor``)
     ... and the same under /v1/admin/computed-traits (without members).
     GET    /v1/admin/profiles/<profile id>/audiences   a profile's memberships, current and former
+    GET    /v1/admin/backfills                 every backfill run, the latest first: its specs,
+                                               status and progress (``cdp backfills``)
 
 Definitions are validated by ``cdp.segmentation.definitions``; an invalid one gets a 400
 whose ``problems`` point at the offending part. Every change registers the aggregate
@@ -39,6 +41,7 @@ from pydantic import ValidationError
 from cdp.access_tokens import AccessToken, authorize, token_from_authorization
 from cdp.aws.definition_store import DefinitionConflict, Kind, StoredDefinition
 from cdp.identity.config import IdentityConfig
+from cdp.segmentation.backfill import BackfillProgress
 from cdp.segmentation.catalog import ActiveSpec
 from cdp.segmentation.definitions import AudienceDefinition, ComputedTraitDefinition, problems
 from cdp.segmentation.evaluate import dependencies
@@ -51,6 +54,7 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_MEMBERS_PAGE = 1000
 MEMBERSHIP_PATH = re.compile(r"/v1/admin/audiences/(?P<audience>[^/]+)/members|"
                              r"/v1/admin/profiles/(?P<profile>[^/]+)/audiences")
+BACKFILLS_PATH = "/v1/admin/backfills"
 HEADERS = {"Cache-Control": "no-store"}
 WWW_AUTHENTICATE = 'Basic realm="cdp admin API"'
 
@@ -131,8 +135,10 @@ def _parse_body(body: str | None) -> dict[str, Any] | AdminResponse:
 class AdminApi:
     def __init__(self, find_token: Callable[[str], AccessToken | None], space_id: str, store: ConfigStore,
                  definitions: Definitions | None = None, specs: Specs | None = None,
-                 memberships: Memberships | None = None) -> None:
+                 memberships: Memberships | None = None,
+                 backfills: Callable[[], list[BackfillProgress]] | None = None) -> None:
         self._memberships = memberships
+        self._backfills = backfills
         self._find_token = find_token
         self._space = space_id
         self._store = store
@@ -192,6 +198,11 @@ class AdminApi:
             if found["audience"]:
                 return self._members(found["audience"], query or {})
             return self._profile_audiences(found["profile"])
+        if self._backfills is not None and path == BACKFILLS_PATH:
+            if method != "GET":
+                return AdminResponse(405, {"error": {"code": "method_not_allowed", "message": "Use GET."}},
+                                     {**HEADERS, "Allow": "GET"})
+            return AdminResponse(200, {"data": [run.as_dict() for run in self._backfills()]})
         if self._definitions is not None and path in DEFINITION_PATHS:
             return self._collection(method, DEFINITION_PATHS[path], body)
         if self._definitions is not None and collection in DEFINITION_PATHS and ident:

@@ -185,3 +185,37 @@ def call_with_query(method: str, token: str, ctx: Any, path: str, query: dict[st
                            raw_query=urlencode(query), path_parameters={"proxy": path.removeprefix("/v1/admin/")})
     response = admin_api.handler(event, ctx)
     return response["statusCode"], json.loads(response["body"])
+
+
+def test_backfills_lists_each_run_with_its_specs_status_and_progress(tokens, lambda_context):
+    from datetime import UTC, datetime, timedelta
+
+    from cdp.aws.backfill_store import DynamoBackfill
+
+    assert call("GET", tokens["admin"], lambda_context, path="/v1/admin/backfills") == (200, {"data": []})
+    ltv = json.loads((EXAMPLES / "computed_traits" / "lifetime_value.json").read_text())
+    assert call("POST", tokens["admin"], lambda_context, ltv, path="/v1/admin/computed-traits")[0] == 201
+    status, body = call("GET", tokens["admin"], lambda_context, path=f"/v1/admin/computed-traits/{ltv['id']}")
+    assert body["status"] == "backfilling"
+
+    later = datetime.now(UTC) + timedelta(hours=1)  # past live_from and the settle time
+    backfill = DynamoBackfill(lambda: boto3.client("dynamodb"), resources.IDENTITY_TABLE.local_name,
+                              resources.EVENTS_TABLE.local_name, resources.SEGMENTS_TABLE.local_name,
+                              segments=2, workers=2, now=lambda: later)
+    assert backfill.run(deadline=float("inf")).state == "done"
+
+    status, body = call("GET", tokens["admin"], lambda_context, path="/v1/admin/backfills")
+    assert status == 200
+    (run,) = body["data"]
+    assert run["status"] == "done" and run["progress"] == 1.0
+    assert run["segments_total"] == run["segments_done"] == 2
+    assert set(run) >= {"run_id", "specs", "scanned", "profiles", "written", "estimate", "started_at",
+                        "updated_at", "finished_at"}
+    assert len(run["specs"]) >= 1  # spec id -> generation
+    status, body = call("GET", tokens["admin"], lambda_context, path=f"/v1/admin/computed-traits/{ltv['id']}")
+    assert body["status"] == "ready"
+
+
+def test_backfills_is_read_only_and_for_admin_tokens(tokens, lambda_context):
+    assert call("GET", tokens["read"], lambda_context, path="/v1/admin/backfills")[0] == 403
+    assert call("POST", tokens["admin"], lambda_context, {}, path="/v1/admin/backfills")[0] == 405

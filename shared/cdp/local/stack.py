@@ -12,13 +12,18 @@
    the identity table's DynamoDB Streams mapping (filtered to profile items, as
    deployed) into the segment evaluator, each with its DLQ;
 5. the HTTP API on ``host:port``: the routes of ``cdp.resources.HTTP_ROUTES``, the
-   Profile API on ``GET /v1/spaces/{proxy+}`` and the collector on ``$default``.
+   Profile API on ``GET /v1/spaces/{proxy+}`` and the collector on ``$default``;
+6. the schedules of ``cdp.resources.SCHEDULES`` on short local periods: the backfill
+   (every ``backfill_period_s``, 2 s) and the segment scheduler (every
+   ``scheduler_period_s``, 60 s), each invoking its function with the event an
+   EventBridge schedule rule sends.
 
 ``GET /health`` answers 200 only once all of that is ready.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -47,6 +52,7 @@ from cdp.local.gateway import HttpApiGateway
 from cdp.local.kinesis_esm import KinesisEventSourceMapping, SqsDestination
 from cdp.local.lambda_events import REGION
 from cdp.local.provisioning import Provisioned, provision
+from cdp.local.schedules import LocalSchedule
 from cdp.resources import (
     BucketSpec,
     DynamoDbStreamEventSourceSpec,
@@ -146,6 +152,9 @@ class EmbeddedStack:
         retry_backoff_s: float = 0.5,
         poll_interval_s: float = 0.1,
         extra_env: dict[str, str] | None = None,
+        backfill_period_s: float = 2.0,
+        scheduler_period_s: float = 60.0,
+        backfill_timeout_s: int = 5,
     ) -> None:
         if shards < 1:
             raise ValueError("shards must be at least 1")
@@ -163,6 +172,13 @@ class EmbeddedStack:
         self._retry_backoff = retry_backoff_s
         self._poll_interval = poll_interval_s
         self._extra_env = dict(extra_env or {})
+        # Locally the backfill gets a short timeout: each invocation then works a few
+        # seconds and checkpoints (as the deployed one does every few minutes), so stop()
+        # never waits long for it.
+        self._backfill_period = backfill_period_s
+        self._scheduler_period = scheduler_period_s
+        self._backfill_timeout = backfill_timeout_s
+        self._schedules: list[LocalSchedule] = []
         self._moto: MotoServer | None = None
         self._gateway: HttpApiGateway | None = None
         self._mapping: KinesisEventSourceMapping | None = None
@@ -173,6 +189,8 @@ class EmbeddedStack:
         self.stream_consumer: LocalFunction | None = None
         self.profile_api: LocalFunction | None = None
         self.segment_evaluator: LocalFunction | None = None
+        self.segment_backfill: LocalFunction | None = None
+        self.segment_scheduler: LocalFunction | None = None
         self.provisioned: Provisioned | None = None
 
     # --- lifecycle --------------------------------------------------------------------
@@ -206,6 +224,11 @@ class EmbeddedStack:
         self.admin_api = LocalFunction.from_spec(resources.ADMIN_API_FUNCTION, self._functions_dir)
         self.segment_evaluator = LocalFunction.from_spec(resources.SEGMENT_EVALUATOR_FUNCTION,
                                                          self._functions_dir)
+        self.segment_backfill = LocalFunction.from_spec(
+            dataclasses.replace(resources.SEGMENT_BACKFILL_FUNCTION, timeout_s=self._backfill_timeout),
+            self._functions_dir, max_concurrency=1)
+        self.segment_scheduler = LocalFunction.from_spec(resources.SEGMENT_SCHEDULER_FUNCTION, self._functions_dir,
+                                                         max_concurrency=1)
         functions = {spec.logical_id: function for spec, function in (
             (resources.COLLECTOR_FUNCTION, self.collector), (resources.PROFILE_API_FUNCTION, self.profile_api),
             (resources.ADMIN_API_FUNCTION, self.admin_api))}
@@ -238,6 +261,7 @@ class EmbeddedStack:
         mapping.start()
         self._mapping = mapping
         self._profile_mapping = self._start_profile_mapping(session)
+        self._start_schedules()
         self._ready.set()
         log.debug("local stack ready: API %s, AWS %s", self.api_url, self.aws_endpoint_url)
 
@@ -258,9 +282,31 @@ class EmbeddedStack:
         mapping.start()
         return mapping
 
+    def _start_schedules(self) -> None:
+        """The EventBridge rules of ``cdp.resources.SCHEDULES``, on the local periods."""
+        assert self.segment_backfill is not None and self.segment_scheduler is not None
+        functions = {resources.SEGMENT_BACKFILL_FUNCTION.logical_id: (self.segment_backfill, self._backfill_period),
+                     resources.SEGMENT_SCHEDULER_FUNCTION.logical_id: (self.segment_scheduler,
+                                                                        self._scheduler_period)}
+        for spec in resources.SCHEDULES:
+            function, period = functions[spec.function.logical_id]
+            function.warm_up()
+            schedule = LocalSchedule(spec.logical_id, function, period)
+            schedule.start()
+            self._schedules.append(schedule)
+
+    @property
+    def schedules(self) -> dict[str, LocalSchedule]:
+        """The emulated schedule rules by logical id (``tick()`` invokes one now)."""
+        return {schedule.rule_name: schedule for schedule in self._schedules}
+
     def stop(self) -> None:
         """Stop pollers, the HTTP API and moto, and restore the environment. Safe to call twice."""
         self._ready.clear()
+        # First: a running backfill still needs moto to checkpoint and release its lease.
+        for schedule in self._schedules:
+            schedule.stop(timeout=self._backfill_timeout + 5)
+        self._schedules = []
         if self._profile_mapping is not None:
             self._profile_mapping.stop()
             self._profile_mapping = None
@@ -303,6 +349,9 @@ class EmbeddedStack:
             config.ENV_VARS["identity_config_cache_seconds"]: "2",
             # Audience and computed trait definitions too.
             config.ENV_VARS["segments_cache_seconds"]: "2",
+            # The backfill starts 3 s after a spec's live_from (the local consumer is
+            # never minutes behind; 15 minutes in the cloud).
+            config.ENV_VARS["backfill_settle_seconds"]: "3",
         }
         specs: list[TableSpec | StreamSpec | BucketSpec | QueueSpec] = [
             *resources.TABLES, *resources.STREAMS, *resources.BUCKETS, *resources.QUEUES]
