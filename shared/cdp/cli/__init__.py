@@ -31,7 +31,8 @@ def _register() -> None:
 
     main.add_command(local_cmd.local)
     for command in (operate.sources, operate.quarantine, operate.dlq, operate.import_file,
-                    profiles.profile, profiles.tokens, segments.audiences, segments.traits):
+                    profiles.profile, profiles.tokens, segments.audiences, segments.traits,
+                    segments.backfills):
         main.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""``cdp audiences`` and ``cdp traits``: definitions through the admin API (issue 4).
+"""``cdp audiences``, ``cdp traits`` and ``cdp backfills``: segmentation through the admin API (issue 4).
 
 They talk HTTP to the admin API with an access token of scope ``admin`` (locally the
 printed token), so a definition is validated exactly as the API validates it and an
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -130,3 +131,85 @@ def members(ctx: click.Context, ident: str, limit: int, most: int | None) -> Non
         if not cursor:
             return
 traits = _definition_group("traits", "computed-traits", "computed trait")
+
+
+# --- cdp backfills ------------------------------------------------------------------------
+
+BAR_WIDTH = 30
+
+
+def progress_bar(progress: float, width: int = BAR_WIDTH) -> str:
+    """``[#########.....]  62%``: a text bar for a progress from 0 to 1."""
+    filled = round(max(0.0, min(progress, 1.0)) * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {progress * 100:3.0f}%"
+
+
+def describe_run(run: dict[str, Any]) -> list[str]:
+    """A backfill run (an item of ``GET /v1/admin/backfills``) as two lines of text."""
+    ended = f", finished {run['finished_at']}" if run.get("finished_at") else ""
+    return [
+        f"{run['run_id']}\t{run['status']}\t{progress_bar(run['progress'])}\t"
+        f"segments {run['segments_done']}/{run['segments_total']}\tscanned {run['scanned']} of ~{run['estimate']} "
+        f"items\tprofiles {run['profiles']}\twritten {run['written']}",
+        f"  specs {', '.join(sorted(run['specs']))}; started {run['started_at']}{ended}",
+    ]
+
+
+def _waiting_definitions(admin: AdminApiClient) -> list[str]:
+    """Definitions whose aggregates are not backfilled yet (their run may not have started)."""
+    waiting = []
+    for collection in ("audiences", "computed-traits"):
+        for item in admin.call("GET", f"/{collection}")["data"]:
+            if item.get("status") in ("backfilling", "registering"):
+                waiting.append(item["id"])
+    return waiting
+
+
+@click.command("backfills")
+@click.option("--watch", is_flag=True, help="Show a progress bar until no backfill is running or waiting.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds between polls with --watch.")
+@click.option("--timeout", type=click.FloatRange(min=0), help="With --watch: give up after this many seconds.")
+@click.option("--access-token", envvar=ACCESS_TOKEN_ENV, help="Admin access token (locally the printed one).")
+@click.option("--url", help="API base URL (default: the stack's ApiUrl, or the local stack's).")
+@click.pass_context
+def backfills(ctx: click.Context, watch: bool, interval: float, timeout: float | None, access_token: str | None,
+              url: str | None) -> None:
+    """Backfill runs, the latest first: their specs, status and progress.
+
+    A new audience or computed trait is ``ready`` once the backfill of the aggregates it
+    reads is done; until then it shows ``backfilling``.
+    """
+    admin = _client(ctx, access_token, url)
+    runs = admin.call("GET", "/backfills")["data"]
+    if not watch:
+        if not runs:
+            click.echo("no backfill has run")
+        for run in runs:
+            for line in describe_run(run):
+                click.echo(line)
+        return
+    started = time.monotonic()
+    shown = ""
+    while True:
+        running = [r for r in runs if r["status"] == "running"]
+        waiting = _waiting_definitions(admin)
+        if running:
+            run = running[0]
+            line = (f"{run['run_id']} {progress_bar(run['progress'])} segments "
+                    f"{run['segments_done']}/{run['segments_total']}, {run['scanned']} items scanned")
+        elif waiting:
+            line = f"waiting to start (settle time): {', '.join(sorted(waiting))}"
+        else:
+            for run in runs[:1]:
+                for text in describe_run(run):
+                    click.echo(text)
+            click.echo("every definition is ready")
+            return
+        if line != shown:
+            click.echo(line)
+            shown = line
+        if timeout is not None and time.monotonic() - started >= timeout:
+            raise click.ClickException(f"still backfilling after {timeout:g} s")
+        time.sleep(interval)
+        runs = admin.call("GET", "/backfills")["data"]
