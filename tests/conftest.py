@@ -28,9 +28,13 @@ os.environ.update({
 def load_handler(folder: str) -> ModuleType:
     """Import functions/<folder>/handler.py under a unique module name."""
     name = f"cdp_fn_{folder}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "functions" / folder / "handler.py")
+    path = REPO / "functions" / folder / "handler.py"
+    loaded = sys.modules.get(name)
+    # The local stack loads handlers under the same names, possibly from another folder
+    # (tests give it fake functions): reuse only the checkout's own module.
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
+        return loaded
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

@@ -36,7 +36,7 @@ def dependencies() -> SegmentEvaluator:
     return SegmentEvaluator(
         catalog=catalog.current,
         memberships=MembershipStore(ddb, settings.memberships_table),
-        accounts=AccountTraits(ddb, settings.events_table, settings.identity_table).of_profile,
+        accounts=AccountTraits(ddb, settings.events_table, settings.identity_table).of_groups,
         events=KinesisEventStream(client("kinesis"), settings.event_stream),
     )
 

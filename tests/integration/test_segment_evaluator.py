@@ -182,7 +182,9 @@ def test_account_conditions_read_the_profiles_accounts(evaluator, stream, lambda
     ddb = boto3.client("dynamodb")
     for record in membership_records("p1", "g1"):
         ddb.put_item(TableName=resources.EVENTS_TABLE.local_name, Item=record)
-    put(profile_item("p1", version=1))
+    member = profile_item("p1", version=1)
+    member["state"] = {"S": state_to_json(ProfileState(accounts=frozenset({"g1"})))}  # as a group call leaves it
+    put(member)
     put(profile_item("p2", version=1, ids=("ident#user_id:u2",)))
     run(evaluator, stream, lambda_context)
     assert memberships("p1") == {"enterprise": True}

@@ -1,13 +1,15 @@
-"""The traits of a profile's accounts, for audiences with account conditions.
+"""The traits of accounts, for audiences with account conditions, and an account's members.
 
-A profile's account links are ``p#<profile_id>`` / ``group#<groupId>`` records in the
-events table (``cdp.aws.profile_store``); each account's traits are the ``state`` of its
-``acct#<groupId>`` item in the identity table. One Query and one BatchGetItem (per 100
-accounts).
+A profile's accounts are in its state (``ProfileState.accounts``, kept by the unification
+stage and united by merges); each account's traits are the ``state`` of its
+``acct#<groupId>`` item in the identity table: one BatchGetItem per 100 accounts. An
+account's members are ``g#<groupId>`` / ``member#<profile_id>`` records in the events
+table (``cdp.aws.profile_store``), profile ids as they were when they joined.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from cdp.aws.identity_graph import account_key
@@ -36,9 +38,28 @@ class AccountTraits:
                 return sorted(set(ids))
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def member_ids(self, group_id: str) -> list[str]:
+        """The profile ids recorded as the account's members (some may have been merged since)."""
+        ids: list[str] = []
+        request: dict[str, Any] = {"TableName": self._events,
+                                   "KeyConditionExpression": "pk = :g AND begins_with(sk, :m)",
+                                   "ExpressionAttributeValues": {":g": {"S": f"g#{group_id}"},
+                                                                 ":m": {"S": "member#"}},
+                                   "ProjectionExpression": "sk"}
+        while True:
+            page = self._ddb.query(**request)
+            ids.extend(item["sk"]["S"].removeprefix("member#") for item in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return sorted(set(ids))
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     def of_profile(self, profile_id: str) -> list[dict[str, Any]]:
-        """Each account's traits (name -> value), for the accounts the profile belongs to."""
-        keys = [account_key(group_id) for group_id in self.group_ids(profile_id)]
+        """Each account's traits, for the accounts the profile's own link records name."""
+        return self.of_groups(self.group_ids(profile_id))
+
+    def of_groups(self, group_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Each account's traits (name -> value), for these accounts (unknown ones left out)."""
+        keys = [account_key(group_id) for group_id in sorted(set(group_ids))]
         found: list[dict[str, Any]] = []
         for start in range(0, len(keys), MAX_BATCH_GET):
             request: dict[str, Any] = {self._identity: {

@@ -40,6 +40,9 @@ class ProfileState:
     traits: dict[str, TraitValue] = field(default_factory=dict)
     first_seen: str | None = None
     last_seen_day: str | None = None  # YYYY-MM-DD (UTC) of the latest event
+    # The accounts (group ids) the profile belongs to: a set union, so a ``group`` call
+    # changes the profile item once, which re-evaluates its account-based audiences.
+    accounts: frozenset[str] = frozenset()
 
 
 def merge_traits(a: dict[str, TraitValue], b: dict[str, TraitValue]) -> dict[str, TraitValue]:
@@ -89,11 +92,13 @@ def last_context_of(event: dict[str, Any], keep_ip: bool = False) -> dict[str, A
 def fold_event(state: ProfileState, event: dict[str, Any]) -> ProfileState:
     """The state after one event of this profile (applying it twice changes nothing)."""
     at = event["timestamp"]
+    group = event.get("groupId") if event.get("type") == "group" else None
     return replace(
         state,
         traits=merge_traits(state.traits, traits_of(event)) if event.get("type") != "group" else state.traits,
         first_seen=_min(state.first_seen, at),
         last_seen_day=_max(state.last_seen_day, at[:10]),
+        accounts=state.accounts | {str(group)} if group else state.accounts,
     )
 
 
@@ -116,16 +121,20 @@ def merge_states(a: ProfileState, b: ProfileState) -> ProfileState:
         traits=merge_traits(a.traits, b.traits),
         first_seen=_min(a.first_seen, b.first_seen),
         last_seen_day=_max(a.last_seen_day, b.last_seen_day),
+        accounts=a.accounts | b.accounts,
     )
 
 
 def state_to_json(state: ProfileState) -> str:
     """The stored form (``state`` attribute of ``prof#`` and ``acct#`` items)."""
-    return json.dumps({
+    data: dict[str, Any] = {
         "traits": {name: [t.value, t.at, t.message_id] for name, t in sorted(state.traits.items())},
         "first_seen": state.first_seen,
         "last_seen_day": state.last_seen_day,
-    }, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+    }
+    if state.accounts:
+        data["accounts"] = sorted(state.accounts)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
 def state_from_json(text: str | None) -> ProfileState:
@@ -136,4 +145,5 @@ def state_from_json(text: str | None) -> ProfileState:
         traits={name: TraitValue(v[0], v[1], v[2]) for name, v in (data.get("traits") or {}).items()},
         first_seen=data.get("first_seen"),
         last_seen_day=data.get("last_seen_day"),
+        accounts=frozenset(data.get("accounts") or ()),
     )

@@ -13,7 +13,7 @@ The adapters are ports (small protocols) so unit tests can pass fakes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -22,7 +22,15 @@ from cdp.ingest import StreamRecord, accepted_record
 from cdp.observability import logger
 from cdp.segmentation.audience_events import AUDIENCE_SOURCE_ID, audience_event, person_of
 from cdp.segmentation.catalog import Catalog
-from cdp.segmentation.membership import Decision, DependencyIndex, Membership, ProfileChange, decide, profile_change
+from cdp.segmentation.membership import (
+    Decision,
+    DependencyIndex,
+    Membership,
+    ProfileChange,
+    accounts_of,
+    decide,
+    profile_change,
+)
 
 
 class Memberships(Protocol):
@@ -55,7 +63,7 @@ class EvaluationStats:
 class SegmentEvaluator:
     catalog: Callable[[], Catalog]
     memberships: Memberships
-    accounts: Callable[[str], Sequence[Mapping[str, Any]]]
+    accounts: Callable[[Iterable[str]], Sequence[Mapping[str, Any]]]  # group ids -> their traits
     events: EventSink
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     stats: EvaluationStats = field(default_factory=EvaluationStats)
@@ -81,8 +89,8 @@ class SegmentEvaluator:
         if not change.live and not stored:
             return []
         now = self.now()
-        decisions = decide(change, catalog, index, now, stored,
-                           accounts=lambda: self.accounts(change.profile_id))
+        groups = accounts_of(change.new)
+        decisions = decide(change, catalog, index, now, stored, accounts=lambda: self.accounts(groups))
         done = self.memberships.apply(change.profile_id, decisions, stored)
         self._emit(change, catalog, done)
         return done

@@ -17,11 +17,13 @@ older than the stored decision is ignored, and an image whose transition is alre
 stored (a redelivery) only replays the event (same messageId), so duplicates and
 out-of-order records converge.
 
-**Time.** Sliding windows and ``within_last_days`` change with time alone. Such
-audiences are re-evaluated on every change of the profile, and each decision carries
-``next_check``: the first instant (a UTC midnight, or a date trait's own instant) at
-which the audience's result would differ if nothing else happened, for the scheduled
-re-evaluation.
+**Time.** Sliding windows and ``within_last_days`` change with time alone. Each
+decision of such an audience carries ``next_check``: the first instant (a UTC midnight,
+or a date trait's own instant) at which the audience's result would differ if nothing
+else happened. The hourly schedule touches the profiles whose ``next_check`` hour has
+ended (``cdp.aws.scheduled_reevaluation``) and ``decide`` re-evaluates the due
+audiences, so a profile change costs the audiences its inputs touch, not every
+time-based one.
 """
 
 from __future__ import annotations
@@ -298,27 +300,44 @@ def hour_bucket(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H")
 
 
+def accounts_of(image: Mapping[str, Any] | None) -> frozenset[str]:
+    """The group ids of the accounts a profile item's state says it belongs to."""
+    return state_from_json((image or {}).get("state", {}).get("S")).accounts
+
+
 def decide(change: ProfileChange, catalog: Catalog, index: DependencyIndex, now: datetime,
            memberships: Mapping[str, Membership],
-           accounts: Callable[[], Sequence[Mapping[str, Any]]] = lambda: ()) -> list[Decision]:
+           accounts: Callable[[], Sequence[Mapping[str, Any]]] = lambda: (),
+           only: Iterable[str] | None = None) -> list[Decision]:
     """The membership decisions of one profile change.
 
     ``memberships``: the profile's stored memberships by audience id. ``accounts``: the
     traits of the profile's accounts, called only if an affected audience reads them.
+    ``only``: evaluate these audiences (and those naming them) whatever changed: a
+    new audience's first evaluation, an account whose traits changed.
+
+    Which audiences a change affects: those reading a changed trait or aggregate state;
+    those whose stored ``next_check`` hour has come (a sliding window may have moved:
+    the hourly schedule touches such profiles, and any other change looks at them too);
+    the account-based ones when the profile joined an account; and, transitively, the
+    audiences naming any of them. A new profile is evaluated against every audience.
     """
     at = iso(now)
     if not change.live:
         return _leave_all(change, memberships, at)
     decisions: list[Decision] = []
     current = {aid for aid, m in memberships.items() if m.member}
-    if change.new_profile:
+    if only is not None:
+        affected = index.closure(only)
+    elif change.new_profile:
         affected = list(index.order)
     else:
         traits, specs = changed_inputs(change.old, change.new)
-        # Time-based audiences may have changed since the last look, and a profile's account
-        # links live outside its item: both are evaluated on every change.
+        hour = hour_bucket(now)
+        due = {aid for aid, m in memberships.items() if m.next_check is not None and m.next_check <= hour}
+        joined = accounts_of(change.old) != accounts_of(change.new)
         affected = index.closure({*index.affected(traits=traits, aggregates=specs),
-                                  *index.time_based, *index.account_based})
+                                  *(due & set(index.order)), *(index.account_based if joined else ())})
     if not affected or change.new is None:
         return decisions
     needs_accounts = any(aid in index.account_based for aid in affected)

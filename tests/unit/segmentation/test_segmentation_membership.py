@@ -216,6 +216,42 @@ def test_account_traits_are_read_only_when_an_affected_audience_needs_them() -> 
     assert calls == [1]
 
 
+def test_a_change_evaluates_the_audiences_its_inputs_touch_and_those_due_not_every_time_based_one() -> None:
+    old = profile_item("p1", version=1, traits={"plan": "free"})
+    new = profile_item("p1", version=2, traits={"plan": "pro"})
+    change = profile_change(old, new)
+    assert change is not None
+    # dormant (a 7-day window) is not read by the change: left alone until its check is due.
+    later = {"dormant": Membership("dormant", False, 1, 1, next_check="2026-11-29T00")}
+    assert set(by_id(decide(change, CATALOG, INDEX, NOW, later))) == {"pro"}
+    due = {"dormant": Membership("dormant", False, 1, 1, next_check="2026-11-28T11")}
+    decided = by_id(decide(change, CATALOG, INDEX, NOW, due))
+    assert decided["dormant"].transition == "entered"  # never signed in: in, since the window moved
+
+
+def test_joining_an_account_evaluates_the_account_based_audiences() -> None:
+    from cdp.identity.profile_state import ProfileState, state_to_json
+
+    old = profile_item("p1", version=1)
+    new = profile_item("p1", version=2)
+    new["state"] = {"S": state_to_json(ProfileState(accounts=frozenset({"g1"})))}
+    change = profile_change(old, new)
+    assert change is not None
+    decided = by_id(decide(change, CATALOG, INDEX, NOW, {}, lambda: [{"tier": "enterprise"}]))
+    assert decided["enterprise"].transition == "entered"
+    same = profile_change(new, dict(new, version={"N": "3"}))
+    assert same is not None
+    assert "enterprise" not in by_id(decide(same, CATALOG, INDEX, NOW, {}, lambda: [{"tier": "enterprise"}]))
+
+
+def test_only_evaluates_the_named_audiences_and_those_naming_them() -> None:
+    item = profile_item("p1", version=4, traits={"plan": "pro"})
+    change = profile_change(item, item)
+    assert change is not None
+    assert set(by_id(decide(change, CATALOG, INDEX, NOW, {}, only=["pro"]))) == {"pro"}
+    assert by_id(decide(change, CATALOG, INDEX, NOW, {})) == {}
+
+
 # --- time ------------------------------------------------------------------------------------
 
 
