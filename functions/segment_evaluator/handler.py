@@ -20,6 +20,7 @@ from cdp.aws.account_traits import AccountTraits
 from cdp.aws.clients import client
 from cdp.aws.event_stream import KinesisEventStream
 from cdp.aws.membership_store import MembershipStore
+from cdp.aws.profile_items import ProfileItems
 from cdp.config import get_settings
 from cdp.observability import logger, metrics, tracer
 from cdp.segmentation.catalog import CatalogStore
@@ -33,11 +34,15 @@ def dependencies() -> SegmentEvaluator:
     settings = get_settings()
     ddb = client("dynamodb")
     catalog = CatalogStore(ddb, settings.segments_table, cache_seconds=settings.segments_cache_seconds)
+    accounts = AccountTraits(ddb, settings.events_table, settings.identity_table)
+    profiles = ProfileItems(ddb, settings.identity_table)
     return SegmentEvaluator(
         catalog=catalog.current,
         memberships=MembershipStore(ddb, settings.memberships_table),
-        accounts=AccountTraits(ddb, settings.events_table, settings.identity_table).of_groups,
+        accounts=accounts.of_groups,
         events=KinesisEventStream(client("kinesis"), settings.event_stream),
+        touch_members=lambda group_id: sum(profiles.touch(pid, {"accounts": group_id})
+                                           for pid in profiles.live_items(accounts.member_ids(group_id))),
     )
 
 

@@ -387,15 +387,17 @@ STREAM_CONSUMER_ESM = KinesisEventSourceSpec()
 EVENT_STREAM_RETENTION_HOURS = 24
 
 
-# Lambda event filtering of the identity table's stream: only profile items reach the
-# evaluator. A ``prof#`` item (live or merged), a home identifier item (``solo``), or a
-# home identifier item that just lost ``solo`` (merged away: its old image had it).
-# Plain identifier pointers, accounts and settings items are dropped without an
-# invocation (and without cost). Filters are ORed; Lambda allows 5 per mapping.
+# Lambda event filtering of the identity table's stream: only profile and account items
+# reach the evaluator. A ``prof#`` item (live or merged), a home identifier item
+# (``solo``), a home identifier item that just lost ``solo`` (merged away: its old image
+# had it), or an account (``acct#``: its members' account audiences follow its traits).
+# Plain identifier pointers and settings items are dropped without an invocation (and
+# without cost). Filters are ORed; Lambda allows 5 per mapping.
 PROFILE_ITEM_FILTERS: tuple[str, ...] = (
     '{"dynamodb": {"Keys": {"pk": {"S": [{"prefix": "prof#"}]}}}}',
     '{"dynamodb": {"NewImage": {"solo": {"BOOL": [true]}}}}',
     '{"dynamodb": {"OldImage": {"solo": {"BOOL": [true]}}}}',
+    '{"dynamodb": {"Keys": {"pk": {"S": [{"prefix": "acct#"}]}}}}',
 )
 
 

@@ -136,11 +136,51 @@ def test_profile_enters_on_the_change_that_qualifies_and_exits_on_the_trait_chan
     assert item["profile_version"] == {"N": "3"} and "member_of" not in item
 
 
-def test_non_profile_items_are_filtered_out_before_the_function(evaluator, stream, lambda_context) -> None:
+def test_identifier_and_settings_items_are_filtered_out_before_the_function(evaluator, stream,
+                                                                            lambda_context) -> None:
     define(PRO)
     put({"pk": {"S": "ident#user_id:u1"}, "profile_id": {"S": "p1"}})
-    put({"pk": {"S": "acct#g1"}, "version": {"N": "1"}, "state": {"S": "{}"}})
+    put({"pk": {"S": "config#identity"}, "config": {"S": "{}"}})
     assert stream.event() == {"Records": []}
+
+
+def test_an_accounts_trait_change_re_evaluates_its_members_account_audiences(evaluator, stream,
+                                                                              lambda_context) -> None:
+    define(ENTERPRISE, PRO)
+    ddb = boto3.client("dynamodb")
+
+    def account(tier: str, version: int) -> None:
+        state = state_to_json(ProfileState(traits={"tier": TraitValue(tier, f"2026-11-2{version}T00:00:00Z", "m")}))
+        put({"pk": {"S": "acct#g1"}, "group_id": {"S": "g1"}, "version": {"N": str(version)}, "state": {"S": state}})
+
+    def settle() -> None:  # deliver until the stream is quiet (touched members come back through it)
+        for _ in range(5):
+            event = stream.event()
+            if not event["Records"]:
+                return
+            assert evaluator.handler(event, lambda_context) == {"batchItemFailures": []}
+
+    account("startup", 1)
+    for profile_id, user in (("p1", "u1"), ("p2", "u2")):
+        for record in membership_records(profile_id, "g1"):
+            ddb.put_item(TableName=resources.EVENTS_TABLE.local_name, Item=record)
+        member = profile_item(profile_id, version=1, ids=(f"ident#user_id:{user}",))
+        member["state"] = {"S": state_to_json(ProfileState(accounts=frozenset({"g1"})))}
+        put(member)
+    put(profile_item("p3", version=1, ids=("ident#user_id:u3",)))  # not a member
+    settle()
+    assert memberships("p1") == {} and memberships("p2") == {}
+
+    account("enterprise", 2)  # only the account item changes
+    settle()
+    assert memberships("p1") == {"enterprise": True} and memberships("p2") == {"enterprise": True}
+    assert memberships("p3") == {}
+    account("enterprise", 3)  # a new version, same traits: nothing to do
+    settle()
+    account("startup", 4)
+    settle()
+    assert memberships("p1") == {"enterprise": False}
+    assert [e["event"] for e in audience_events()] == ["Audience Entered"] * 2 + ["Audience Exited"] * 2
 
 
 def test_merged_away_profiles_exit_their_audiences(evaluator, stream, lambda_context) -> None:

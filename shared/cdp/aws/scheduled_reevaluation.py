@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from cdp.aws.identity_graph import home_ident_key, profile_key
 from cdp.aws.membership_store import DUE_INDEX, DUE_SHARDS
+from cdp.aws.profile_items import ProfileItems
 from cdp.observability import logger
 
 CHECKPOINT_KEY = "schedule#due"
@@ -75,6 +73,7 @@ class ScheduledReevaluation:
         self._identity = identity_table
         self._segments = segments_table
         self._now = now
+        self._profiles = ProfileItems(dynamodb, identity_table)
 
     def run(self) -> ScheduleRun:
         now = self._now()
@@ -108,27 +107,7 @@ class ScheduledReevaluation:
 
     def _touch(self, profile_id: str, now: datetime) -> bool:
         """A new version of the live profile's item (its home item for a home profile)."""
-        home = home_ident_key(profile_id)
-        key, live = (home, "attribute_exists(solo) AND profile_id = :p") if home else \
-            (profile_key(profile_id), "#status = :live")
-        values: dict[str, Any] = {":one": {"N": "1"}, ":now": {"S": now.isoformat(timespec="seconds")}}
-        names: dict[str, str] = {}
-        if home:
-            values[":p"] = {"S": profile_id}
-        else:
-            values[":live"] = {"S": "live"}
-            names["#status"] = "status"
-        try:
-            self._ddb.update_item(
-                TableName=self._identity, Key={"pk": {"S": key}},
-                UpdateExpression="SET version = version + :one, checked_at = :now",
-                ConditionExpression=f"attribute_exists(version) AND {live}",
-                ExpressionAttributeValues=values, **({"ExpressionAttributeNames": names} if names else {}))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False  # merged away: its memberships ended with the merge
-            raise
-        return True
+        return self._profiles.touch(profile_id, {"schedule": True}, now)
 
     def _last_done(self) -> str | None:
         item = self._ddb.get_item(TableName=self._segments, Key={"pk": {"S": CHECKPOINT_KEY}},

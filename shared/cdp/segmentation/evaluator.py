@@ -27,6 +27,7 @@ from cdp.segmentation.membership import (
     DependencyIndex,
     Membership,
     ProfileChange,
+    account_change,
     accounts_of,
     decide,
     profile_change,
@@ -51,6 +52,7 @@ class EvaluationStats:
     exited: int = 0
     replayed: int = 0
     skipped_events: int = 0  # transitions of profiles without a user or anonymous id
+    account_members: int = 0  # members evaluated because their account's traits changed
     merged_exits: int = 0  # exits of merged-away profiles (recorded, no event)
 
     def as_metrics(self) -> dict[str, int]:
@@ -66,6 +68,9 @@ class SegmentEvaluator:
     accounts: Callable[[Iterable[str]], Sequence[Mapping[str, Any]]]  # group ids -> their traits
     events: EventSink
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # Touches an account's members (group id -> how many): its traits changed, so their
+    # account audiences are re-evaluated through the stream (cdp.aws.profile_items).
+    touch_members: Callable[[str], int] | None = None
     stats: EvaluationStats = field(default_factory=EvaluationStats)
     _index: tuple[Catalog, DependencyIndex] | None = None
 
@@ -79,7 +84,21 @@ class SegmentEvaluator:
         """Evaluate one profile item change (stream images in DynamoDB JSON); returns what was done."""
         change = profile_change(old, new)
         if change is None:
+            group_id = account_change(old, new)
+            if group_id is not None:
+                self._account_changed(group_id)
             return []
+        return self._decide(change)
+
+    def _account_changed(self, group_id: str) -> None:
+        """An account's traits changed: its members are touched, so the stream brings each
+        back here with a new version and ``check`` naming the account audiences."""
+        index = self.index(self.catalog())
+        if not index.account_based or self.touch_members is None:
+            return
+        self.stats.account_members += self.touch_members(group_id)
+
+    def _decide(self, change: ProfileChange) -> list[Decision]:
         catalog = self.catalog()
         index = self.index(catalog)
         if change.live and not catalog.audiences:

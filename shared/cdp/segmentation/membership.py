@@ -228,6 +228,16 @@ def profile_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None)
     return None
 
 
+def account_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> str | None:
+    """The group id of an account item whose traits differ between the images (else None)."""
+    image = new or old or {}
+    if not image.get("pk", {}).get("S", "").startswith("acct#") or "group_id" not in image:
+        return None
+    if _canonical(_traits(old)) == _canonical(_traits(new)):
+        return None
+    return str(image["group_id"]["S"])
+
+
 def _traits(image: Mapping[str, Any] | None) -> dict[str, Any]:
     text = (image or {}).get("state", {}).get("S")
     return {name: t.value for name, t in state_from_json(text).traits.items()}
@@ -305,6 +315,16 @@ def accounts_of(image: Mapping[str, Any] | None) -> frozenset[str]:
     return state_from_json((image or {}).get("state", {}).get("S")).accounts
 
 
+def touch_check(image: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Why a profile item was last touched (``check``, see ``cdp.aws.profile_items``)."""
+    text = (image or {}).get("check", {}).get("S")
+    try:
+        found = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def decide(change: ProfileChange, catalog: Catalog, index: DependencyIndex, now: datetime,
            memberships: Mapping[str, Membership],
            accounts: Callable[[], Sequence[Mapping[str, Any]]] = lambda: (),
@@ -313,14 +333,14 @@ def decide(change: ProfileChange, catalog: Catalog, index: DependencyIndex, now:
 
     ``memberships``: the profile's stored memberships by audience id. ``accounts``: the
     traits of the profile's accounts, called only if an affected audience reads them.
-    ``only``: evaluate these audiences (and those naming them) whatever changed: a
-    new audience's first evaluation, an account whose traits changed.
+    ``only``: evaluate these audiences (and those naming them) whatever changed.
 
     Which audiences a change affects: those reading a changed trait or aggregate state;
     those whose stored ``next_check`` hour has come (a sliding window may have moved:
     the hourly schedule touches such profiles, and any other change looks at them too);
-    the account-based ones when the profile joined an account; and, transitively, the
-    audiences naming any of them. A new profile is evaluated against every audience.
+    the account-based ones when the profile joined an account or was touched because an
+    account's traits changed (``check``); the audiences a touch names; and, transitively,
+    the audiences naming any of them. A new profile is evaluated against every audience.
     """
     at = iso(now)
     if not change.live:
@@ -335,8 +355,10 @@ def decide(change: ProfileChange, catalog: Catalog, index: DependencyIndex, now:
         traits, specs = changed_inputs(change.old, change.new)
         hour = hour_bucket(now)
         due = {aid for aid, m in memberships.items() if m.next_check is not None and m.next_check <= hour}
-        joined = accounts_of(change.old) != accounts_of(change.new)
-        affected = index.closure({*index.affected(traits=traits, aggregates=specs),
+        check = touch_check(change.new) if touch_check(change.old) != touch_check(change.new) else {}
+        joined = accounts_of(change.old) != accounts_of(change.new) or "accounts" in check
+        named = {str(a) for a in check.get("audiences") or () if a in catalog.audiences}
+        affected = index.closure({*index.affected(traits=traits, aggregates=specs), *named,
                                   *(due & set(index.order)), *(index.account_based if joined else ())})
     if not affected or change.new is None:
         return decisions

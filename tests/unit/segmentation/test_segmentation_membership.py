@@ -252,6 +252,20 @@ def test_only_evaluates_the_named_audiences_and_those_naming_them() -> None:
     assert by_id(decide(change, CATALOG, INDEX, NOW, {})) == {}
 
 
+def test_a_touch_names_what_to_re_evaluate() -> None:
+    import json
+
+    item = profile_item("p1", version=4, traits={"plan": "pro"})
+    touched = dict(item, version={"N": "5"}, check={"S": json.dumps({"audiences": ["pro", "gone"], "at": "t1"})})
+    change = profile_change(item, touched)
+    assert change is not None
+    assert set(by_id(decide(change, CATALOG, INDEX, NOW, {}))) == {"pro"}
+    by_account = dict(item, version={"N": "5"}, check={"S": json.dumps({"accounts": "g1", "at": "t2"})})
+    change = profile_change(item, by_account)
+    assert change is not None
+    assert set(by_id(decide(change, CATALOG, INDEX, NOW, {}, lambda: [{"tier": "enterprise"}]))) == {"enterprise"}
+
+
 # --- time ------------------------------------------------------------------------------------
 
 
