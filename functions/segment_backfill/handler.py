@@ -16,6 +16,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from cdp.aws.audience_pass import AudiencePass
 from cdp.aws.backfill_store import DynamoBackfill
 from cdp.aws.clients import client
 from cdp.config import get_settings
@@ -45,6 +46,12 @@ def dependencies() -> DynamoBackfill:
                           settle=timedelta(seconds=settings.backfill_settle_seconds))
 
 
+@lru_cache(maxsize=1)
+def audience_pass() -> AudiencePass:
+    settings = get_settings()
+    return AudiencePass(client("dynamodb"), settings.identity_table, settings.segments_table)
+
+
 def deadline_of(context: LambdaContext) -> float:
     """The ``time.monotonic()`` instant to stop working at: the time left minus a margin."""
     left = context.get_remaining_time_in_millis() / 1000
@@ -55,7 +62,15 @@ def deadline_of(context: LambdaContext) -> float:
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    outcome = dependencies().run(deadline_of(context))
+    deadline = deadline_of(context)
+    outcome = dependencies().run(deadline)
+    if outcome.finished:
+        # Aggregates complete: audiences not yet evaluated against every stored profile are.
+        evaluated = audience_pass().run(deadline)
+        if evaluated.state != "idle":
+            metrics.add_metric(name="AudiencePassProfilesTouched", unit=MetricUnit.Count, value=evaluated.touched)
+            logger.info("audience pass", extra={"state": evaluated.state, "audiences": len(evaluated.audiences),
+                                                "touched": evaluated.touched})
     if outcome.state == "idle":
         # Nothing waits (most invocations): no metrics or log lines of zeros every tick.
         return {"state": outcome.state, "finished": outcome.finished}

@@ -103,6 +103,8 @@ def _view(stored: StoredDefinition, specs: dict[str, ActiveSpec] | None = None) 
             "updated_at": stored.updated_at}
     if specs is not None:
         view.update(_readiness(definition, specs))
+        if view["status"] == "ready" and stored.kind == "audience" and stored.evaluated_version != stored.version:
+            view["status"] = "evaluating"  # existing profiles are being evaluated (cdp.aws.audience_pass)
     return view
 
 

@@ -31,7 +31,7 @@ def _reset_handler_caches() -> None:
     clients.reset()
     for name, module in list(sys.modules.items()):
         if name.startswith("cdp_fn_"):
-            for attr in ("dependencies", "consumer", "unification"):
+            for attr in ("dependencies", "consumer", "unification", "audience_pass"):
                 cached = getattr(module, attr, None)
                 if cached is not None and hasattr(cached, "cache_clear"):
                     cached.cache_clear()

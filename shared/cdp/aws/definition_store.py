@@ -27,6 +27,8 @@ class StoredDefinition:
     version: int
     created_at: str
     updated_at: str
+    # Audiences: the version every existing profile was evaluated against (cdp.aws.audience_pass).
+    evaluated_version: int | None = None
 
 
 class DefinitionConflict(Exception):
@@ -37,7 +39,9 @@ def _stored(item: dict[str, Any]) -> StoredDefinition:
     kind, _, ident = item["pk"]["S"].partition("#")
     return StoredDefinition(kind=kind, id=ident, definition=item["definition"]["S"],  # type: ignore[arg-type]
                             version=int(item["version"]["N"]), created_at=item["created_at"]["S"],
-                            updated_at=item["updated_at"]["S"])
+                            updated_at=item["updated_at"]["S"],
+                            evaluated_version=int(item["evaluated_version"]["N"]) if "evaluated_version" in item
+                            else None)
 
 
 class DefinitionStore:
