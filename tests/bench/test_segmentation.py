@@ -13,10 +13,10 @@ from bench.segmentation import (
     PhaseFigures,
     build_catalog,
     cost_per_million,
-    evaluated_per_change,
     make_profiles,
     next_plan,
     profile_history,
+    reading_the_change,
     schedule_extrapolation,
     with_change,
 )
@@ -92,11 +92,8 @@ def test_a_change_touches_plan_and_the_pricing_counters_only():
     assert changed_inputs(item, quiet) == ({"nickname"}, set())
 
 
-def test_audiences_evaluated_per_kind_of_change():
-    catalog = catalog_of(100, windowed_share=0.0)
-    assert evaluated_per_change(catalog, "new") == 100
-    assert evaluated_per_change(catalog, "change") == 5
-    assert evaluated_per_change(catalog, "nothing") == len(DependencyIndex.of(catalog).time_based)
+def test_the_index_names_the_k_audiences_for_the_change():
+    assert reading_the_change(catalog_of(1000)) == [f"hot-{k:03d}" for k in range(5)]
 
 
 def test_history_is_in_the_past_and_plans_cycle():
