@@ -18,6 +18,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cdp.access_tokens import AccessTokenRegistry, CachedTokenLookup
 from cdp.admin_api import AdminApi
+from cdp.aws.account_traits import AccountTraits
+from cdp.aws.audience_preview import AudiencePreview
 from cdp.aws.backfill_store import backfill_status
 from cdp.aws.clients import client, table
 from cdp.aws.definition_store import DefinitionStore
@@ -25,7 +27,7 @@ from cdp.aws.identity_config_store import IdentityConfigStore
 from cdp.aws.membership_store import MembershipStore
 from cdp.config import get_settings, identity_config
 from cdp.observability import logger, metrics, tracer
-from cdp.segmentation.catalog import SpecRegistry
+from cdp.segmentation.catalog import CatalogStore, SpecRegistry
 
 
 @lru_cache(maxsize=1)
@@ -37,9 +39,13 @@ def dependencies() -> AdminApi:
     ddb = client("dynamodb")
     store = IdentityConfigStore(ddb, settings.identity_table, identity_config(settings))
     specs = SpecRegistry(ddb, settings.segments_table, settings.segments_cache_seconds)
+    memberships = MembershipStore(ddb, settings.memberships_table)
+    catalog = CatalogStore(ddb, settings.segments_table, cache_seconds=settings.segments_cache_seconds)
+    accounts = AccountTraits(ddb, settings.events_table, settings.identity_table)
+    previews = AudiencePreview(ddb, settings.identity_table, settings.events_table, memberships, accounts.of_groups)
     return AdminApi(tokens.find, settings.space_id, store, DefinitionStore(ddb, settings.segments_table), specs,
-                    MembershipStore(ddb, settings.memberships_table),
-                    lambda: backfill_status(ddb, settings.segments_table))
+                    memberships, lambda: backfill_status(ddb, settings.segments_table),
+                    preview=lambda draft: previews.preview(draft, catalog.current()).as_dict())
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)

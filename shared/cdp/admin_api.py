@@ -11,6 +11,7 @@
                                                against overwriting someone else's change)
     DELETE /v1/admin/audiences/<id>            remove it
     GET    /v1/admin/audiences/<id>/members    its current members (``limit`` 1-1000, ``cursor``)
+    POST   /v1/admin/audiences/preview         a draft's estimated size and sample members (nothing saved)
     ... and the same under /v1/admin/computed-traits (without members).
     GET    /v1/admin/profiles/<profile id>/audiences   a profile's memberships, current and former
     GET    /v1/admin/backfills                 every backfill run, the latest first: its specs,
@@ -52,6 +53,7 @@ MODELS: dict[str, type[AudienceDefinition] | type[ComputedTraitDefinition]] = {
     "audience": AudienceDefinition, "computed_trait": ComputedTraitDefinition}
 MAX_BODY_BYTES = 64 * 1024
 MAX_MEMBERS_PAGE = 1000
+PREVIEW_PATH = "/v1/admin/audiences/preview"
 MEMBERSHIP_PATH = re.compile(r"/v1/admin/audiences/(?P<audience>[^/]+)/members|"
                              r"/v1/admin/profiles/(?P<profile>[^/]+)/audiences")
 BACKFILLS_PATH = "/v1/admin/backfills"
@@ -138,7 +140,9 @@ class AdminApi:
     def __init__(self, find_token: Callable[[str], AccessToken | None], space_id: str, store: ConfigStore,
                  definitions: Definitions | None = None, specs: Specs | None = None,
                  memberships: Memberships | None = None,
-                 backfills: Callable[[], list[BackfillProgress]] | None = None) -> None:
+                 backfills: Callable[[], list[BackfillProgress]] | None = None,
+                 preview: Callable[[AudienceDefinition], dict[str, Any]] | None = None) -> None:
+        self._preview = preview
         self._memberships = memberships
         self._backfills = backfills
         self._find_token = find_token
@@ -146,6 +150,17 @@ class AdminApi:
         self._store = store
         self._definitions = definitions
         self._specs = specs
+
+    def _preview_draft(self, body: str | None) -> AdminResponse:
+        assert self._preview is not None
+        data = _parse_body(body)
+        if isinstance(data, AdminResponse):
+            return data
+        draft = self._validated("audience", {"id": "preview", "name": "Preview", **data})
+        if isinstance(draft, AdminResponse):
+            return draft
+        assert isinstance(draft, AudienceDefinition)
+        return AdminResponse(200, {"summary": draft.summary(), **self._preview(draft)})
 
     def _members(self, audience_id: str, query: dict[str, str]) -> AdminResponse:
         assert self._memberships is not None and self._definitions is not None
@@ -193,6 +208,8 @@ class AdminApi:
         path = path.rstrip("/")
         method = method.upper()
         collection, _, ident = path.rpartition("/")
+        if self._preview is not None and path == PREVIEW_PATH and method == "POST":
+            return self._preview_draft(body)
         if self._memberships is not None and (found := MEMBERSHIP_PATH.fullmatch(path)):
             if method != "GET":
                 return AdminResponse(405, {"error": {"code": "method_not_allowed", "message": "Use GET."}},

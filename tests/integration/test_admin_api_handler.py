@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,37 @@ def test_backfills_lists_each_run_with_its_specs_status_and_progress(tokens, lam
 def test_backfills_is_read_only_and_for_admin_tokens(tokens, lambda_context):
     assert call("GET", tokens["read"], lambda_context, path="/v1/admin/backfills")[0] == 403
     assert call("POST", tokens["admin"], lambda_context, {}, path="/v1/admin/backfills")[0] == 405
+
+
+def test_a_draft_audience_is_previewed_with_an_estimate_and_sample_without_saving(tokens, lambda_context):
+    from cdp.aws.event_store import HistoryEntry, HistoryStore
+    from cdp.aws.identity_graph import DynamoIdentityGraph
+    from cdp.aws.profile_store import ProfileRecords
+    from cdp.identity.config import IdentityConfig
+    from cdp.unification import UnificationStage
+
+    ddb = boto3.client("dynamodb")
+    graph = DynamoIdentityGraph(ddb, resources.IDENTITY_TABLE.local_name, IdentityConfig(),
+                                records_table=resources.EVENTS_TABLE.local_name)
+    stage = UnificationStage(graph, ProfileRecords(ddb, resources.EVENTS_TABLE.local_name), IdentityConfig())
+    history = HistoryStore(ddb, resources.EVENTS_TABLE.local_name, 90)
+    now = datetime.now(UTC)
+    for n in range(12):
+        views = 3 if n % 3 == 0 else 1  # 4 of 12 people viewed pricing 3 times this week
+        events = [{"type": "page", "name": "Pricing", "messageId": f"p{n}-{v}", "userId": f"u{n}",
+                   "timestamp": (now - timedelta(days=v)).isoformat().replace("+00:00", "Z"),
+                   "receivedAt": (now - timedelta(days=v)).isoformat().replace("+00:00", "Z")}
+                  for v in range(views)]
+        history.claim([HistoryEntry("src", e, f"shard:{n}{e['messageId']}") for e in events])
+        stage.store([("src", e) for e in events])
+    draft = {"condition": {"type": "event", "event_type": "page", "event": "Pricing",
+                           "count": {"op": "at_least", "n": 3}, "window": {"days": 7}}}
+    status, body = call("POST", tokens["admin"], lambda_context, draft, path="/v1/admin/audiences/preview")
+    assert status == 200, body
+    assert body["sampled_profiles"] == 12 and body["matching_in_sample"] == 4
+    assert body["estimated_size"] == 4 and len(body["sample"]) == 4
+    assert body["summary"].startswith("viewed page")
+    assert call("GET", tokens["admin"], lambda_context, path="/v1/admin/audiences")[1]["data"] == []
+    bad = call("POST", tokens["admin"], lambda_context, {"condition": {"type": "nope"}},
+               path="/v1/admin/audiences/preview")
+    assert bad[0] == 400 and bad[1]["error"]["problems"]

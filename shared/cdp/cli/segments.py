@@ -109,6 +109,19 @@ def _definition_group(name: str, collection: str, noun: str) -> click.Group:
 audiences = _definition_group("audiences", "audiences", "audience")
 
 
+@audiences.command("preview")
+@click.option("-f", "--file", "file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+def preview(ctx: click.Context, file: Path) -> None:
+    """Estimated size and sample members of a draft (a JSON file; nothing is saved)."""
+    result = ctx.obj["admin"]().call("POST", "/audiences/preview", json.loads(file.read_text(encoding="utf-8")))
+    click.echo(f"{result['summary']}\n"
+               f"estimated size: {result['estimated_size']} (+/- {result['estimate_margin']}), "
+               f"{result['matching_in_sample']} of {result['sampled_profiles']} sampled profiles match")
+    for profile_id in result["sample"]:
+        click.echo(f"  {profile_id}")
+
+
 @audiences.command("members")
 @click.argument("ident")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True, help="Members per request.")
