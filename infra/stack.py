@@ -103,6 +103,10 @@ class CdpStack(Stack):
             stream=self.ingestion.stream,
             stream_consumer=self.pipeline.consumer,
         )
+        # What the admin API and the Profile API read of segmentation.
+        self.admin_api.grant_previews(self.pipeline.events_table)
+        self.profile_api.grant_segments(self.admin_api.tables[resources.SEGMENTS_TABLE.logical_id])
+        self.segmentation.grant_membership_reads(self.admin_api.function, self.profile_api.function)
         self.segment_jobs = SegmentJobs(
             self,
             "SegmentJobs",

@@ -23,6 +23,9 @@ from infra.settings import DeploymentSettings
 SOURCES_ACTIONS = ("dynamodb:GetItem",)
 SETTINGS_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem")
 SEGMENTS_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Scan")
+# Previews read a sample of profiles: Scan cannot be limited by key, so it is granted on
+# the table (the items read are only evaluated, never returned beyond profile ids).
+PREVIEW_IDENTITY_SCAN = ("dynamodb:Scan", "dynamodb:DescribeTable")
 
 
 class AdminApi(Construct):
@@ -70,6 +73,8 @@ class AdminApi(Construct):
             conditions={"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [CONFIG_KEY]}},
         )
 
+        self.identity_table = identity_table
+
         self.route = token_route(
             self,
             http_api,
@@ -80,3 +85,17 @@ class AdminApi(Construct):
             "function checks it against the SHA-256 hashes in the sources table (space and scope) before "
             "reading or writing anything, the same code path as locally.",
         )
+
+    def grant_previews(self, events_table: dynamodb.ITable) -> None:
+        """Audience previews (cdp.aws.audience_preview): a sample Scan of the identity table
+        (and its item count), BatchGetItem of account items, Query of history partitions."""
+        role = self.function.role
+        self.function.function.add_environment(resources.EVENTS_TABLE.env, events_table.table_name)
+        iam.Grant.add_to_principal(grantee=role, actions=list(PREVIEW_IDENTITY_SCAN),
+                                   resource_arns=[self.identity_table.table_arn])
+        iam.Grant.add_to_principal(
+            grantee=role, actions=["dynamodb:BatchGetItem"], resource_arns=[self.identity_table.table_arn],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["acct#*"]}})
+        iam.Grant.add_to_principal(
+            grantee=role, actions=["dynamodb:Query"], resource_arns=[events_table.table_arn],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["u#*", "a#*"]}})

@@ -98,3 +98,8 @@ class ProfileApi(Construct):
             "the function checks it against the SHA-256 hashes in the sources table (and its space) before "
             "reading anything, the same code path as the local stack.",
         )
+
+    def grant_segments(self, segments_table: dynamodb.ITable) -> None:
+        """Computed traits: the catalog (one Scan of the segments table per cache period)."""
+        self.function.function.add_environment(resources.SEGMENTS_TABLE.env, segments_table.table_name)
+        grant_item_actions(segments_table, self.function.role, "dynamodb:Scan")

@@ -18,6 +18,7 @@ from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from cdp import config, resources
+from cdp.aws.audience_pass import PASS_PREFIX
 from cdp.aws.backfill_store import RUN_PREFIX
 from cdp.aws.membership_store import DUE_INDEX
 from cdp.aws.scheduled_reevaluation import CHECKPOINT_KEY
@@ -37,7 +38,9 @@ BACKFILL_HISTORY_KEYS = ["u#*", "a#*"]
 # spec items (``backfill`` status) and checkpoint items (position, counts, lease).
 BACKFILL_SEGMENTS_SCAN = ("dynamodb:Scan",)
 BACKFILL_SEGMENTS_ITEM_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
-BACKFILL_SEGMENTS_KEYS = [SPEC_PREFIX + "*", RUN_PREFIX + "*"]
+# The audience pass (cdp.aws.audience_pass) after it: its checkpoint items and
+# ``evaluated_version`` on audience items; the touches are identity UpdateItems.
+BACKFILL_SEGMENTS_KEYS = [SPEC_PREFIX + "*", RUN_PREFIX + "*", PASS_PREFIX + "*", "audience#*"]
 
 # The scheduler (cdp.aws.scheduled_reevaluation): Query of the ``due`` index, a
 # conditional UpdateItem (``version``, ``checked_at``) of each due profile's item, and

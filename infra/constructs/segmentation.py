@@ -15,6 +15,7 @@ from cdk_nag import NagSuppressions
 from constructs import Construct
 
 from cdp import config, resources
+from cdp.aws.membership_store import MEMBERS_INDEX
 from infra.constructs.function import CdpFunction
 from infra.constructs.tables import build_table, grant_item_actions
 from infra.settings import DeploymentSettings
@@ -26,11 +27,17 @@ MEMBERSHIPS_ACTIONS = ("dynamodb:Query", "dynamodb:PutItem")
 # The catalog (cdp.segmentation.catalog.CatalogStore): one Scan of the segments table per
 # cache period.
 SEGMENTS_ACTIONS = ("dynamodb:Scan",)
-# Account traits (cdp.aws.account_traits): BatchGetItem of ``acct#`` items of the identity
-# table (GetItem too, for single reads), only for audiences with account conditions.
-IDENTITY_ACTIONS = ("dynamodb:GetItem", "dynamodb:BatchGetItem")
-# A profile's account links: Query of ``p#<profile_id>`` records in the events table.
+# Account traits (cdp.aws.account_traits): BatchGetItem of ``acct#`` items; an account
+# whose traits changed: its members' profile items (cdp.aws.profile_items, following
+# merges) and a conditional UpdateItem that touches each (new version, ``check``).
+IDENTITY_ACTIONS = ("dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:UpdateItem")
+IDENTITY_KEYS = ["acct#*", "prof#*", "ident#*"]
+# An account's members: Query of ``g#<group id>`` records (and ``p#`` profile records).
 EVENTS_ACTIONS = ("dynamodb:Query",)
+EVENTS_KEYS = ["p#*", "g#*"]
+# What other functions read of the memberships table: a profile's memberships (the main
+# key) and an audience's members (the ``members`` index).
+MEMBERSHIP_READS = ("dynamodb:Query",)
 
 
 class Segmentation(Construct):
@@ -79,10 +86,10 @@ class Segmentation(Construct):
         # Only account items, and only profile records: IAM checks each key's partition value.
         iam.Grant.add_to_principal(
             grantee=role, actions=list(IDENTITY_ACTIONS), resource_arns=[identity_table.table_arn],
-            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["acct#*"]}})
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": IDENTITY_KEYS}})
         iam.Grant.add_to_principal(
             grantee=role, actions=list(EVENTS_ACTIONS), resource_arns=[events_table.table_arn],
-            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["p#*"]}})
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": EVENTS_KEYS}})
         # PutRecords only (stream.grant_write would add PutRecord and ListShards).
         iam.Grant.add_to_principal(grantee=role, actions=["kinesis:PutRecords"], resource_arns=[stream.stream_arn])
 
@@ -148,3 +155,13 @@ class Segmentation(Construct):
             ],
         )
         return dlq
+
+    def grant_membership_reads(self, *functions: CdpFunction) -> None:
+        """Functions that read memberships (admin API members, Profile API audiences): the
+        table's name in their environment and Query of the table and its ``members`` index."""
+        for function in functions:
+            function.function.add_environment(resources.MEMBERSHIPS_TABLE.env, self.memberships_table.table_name)
+            iam.Grant.add_to_principal(
+                grantee=function.role, actions=list(MEMBERSHIP_READS),
+                resource_arns=[self.memberships_table.table_arn,
+                               f"{self.memberships_table.table_arn}/index/{MEMBERS_INDEX}"])

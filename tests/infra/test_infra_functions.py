@@ -202,15 +202,25 @@ class _Context:
         return self._values.get(key)
 
 
-def test_admin_api_may_touch_only_the_identity_settings_item_and_definitions(cdp_stack: SynthesizedStack) -> None:
+def test_admin_api_may_write_only_the_identity_settings_item_and_definitions(cdp_stack: SynthesizedStack) -> None:
     role = cdp_stack.role_of(resources.ADMIN_API_FUNCTION.logical_id)
     statements = cdp_stack.statements_of_role(role)
     on_identity = [s for s in statements if "IdentityTable" in json.dumps(s.get("Resource"))]
-    assert len(on_identity) == 1
-    (statement,) = on_identity
+    def actions(statement: dict[str, object]) -> set[str]:
+        found = statement["Action"]
+        return {found} if isinstance(found, str) else set(found)  # type: ignore[arg-type]
+
+    writes = [s for s in on_identity if {"dynamodb:PutItem", "dynamodb:DeleteItem"} & actions(s)]
+    (statement,) = writes
     assert set(statement["Action"]) == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem"}
     assert statement["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["config#identity"]}}
+    # Previews read a sample of profiles and accounts, never write them.
+    reads = {action for s in on_identity if s is not statement for action in actions(s)}
+    assert reads == {"dynamodb:Scan", "dynamodb:DescribeTable", "dynamodb:BatchGetItem"}
     grants = cdp_stack.grants_of_role(role)
     assert grants["dynamodb:GetItem"] >= {"SourcesTable.Arn", "SegmentsTable.Arn"}
-    assert grants["dynamodb:Scan"] == {"SegmentsTable.Arn"}  # listing definitions, nothing else
-    assert not any(a in grants for a in ("dynamodb:Query", "dynamodb:BatchWriteItem", "dynamodb:UpdateItem"))
+    assert grants["dynamodb:Scan"] == {"SegmentsTable.Arn", "IdentityTable.Arn"}
+    # Queries: memberships (members, a profile's audiences) and history partitions (previews).
+    assert grants["dynamodb:Query"] == {"MembershipsTable.Arn", "MembershipsTable.Arn/index/members",
+                                        "EventsTable.Arn"}
+    assert not any(a in grants for a in ("dynamodb:BatchWriteItem", "dynamodb:UpdateItem"))

@@ -43,13 +43,16 @@ def test_profile_api_environment_names_its_tables_space_and_identity_settings(cd
         resources.SOURCES_TABLE.env: {"Ref": resources.SOURCES_TABLE.logical_id},
         resources.IDENTITY_TABLE.env: {"Ref": resources.IDENTITY_TABLE.logical_id},
         resources.EVENTS_TABLE.env: {"Ref": resources.EVENTS_TABLE.logical_id},
+        resources.SEGMENTS_TABLE.env: {"Ref": resources.SEGMENTS_TABLE.logical_id},
+        resources.MEMBERSHIPS_TABLE.env: {"Ref": resources.MEMBERSHIPS_TABLE.logical_id},
         "CDP_SPACE_ID": "default",
         "CDP_ACCESS_TOKEN_CACHE_SECONDS": "60",
         "CDP_IDENTITY_CONFIG": IdentityConfig().model_dump_json(),
     }
 
 
-def test_profile_api_may_only_read_tokens_profiles_and_history(cdp_stack: SynthesizedStack) -> None:
+def test_profile_api_may_only_read_tokens_profiles_history_definitions_and_memberships(
+        cdp_stack: SynthesizedStack) -> None:
     grants = cdp_stack.grants_of_role(cdp_stack.role_of(PROFILE_API))
     log_group = cdp_stack.ref_target(cdp_stack.props(PROFILE_API)["LoggingConfig"]["LogGroup"]) + ".Arn"
     assert grants == {
@@ -59,7 +62,8 @@ def test_profile_api_may_only_read_tokens_profiles_and_history(cdp_stack: Synthe
         "logs:PutLogEvents": {log_group},
         "dynamodb:GetItem": {"SourcesTable.Arn", "IdentityTable.Arn"},
         "dynamodb:BatchGetItem": {"IdentityTable.Arn", "EventsTable.Arn"},
-        "dynamodb:Query": {"EventsTable.Arn"},
+        "dynamodb:Query": {"EventsTable.Arn", "MembershipsTable.Arn", "MembershipsTable.Arn/index/members"},
+        "dynamodb:Scan": {"SegmentsTable.Arn"},  # the catalog, for computed traits
     }
 
 

@@ -98,7 +98,8 @@ def test_backfill_has_least_privilege(cdp_stack: SynthesizedStack) -> None:
     assert conditions[("dynamodb:Query",)] == {
         "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["u#*", "a#*"]}}
     assert conditions[("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")] == {
-        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["spec#*", "backfill#*"]}}
+        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["spec#*", "backfill#*", "audience-pass#*",
+                                                             "audience#*"]}}
 
 
 def test_scheduler_has_least_privilege(cdp_stack: SynthesizedStack) -> None:

@@ -75,10 +75,10 @@ def _record(keys: str, new: dict[str, Any] | None, old: dict[str, Any] | None) -
     (_record("ident#anonymous_id:a1", {"solo": {"BOOL": True}}, None), True),
     (_record("ident#anonymous_id:a1", {"profile_id": {"S": "p2"}}, {"solo": {"BOOL": True}}), True),
     (_record("ident#user_id:u1", {"profile_id": {"S": "p2"}}, {"profile_id": {"S": "p1"}}), False),
-    (_record("acct#g1", {"state": {"S": "{}"}}, None), False),
+    (_record("acct#g1", {"state": {"S": "{}"}}, None), True),  # an account: its members follow its traits
     (_record("config#identity", {"config": {"S": "{}"}}, None), False),
 ])
-def test_the_deployed_filter_passes_only_profile_items(
+def test_the_deployed_filter_passes_only_profile_and_account_items(
     cdp_stack: SynthesizedStack, record: dict[str, Any], passes: bool
 ) -> None:
     # The template's patterns, run through the local stack's filter emulation.
@@ -134,6 +134,7 @@ def test_evaluator_has_least_privilege(cdp_stack: SynthesizedStack) -> None:
         "dynamodb:Scan": {"SegmentsTable.Arn"},
         "dynamodb:GetItem": {"IdentityTable.Arn"},
         "dynamodb:BatchGetItem": {"IdentityTable.Arn"},
+        "dynamodb:UpdateItem": {"IdentityTable.Arn"},  # touching an account's members
         "kinesis:PutRecords": {"EventStream.Arn"},
         "sqs:SendMessage": {"SegmentEvaluatorDlq.Arn"},
         "sqs:GetQueueAttributes": {"SegmentEvaluatorDlq.Arn"},
@@ -149,14 +150,14 @@ def _statements(cdp_stack: SynthesizedStack, role: str) -> list[dict[str, Any]]:
     return found
 
 
-def test_evaluator_reads_only_account_items_and_profile_records(cdp_stack: SynthesizedStack) -> None:
+def test_evaluator_reads_only_profile_and_account_items_and_link_records(cdp_stack: SynthesizedStack) -> None:
     statements = _statements(cdp_stack, cdp_stack.role_of(EVALUATOR))
     by_key = {}
     for statement in statements:
         if statement.get("Condition"):
             by_key[json.dumps(statement["Resource"], sort_keys=True)] = statement["Condition"]
     leading = {key: cond["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] for key, cond in by_key.items()}
-    assert sorted(leading.values()) == [["acct#*"], ["p#*"]]
+    assert sorted(leading.values()) == [["acct#*", "prof#*", "ident#*"], ["p#*", "g#*"]]
 
 
 def test_evaluator_dlq_is_encrypted_and_keeps_messages_14_days(cdp_stack: SynthesizedStack) -> None:
