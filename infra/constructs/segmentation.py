@@ -20,10 +20,11 @@ from infra.constructs.function import CdpFunction
 from infra.constructs.tables import build_table, grant_item_actions
 from infra.settings import DeploymentSettings
 
-# The memberships table (cdp.aws.membership_store): a consistent Query of one profile's
-# memberships (main key), conditional PutItem of decisions. Listing an audience's members
+# The memberships table (cdp.aws.membership_store): a consistent BatchGetItem of the few
+# memberships a change touches (a Query of all of a profile's for new, merged-away and
+# schedule-touched profiles), conditional PutItem of decisions. Listing an audience's members
 # (the ``members`` index) is the admin and Profile APIs' business, not the evaluator's.
-MEMBERSHIPS_ACTIONS = ("dynamodb:Query", "dynamodb:PutItem")
+MEMBERSHIPS_ACTIONS = ("dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:PutItem")
 # The catalog (cdp.segmentation.catalog.CatalogStore): one Scan of the segments table per
 # cache period.
 SEGMENTS_ACTIONS = ("dynamodb:Scan",)

@@ -133,7 +133,7 @@ def test_evaluator_has_least_privilege(cdp_stack: SynthesizedStack) -> None:
         "dynamodb:PutItem": {"MembershipsTable.Arn"},
         "dynamodb:Scan": {"SegmentsTable.Arn"},
         "dynamodb:GetItem": {"IdentityTable.Arn"},
-        "dynamodb:BatchGetItem": {"IdentityTable.Arn"},
+        "dynamodb:BatchGetItem": {"IdentityTable.Arn", "MembershipsTable.Arn"},
         "dynamodb:UpdateItem": {"IdentityTable.Arn"},  # touching an account's members
         "kinesis:PutRecords": {"EventStream.Arn"},
         "sqs:SendMessage": {"SegmentEvaluatorDlq.Arn"},

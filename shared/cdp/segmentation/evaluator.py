@@ -30,12 +30,15 @@ from cdp.segmentation.membership import (
     account_change,
     accounts_of,
     decide,
+    memberships_needed,
     profile_change,
 )
 
 
 class Memberships(Protocol):
     def of_profile(self, profile_id: str) -> dict[str, Membership]: ...
+
+    def some_of_profile(self, profile_id: str, audience_ids: Iterable[str]) -> dict[str, Membership]: ...
 
     def apply(self, profile_id: str, decisions: Sequence[Decision],
               stored: dict[str, Membership]) -> list[Decision]: ...
@@ -104,7 +107,13 @@ class SegmentEvaluator:
         if change.live and not catalog.audiences:
             return []
         self.stats.profiles += 1
-        stored = self.memberships.of_profile(change.profile_id)
+        needed = memberships_needed(change, catalog, index)
+        if needed is None:
+            stored = self.memberships.of_profile(change.profile_id)
+        elif not needed:
+            return []  # the change touches no audience's inputs: nothing to read or decide
+        else:
+            stored = self.memberships.some_of_profile(change.profile_id, needed)
         if not change.live and not stored:
             return []
         now = self.now()

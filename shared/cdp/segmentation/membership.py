@@ -47,7 +47,7 @@ from cdp.segmentation.definitions import (
     parse_instant,
 )
 from cdp.segmentation.evaluate import Facts, dependencies, evaluate
-from cdp.segmentation.tallies import facts_from_item, profile_of_item, tallies_from_json
+from cdp.segmentation.tallies import computed_values, facts_from_item, profile_of_item, tallies_from_json
 
 Transition = Literal["entered", "exited"]
 # At most this many candidate instants are tried when looking for ``next_check``.
@@ -68,6 +68,7 @@ class DependencyIndex:
     dependents: Mapping[str, frozenset[str]] = field(default_factory=dict)  # audience -> audiences naming it
     time_based: frozenset[str] = frozenset()  # may change with time alone (also through a nested audience)
     account_based: frozenset[str] = frozenset()  # read account traits (directly)
+    names: Mapping[str, frozenset[str]] = field(default_factory=dict)  # audience -> audiences it names
 
     @staticmethod
     def of(catalog: Catalog) -> DependencyIndex:
@@ -113,6 +114,7 @@ class DependencyIndex:
             dependents={k: frozenset(v) for k, v in dependents.items()},
             time_based=frozenset(time_based),
             account_based=frozenset(account_based),
+            names={k: frozenset(v) for k, v in named.items()},
         )
 
     def affected(self, *, traits: Iterable[str] = (), aggregates: Iterable[str] = (),
@@ -325,6 +327,24 @@ def touch_check(image: Mapping[str, Any] | None) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
+def memberships_needed(change: ProfileChange, catalog: Catalog, index: DependencyIndex) -> set[str] | None:
+    """Which stored memberships ``decide`` needs for this change: None for all of them (a new,
+    merged-away or schedule-touched profile: due checks, every audience), else the
+    audiences the change's inputs affect and those they name (an empty set: nothing to
+    evaluate, nothing to read)."""
+    if not change.live or change.new_profile:
+        return None
+    check = touch_check(change.new) if touch_check(change.old) != touch_check(change.new) else {}
+    if "schedule" in check:
+        return None
+    traits, specs = changed_inputs(change.old, change.new)
+    joined = accounts_of(change.old) != accounts_of(change.new) or "accounts" in check
+    named = {str(a) for a in check.get("audiences") or () if a in catalog.audiences}
+    affected = index.closure({*index.affected(traits=traits, aggregates=specs), *named,
+                              *(index.account_based if joined else ())})
+    return {*affected, *(n for a in affected for n in index.names.get(a, ()))}
+
+
 def decide(change: ProfileChange, catalog: Catalog, index: DependencyIndex, now: datetime,
            memberships: Mapping[str, Membership],
            accounts: Callable[[], Sequence[Mapping[str, Any]]] = lambda: (),
@@ -382,7 +402,7 @@ def decide(change: ProfileChange, catalog: Catalog, index: DependencyIndex, now:
         was_member = stored is not None and stored.member
         next_check = None
         if audience_id in index.time_based:
-            moment = next_change(definition, change.new, catalog, now, result, account_traits, current)
+            moment = next_change_of(definition, facts, catalog, now, result)
             next_check = hour_bucket(moment) if moment else None
         if result:
             current.add(audience_id)
@@ -491,8 +511,16 @@ def next_change(definition: AudienceDefinition, item: Mapping[str, Any], catalog
     """The first instant after ``now`` at which the audience's result differs from ``result``
     if the profile does not change (nested audiences read as they are now); None: never."""
     facts = facts_from_item(item, catalog, now, accounts, frozenset(audiences))
+    return next_change_of(definition, facts, catalog, now, result)
+
+
+def next_change_of(definition: AudienceDefinition, facts: Facts, catalog: Catalog, now: datetime,
+                   result: bool) -> datetime | None:
+    """``next_change`` from facts already read (the states are parsed once; only the
+    computed traits' values depend on the instant)."""
     for moment in change_candidates(definition, facts, catalog, now):
-        later = facts_from_item(item, catalog, moment, accounts, facts.audiences)
+        later = Facts(facts.traits, computed_values(catalog, facts.aggregates, moment), facts.aggregates,
+                      facts.accounts, facts.audiences)
         if evaluate(definition.condition, later, moment) != result:
             return moment
     return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,6 +21,10 @@ class MemoryMemberships:
 
     def of_profile(self, profile_id: str) -> dict[str, Membership]:
         return {aid: m for (pid, aid), m in self.items.items() if pid == profile_id}
+
+    def some_of_profile(self, profile_id: str, audience_ids: Iterable[str]) -> dict[str, Membership]:
+        wanted = set(audience_ids)
+        return {aid: m for aid, m in self.of_profile(profile_id).items() if aid in wanted}
 
     def apply(self, profile_id: str, decisions: Sequence[Decision], stored: dict[str, Membership]) -> list[Decision]:
         for d in decisions:
