@@ -41,6 +41,7 @@ def dependencies() -> SegmentEvaluator:
         memberships=MembershipStore(ddb, settings.memberships_table),
         accounts=accounts.of_groups,
         events=KinesisEventStream(client("kinesis"), settings.event_stream),
+        defer_events=True,
         touch_members=lambda group_id: sum(profiles.touch(pid, {"accounts": group_id})
                                            for pid in profiles.live_items(accounts.member_ids(group_id))),
     )
@@ -58,8 +59,18 @@ def evaluate_record(record: DynamoDBRecord) -> None:
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     evaluator = dependencies()
     before = evaluator.stats.as_metrics()
+    evaluator.discard_events()
     response = process_partial_response(event=event, record_handler=evaluate_record, processor=processor,
                                          context=context)
+    try:
+        evaluator.flush_events()  # the batch's Audience Entered/Exited events, in one request
+    except Exception:
+        # The invocation fails, so Lambda retries the whole batch: memberships are stored,
+        # and every record replays its stored transitions as the same events (same
+        # messageIds), so none is lost and none counted twice.
+        logger.exception("audience events not put; the batch is retried")
+        evaluator.discard_events()
+        raise
     after = evaluator.stats.as_metrics()
     for name, value in after.items():
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value - before[name])

@@ -75,6 +75,10 @@ class SegmentEvaluator:
     # account audiences are re-evaluated through the stream (cdp.aws.profile_items).
     touch_members: Callable[[str], int] | None = None
     stats: EvaluationStats = field(default_factory=EvaluationStats)
+    # Collect the events of a whole batch and put them at once (``flush_events``): one
+    # Kinesis request per invocation instead of one per profile with a transition.
+    defer_events: bool = False
+    _pending_events: list[StreamRecord] = field(default_factory=list)
     _index: tuple[Catalog, DependencyIndex] | None = None
 
     def index(self, catalog: Catalog) -> DependencyIndex:
@@ -154,4 +158,18 @@ class SegmentEvaluator:
                 self.stats.entered += 1
             else:
                 self.stats.exited += 1
-        self.events.put_records(records)
+        if self.defer_events:
+            self._pending_events.extend(records)
+        else:
+            self.events.put_records(records)
+
+    def flush_events(self) -> int:
+        """Put the events deferred so far (one request per 500); returns how many."""
+        records, self._pending_events = self._pending_events, []
+        if records:
+            self.events.put_records(records)
+        return len(records)
+
+    def discard_events(self) -> None:
+        """Drop deferred events (their records are retried, and replay them)."""
+        self._pending_events = []
