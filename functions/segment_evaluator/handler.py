@@ -60,6 +60,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
     evaluator = dependencies()
     before = evaluator.stats.as_metrics()
     evaluator.discard_events()
+    # The memberships the batch's changes touch, read together (a failure fails the invocation).
+    evaluator.prefetch([((r.get("dynamodb") or {}).get("OldImage"), (r.get("dynamodb") or {}).get("NewImage"))
+                        for r in event.get("Records", [])])
     response = process_partial_response(event=event, record_handler=evaluate_record, processor=processor,
                                          context=context)
     try:

@@ -22,7 +22,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -120,16 +120,20 @@ class MembershipStore:
     def some_of_profile(self, profile_id: str, audience_ids: Iterable[str]) -> dict[str, Membership]:
         """The profile's stored memberships of these audiences only (one consistent
         BatchGetItem per 100): what a change touching a few audiences needs to read."""
-        wanted = sorted(set(audience_ids))
-        found: dict[str, Membership] = {}
-        for start in range(0, len(wanted), 100):
-            keys = [{"profile_id": {"S": profile_id}, "audience_id": {"S": a}} for a in wanted[start:start + 100]]
-            request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
+        return self.some_of_profiles({profile_id: audience_ids}).get(profile_id, {})
+
+    def some_of_profiles(self, wanted: Mapping[str, Iterable[str]]) -> dict[str, dict[str, Membership]]:
+        """For several profiles at once (a batch of changes): profile id -> audience id -> membership."""
+        keys = sorted({(pid, aid) for pid, audiences in wanted.items() for aid in audiences})
+        found: dict[str, dict[str, Membership]] = {}
+        for start in range(0, len(keys), 100):
+            chunk = [{"profile_id": {"S": p}, "audience_id": {"S": a}} for p, a in keys[start:start + 100]]
+            request: dict[str, Any] = {self._table: {"Keys": chunk, "ConsistentRead": True}}
             while request:
                 response = self._ddb.batch_get_item(RequestItems=request)
                 for item in response.get("Responses", {}).get(self._table, []):
                     membership = membership_of_item(item)
-                    found[membership.audience_id] = membership
+                    found.setdefault(item["profile_id"]["S"], {})[membership.audience_id] = membership
                 request = response.get("UnprocessedKeys") or {}
         return found
 

@@ -79,6 +79,8 @@ class SegmentEvaluator:
     # Kinesis request per invocation instead of one per profile with a transition.
     defer_events: bool = False
     _pending_events: list[StreamRecord] = field(default_factory=list)
+    # Memberships read for the batch (``prefetch``): profile id -> (audiences read, found).
+    _prefetched: dict[str, tuple[set[str], dict[str, Membership]]] = field(default_factory=dict)
     _index: tuple[Catalog, DependencyIndex] | None = None
 
     def index(self, catalog: Catalog) -> DependencyIndex:
@@ -96,6 +98,33 @@ class SegmentEvaluator:
                 self._account_changed(group_id)
             return []
         return self._decide(change)
+
+    def prefetch(self, images: Sequence[tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]]) -> None:
+        """Read, for a whole batch at once, the memberships its changes touch (a few
+        BatchGetItem requests instead of one per change). A profile appearing twice in the
+        batch is read again for its later changes (its first one writes)."""
+        self._prefetched = {}
+        catalog = self.catalog()
+        if not catalog.audiences:
+            return
+        index = self.index(catalog)
+        wanted: dict[str, set[str]] = {}
+        seen: set[str] = set()
+        for old, new in images:
+            change = profile_change(old, new)
+            if change is None:
+                continue
+            needed = memberships_needed(change, catalog, index)
+            if change.profile_id in seen:
+                wanted.pop(change.profile_id, None)
+                continue
+            seen.add(change.profile_id)
+            if needed:
+                wanted[change.profile_id] = set(needed)
+        fetch = getattr(self.memberships, "some_of_profiles", None)
+        if wanted and fetch is not None:
+            found = fetch(wanted)
+            self._prefetched = {pid: (keys, found.get(pid, {})) for pid, keys in wanted.items()}
 
     def _account_changed(self, group_id: str) -> None:
         """An account's traits changed: its members are touched, so the stream brings each
@@ -116,6 +145,8 @@ class SegmentEvaluator:
             stored = self.memberships.of_profile(change.profile_id)
         elif not needed:
             return []  # the change touches no audience's inputs: nothing to read or decide
+        elif (cached := self._prefetched.pop(change.profile_id, None)) is not None and needed <= cached[0]:
+            stored = dict(cached[1])
         else:
             stored = self.memberships.some_of_profile(change.profile_id, needed)
         if not change.live and not stored:
