@@ -1,0 +1,83 @@
+"""The sample audiences with the real segment-analytics-python client: a person who looks at the
+pricing page three times enters "pricing-page-interest", a paying customer enters and leaves
+"current-customers" as their plan changes, each within seconds of the events."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import segment.analytics as segment_analytics
+from e2e_pipeline import Pipeline
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "audiences"
+
+
+def admin(pipeline: Pipeline, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{pipeline.api_url}/v1/admin{path}", method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": "Basic " + base64.b64encode(f"{pipeline.stack.access_token}:".encode()).decode(),
+                 "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+def sample(name: str, marker: str) -> dict[str, Any]:
+    """A sample definition under an id of its own (the e2e stack is shared between tests)."""
+    definition = json.loads((EXAMPLES / f"{name}.json").read_text())
+    return {**definition, "id": f"{definition['id']}-{marker}"}
+
+
+def wait_for(check: Any, timeout: float = 20.0) -> float:
+    """Seconds until ``check()`` holds (fails after ``timeout``)."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, "not within the timeout"
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def test_sample_audiences_fill_and_empty_within_seconds_of_sdk_events(pipeline: Pipeline) -> None:
+    marker = uuid.uuid4().hex[:10]
+    pricing, customers = sample("pricing-page-interest", marker), sample("current-customers", marker)
+    created = [admin(pipeline, "POST", "/audiences", d) for d in (pricing, customers)]
+    try:
+        # Consumers keep a new definition's counters from its live_from on (docs/segmentation.md).
+        ready = max(datetime.fromisoformat(c["live_from"].replace("Z", "+00:00")) for c in created if "live_from" in c)
+        time.sleep(max(0.0, (ready - datetime.now(UTC)).total_seconds()) + 0.5)
+        errors: list[Any] = []
+        client = segment_analytics.Client(pipeline.write_key, host=pipeline.api_url, sync_mode=True,
+                                          on_error=lambda e, batch: errors.append(e))
+        user = f"sdk-{marker}"
+
+        def members(audience: dict[str, Any]) -> list[str]:
+            return [m["profile_id"] for m in admin(pipeline, "GET", f"/audiences/{audience['id']}/members")["data"]]
+
+        for _ in range(3):
+            client.page(user_id=user, name="Pricing", properties={"path": "/pricing"})
+        entered_pricing = wait_for(lambda: len(members(pricing)) == 1)
+        client.identify(user_id=user, traits={"plan": "pro"})
+        entered_customers = wait_for(lambda: len(members(customers)) == 1)
+        client.identify(user_id=user, traits={"plan": "free"})
+        left_customers = wait_for(lambda: members(customers) == [])
+        client.flush()
+        assert errors == []
+        assert max(entered_pricing, entered_customers, left_customers) < 20
+
+        (profile_id,) = members(pricing)
+        memberships = {m["audience_id"]: m["member"]
+                       for m in admin(pipeline, "GET", f"/profiles/{profile_id}/audiences")["data"]}
+        assert memberships == {pricing["id"]: True, customers["id"]: False}
+    finally:
+        for definition in (pricing, customers):
+            admin(pipeline, "DELETE", f"/audiences/{definition['id']}")
