@@ -430,6 +430,32 @@ def integration_fixtures() -> Any:
     return importlib.import_module("tests.integration.conftest")
 
 
+# Audience and computed trait definitions to load before the traffic (``--definitions``).
+DEFINITIONS: dict[str, Path | None] = {"dir": None}
+
+
+def load_definitions(directory: Path) -> None:
+    """The definitions of ``directory`` (as ``examples/audiences``) in the segments table,
+    with their aggregate specs live since long ago: the consumer folds every event."""
+    import boto3
+
+    from cdp.aws.definition_store import DefinitionStore
+    from cdp.local.demo import example_definitions
+    from cdp.segmentation.catalog import SpecRegistry
+    from cdp.segmentation.definitions import AudienceDefinition, ComputedTraitDefinition
+
+    ddb = boto3.client("dynamodb")
+    store = DefinitionStore(ddb, resources.SEGMENTS_TABLE.local_name)
+    models: list[AudienceDefinition | ComputedTraitDefinition] = []
+    for collection, body in example_definitions(directory):
+        model = (AudienceDefinition if collection == "audiences" else ComputedTraitDefinition).model_validate(body)
+        store.put("audience" if collection == "audiences" else "computed_trait", model.id,
+                  model.model_dump_json(), None)
+        models.append(model)
+    SpecRegistry(ddb, resources.SEGMENTS_TABLE.local_name, cache_seconds=0,
+                 now=lambda: datetime(2000, 1, 1, tzinfo=UTC)).sync(models)
+
+
 def prepare_aws(moto: MotoServerProcess, meter: AwsMeter) -> None:
     """Empty moto, then the tables, stream, bucket and queue of cdp.resources, and a source."""
     import boto3
@@ -445,6 +471,8 @@ def prepare_aws(moto: MotoServerProcess, meter: AwsMeter) -> None:
         create_resources()
         table: Any = boto3.resource("dynamodb").Table(resources.SOURCES_TABLE.local_name)
         SourceRegistry(table).create_source("bench source", write_key=WRITE_KEY, source_id=SOURCE_ID)
+        if DEFINITIONS["dir"] is not None:
+            load_definitions(DEFINITIONS["dir"])
     finally:
         meter.phase = None
     meter.settle()
@@ -1458,6 +1486,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "graph knows the people who come back (default 0: the run starts on an empty graph)",
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--definitions", type=Path, metavar="DIR",
+                        help="load these audience and computed trait definitions first (e.g. examples/audiences): "
+                             "the consumer then folds events into profiles' aggregate states")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if min(args.events, args.batch_size, args.esm_batch_size, args.runs) < 1 or args.rate <= 0:
@@ -1498,6 +1529,7 @@ def traffic_description(args: argparse.Namespace, generator: SegmentTrafficGener
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    DEFINITIONS["dir"] = args.definitions
     out = print
     started = time.monotonic()
 
@@ -1523,6 +1555,8 @@ def main(argv: list[str] | None = None) -> int:
         requests = list(generator.requests(events, args.batch_size))
         del events
         info["traffic"] = traffic_description(args, generator)
+        if args.definitions:
+            info["traffic"] += f"; the definitions of {args.definitions} loaded (aggregates folded on profiles)"
         warmup_generator = SegmentTrafficGenerator(WRITE_KEY, seed=args.seed + 1)
         warmup = list(warmup_generator.requests(warmup_generator.events(2 * args.batch_size), args.batch_size))
         progress(f"{args.events:,} events generated, mean {statistics.mean(sizes):.0f} B, {len(requests):,} requests")
