@@ -28,6 +28,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from cdp.aws.dynamo import all_items
 from cdp.aws.profile_items import ProfileItems
 from cdp.segmentation.catalog import SPEC_PREFIX, catalog_from_items
 from cdp.segmentation.evaluate import dependencies
@@ -44,17 +45,6 @@ class PassOutcome:
     touched: int = 0
 
 
-def _scan_all(ddb: Any, table: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    request: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
-    while True:
-        page = ddb.scan(**request)
-        items.extend(page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            return items
-        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
 class AudiencePass:
     def __init__(self, dynamodb: Any, identity_table: str, segments_table: str, page_size: int = 500,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -69,7 +59,7 @@ class AudiencePass:
 
     def pending(self) -> tuple[dict[str, int], bool]:
         """Audiences to evaluate (id -> version), and whether all their specs are backfilled."""
-        items = _scan_all(self._ddb, self._segments)
+        items = all_items(self._ddb.scan, TableName=self._segments, ConsistentRead=True)
         catalog = catalog_from_items(items)
         specs = {i["pk"]["S"].removeprefix(SPEC_PREFIX): i.get("backfill", {}).get("S", "pending")
                  for i in items if i["pk"]["S"].startswith(SPEC_PREFIX)}

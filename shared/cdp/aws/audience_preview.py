@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cdp.aws.event_store import event_of_item
+from cdp.aws.event_store import history_events
 from cdp.aws.membership_store import MembershipStore
 from cdp.segmentation import aggregates
 from cdp.segmentation.backfill import history_partitions
@@ -115,12 +115,4 @@ class AudiencePreview:
         return evaluate(draft.condition, Facts(facts.traits, facts.computed, states, accounts, members), now)
 
     def _history(self, partition: str) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        request: dict[str, Any] = {"TableName": self._events, "KeyConditionExpression": "pk = :p",
-                                   "ExpressionAttributeValues": {":p": {"S": partition}}}
-        while True:
-            page = self._ddb.query(**request)
-            events.extend(event_of_item(i) for i in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return events
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return history_events(self._ddb, self._events, partition)

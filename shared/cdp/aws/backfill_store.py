@@ -52,7 +52,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from cdp.aws.event_store import event_of_item
+from cdp.aws.dynamo import all_items
+from cdp.aws.event_store import history_events
 from cdp.aws.identity_graph import home_ident_key, profile_key
 from cdp.observability import logger
 from cdp.segmentation.aggregates import AggregateState
@@ -499,31 +500,15 @@ class DynamoBackfill:
             self._filled.update(partitions)
 
     def _history(self, ddb: Any, partition: str) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        request: dict[str, Any] = {"TableName": self._events, "KeyConditionExpression": "pk = :p",
-                                   "ExpressionAttributeValues": {":p": {"S": partition}}}
-        while True:
-            page = ddb.query(**request)
-            events.extend(event_of_item(i) for i in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return events
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return history_events(ddb, self._events, partition)
 
 
 # --- status ---------------------------------------------------------------------------------
 
 
 def _run_items(ddb: Any, segments_table: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    request: dict[str, Any] = {"TableName": segments_table, "ConsistentRead": True,
-                               "FilterExpression": "begins_with(pk, :p)",
-                               "ExpressionAttributeValues": {":p": {"S": RUN_PREFIX}}}
-    while True:
-        page = ddb.scan(**request)
-        items.extend(page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            return items
-        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return all_items(ddb.scan, TableName=segments_table, ConsistentRead=True,
+                     FilterExpression="begins_with(pk, :p)", ExpressionAttributeValues={":p": {"S": RUN_PREFIX}})
 
 
 def _total(item: dict[str, Any], name: str) -> int:

@@ -23,3 +23,14 @@ def batch_write(ddb: Any, table: str, requests: list[dict[str, Any]],
             sleep(random.uniform(0, 0.05 * 2**attempt))
         else:
             raise RuntimeError(f"{len(pending)} items of {table} unprocessed after {attempts} attempts")
+
+
+def all_items(call: Callable[..., dict[str, Any]], **request: Any) -> list[dict[str, Any]]:
+    """Every item of a paginated Scan or Query (``ddb.scan`` / ``ddb.query`` and its request)."""
+    items: list[dict[str, Any]] = []
+    while True:
+        page = call(**request)
+        items.extend(page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return items
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]

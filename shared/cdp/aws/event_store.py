@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cdp.aws.dynamo import batch_write
+from cdp.aws.dynamo import all_items, batch_write
 from cdp.identity.config import IdentityConfig
 from cdp.identity.identifiers import IdentifierRefused, normalise_id
 from cdp.keys import bounded
@@ -159,6 +159,13 @@ def event_of_item(item: dict[str, Any]) -> dict[str, Any]:
     if isinstance(payload, dict):
         payload = payload.get("S")
     return json.loads(payload) if isinstance(payload, str) else {}
+
+
+def history_events(ddb: Any, events_table: str, partition: str) -> list[dict[str, Any]]:
+    """Every event of one history partition (``u#<userId>`` or ``a#<anonymousId>``), oldest first."""
+    return [event_of_item(i) for i in all_items(ddb.query, TableName=events_table,
+                                                 KeyConditionExpression="pk = :p",
+                                                 ExpressionAttributeValues={":p": {"S": partition}})]
 
 
 def event_item(source_id: str, event: dict[str, Any], expires_at: int, owner: str = "") -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from cdp.aws.dynamo import all_items
 from cdp.observability import logger
 from cdp.segmentation.definitions import AggregateSpec, AudienceDefinition, ComputedTraitDefinition
 from cdp.segmentation.evaluate import dependencies
@@ -126,14 +127,7 @@ class CatalogStore:
         return self._cached[1]
 
     def _scan(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        request: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True}
-        while True:
-            page = self._ddb.scan(**request)
-            items.extend(page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return items
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return all_items(self._ddb.scan, TableName=self._table, ConsistentRead=True)
 
 
 def _iso(moment: datetime) -> str:
@@ -184,13 +178,5 @@ class SpecRegistry:
         return {i["pk"]["S"].removeprefix(SPEC_PREFIX): _active(i) for i in self._spec_items()}
 
     def _spec_items(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        request: dict[str, Any] = {"TableName": self._table, "ConsistentRead": True,
-                                   "FilterExpression": "begins_with(pk, :p)",
-                                   "ExpressionAttributeValues": {":p": {"S": SPEC_PREFIX}}}
-        while True:
-            page = self._ddb.scan(**request)
-            items.extend(page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return items
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return all_items(self._ddb.scan, TableName=self._table, ConsistentRead=True,
+                         FilterExpression="begins_with(pk, :p)", ExpressionAttributeValues={":p": {"S": SPEC_PREFIX}})
