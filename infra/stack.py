@@ -129,6 +129,8 @@ class CdpStack(Stack):
             dlq=self.pipeline.dlq,
             evaluator=self.segmentation.evaluator.function,
             evaluator_dlq=self.segmentation.dlq,
+            jobs={"SegmentBackfill": self.segment_jobs.backfill.function,
+                  "SegmentScheduler": self.segment_jobs.scheduler.function},
             alarm_topic_arn=self.settings.alarm_topic_arn,
         )
 

@@ -37,6 +37,7 @@ class Monitoring(Construct):
         dlq: sqs.IQueue,
         evaluator: lambda_.IFunction | None = None,
         evaluator_dlq: sqs.IQueue | None = None,
+        jobs: dict[str, lambda_.IFunction] | None = None,
         alarm_topic_arn: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -116,6 +117,21 @@ class Monitoring(Construct):
 
         if evaluator is not None and evaluator_dlq is not None:
             self.alarms.update(self._evaluator_alarms(evaluator, evaluator_dlq))
+        for name, function in (jobs or {}).items():
+            # Scheduled jobs (backfill, re-evaluation): a failed run is retried by the next
+            # tick, but one failing every tick leaves definitions not ready or windows stale.
+            self.alarms[f"{name}Errors"] = cloudwatch.Alarm(
+                self,
+                f"{name}ErrorsAlarm",
+                alarm_description=f"The {name} job failed in 3 of its last runs (15 minutes); it runs again on its "
+                "schedule, but what it does (backfills, time-based memberships) is not progressing.",
+                metric=function.metric_errors(statistic="Sum", period=five_minutes),
+                threshold=0,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=3,
+                datapoints_to_alarm=3,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            )
 
         if alarm_topic_arn:
             topic = sns.Topic.from_topic_arn(self, "AlarmTopic", alarm_topic_arn)

@@ -92,3 +92,10 @@ def test_dashboard_graphs_the_consumers_identity_metrics(cdp_stack: SynthesizedS
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
     for metric in ("EventsStored", "ProfilesMerged", "MergesBlocked", "GraphRetries", "BatchConflicts"):
         assert metric in body, metric
+
+
+def test_scheduled_segment_jobs_alarm_when_they_keep_failing(cdp_stack: SynthesizedStack) -> None:
+    for function in (resources.SEGMENT_BACKFILL_FUNCTION, resources.SEGMENT_SCHEDULER_FUNCTION):
+        alarm = _alarm(cdp_stack, "AWS/Lambda", "Errors", function.logical_id)
+        assert (alarm["Threshold"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (0, 3, 3)
+        assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
