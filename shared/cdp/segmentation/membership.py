@@ -307,6 +307,14 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def on_schedule(moment: datetime, hours: int) -> datetime:
+    """The first tick of an audience's schedule (every ``hours`` hours from the Unix epoch,
+    UTC: every 6 hours is 00, 06, 12, 18) at or after ``moment``."""
+    step = hours * 3600
+    seconds = int(moment.astimezone(UTC).timestamp())
+    return datetime.fromtimestamp(-(-seconds // step) * step, UTC)
+
+
 def hour_bucket(moment: datetime) -> str:
     """The UTC hour an instant falls in: ``2026-11-29T00``."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H")
@@ -403,6 +411,8 @@ def decide(change: ProfileChange, catalog: Catalog, index: DependencyIndex, now:
         next_check = None
         if audience_id in index.time_based:
             moment = next_change_of(definition, facts, catalog, now, result)
+            if moment is not None and definition.schedule_hours:
+                moment = on_schedule(moment, definition.schedule_hours)
             next_check = hour_bucket(moment) if moment else None
         if result:
             current.add(audience_id)

@@ -315,3 +315,21 @@ def test_audience_events_carry_a_deterministic_message_id_and_segments_propertie
 ])
 def test_person_of_prefers_the_user_id(ids: list[str], expected: dict[str, str] | None) -> None:
     assert person_of(ids) == expected
+
+
+def test_an_audience_schedule_moves_its_checks_to_its_own_ticks() -> None:
+    from cdp.segmentation.membership import on_schedule
+
+    at = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+    assert on_schedule(at, 6) == datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
+    assert on_schedule(datetime(2026, 11, 29, 0, 0, tzinfo=UTC), 6) == datetime(2026, 11, 29, 0, 0, tzinfo=UTC)
+    assert on_schedule(at, 1) == at
+    renewal = {"type": "trait", "trait": "renewal_at", "op": "within_last_days", "days": 1}
+    item = profile_item("p1", version=1, traits={"renewal_at": "2026-11-29T03:00:00Z"})
+    change = profile_change(None, item)
+    assert change is not None
+    for hours, expected in ((None, "2026-11-29T03"), (6, "2026-11-29T06")):
+        definition = audience("renewing", renewal).model_copy(update={"schedule_hours": hours})
+        catalog = catalog_of(definition)
+        (decision,) = decide(change, catalog, DependencyIndex.of(catalog), NOW, {})
+        assert decision.next_check == expected  # the renewal enters the range at 03:00
