@@ -9,7 +9,6 @@ import json
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +49,15 @@ def wait_for(check: Any, timeout: float = 20.0) -> float:
 def test_sample_audiences_fill_and_empty_within_seconds_of_sdk_events(pipeline: Pipeline) -> None:
     marker = uuid.uuid4().hex[:10]
     pricing, customers = sample("pricing-page-interest", marker), sample("current-customers", marker)
-    created = [admin(pipeline, "POST", "/audiences", d) for d in (pricing, customers)]
+    for definition in (pricing, customers):
+        admin(pipeline, "POST", "/audiences", definition)
     try:
-        # Consumers keep a new definition's counters from its live_from on (docs/segmentation.md).
-        ready = max(datetime.fromisoformat(c["live_from"].replace("Z", "+00:00")) for c in created if "live_from" in c)
-        time.sleep(max(0.0, (ready - datetime.now(UTC)).total_seconds()) + 0.5)
+        # As a person would: wait until the new audiences are ready (their counters kept from
+        # live_from on, the history before it backfilled, every stored profile evaluated),
+        # and the pipeline is quiet, then send events and watch.
+        wait_for(lambda: all(admin(pipeline, "GET", f"/audiences/{d['id']}")["status"] == "ready"
+                             for d in (pricing, customers)), timeout=180)
+        pipeline.drain(timeout=180)
         errors: list[Any] = []
         client = segment_analytics.Client(pipeline.write_key, host=pipeline.api_url, sync_mode=True,
                                           on_error=lambda e, batch: errors.append(e))
