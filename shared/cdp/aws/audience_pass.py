@@ -46,7 +46,7 @@ class PassOutcome:
 
 
 class AudiencePass:
-    def __init__(self, dynamodb: Any, identity_table: str, segments_table: str, page_size: int = 500,
+    def __init__(self, dynamodb: Any, identity_table: str, segments_table: str, page_size: int = 100,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ddb = dynamodb
@@ -94,8 +94,6 @@ class AudiencePass:
         position = self._position(run_id)
         touched = 0
         while position != "done":
-            if self._clock() >= deadline:
-                return PassOutcome(False, "running", ids, touched)
             request: dict[str, Any] = {"TableName": self._identity, "Limit": self._page_size,
                                        "ProjectionExpression": "pk, #s, solo, profile_id",
                                        "ExpressionAttributeNames": {"#s": "status"}}
@@ -103,10 +101,15 @@ class AudiencePass:
                 request["ExclusiveStartKey"] = {"pk": {"S": position}}
             page = self._ddb.scan(**request)
             for item in page.get("Items", []):
+                if self._clock() >= deadline:
+                    if position:
+                        self._save(run_id, position)  # resume after the last item done
+                    return PassOutcome(False, "running", ids, touched)
                 found = profile_of_item(item)
                 if found is not None and found[1] and self._profiles.touch(found[0], {"audiences": list(ids)},
                                                                          self._now()):
                     touched += 1
+                position = item["pk"]["S"]
             last = page.get("LastEvaluatedKey")
             position = last["pk"]["S"] if last else "done"
             self._save(run_id, position)
