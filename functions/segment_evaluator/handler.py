@@ -2,7 +2,11 @@
 
 Powertools' BatchProcessor runs ``cdp.segmentation.evaluator.SegmentEvaluator`` on each
 record and reports the ones that raised as batch item failures (the mapping retries
-from the first of them, then bisects, then sends the rest to the DLQ).
+from the first of them, then bisects, then sends the rest to the DLQ). After a record
+fails, the later records of the batch fail too without being evaluated: the mapping
+delivers them again after the failed one, so a profile's changes are always decided in
+stream order. The memberships decided for the records before it, buffered in memory,
+are written together at the end (``SegmentEvaluator.flush``).
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ def dependencies() -> SegmentEvaluator:
     profiles = ProfileItems(ddb, settings.identity_table)
     return SegmentEvaluator(
         catalog=catalog.current,
-        memberships=MembershipStore(ddb, settings.memberships_table),
+        # Buffered, unconditional batch writes: safe because this function is the ordered
+        # reader of each profile's changes (see cdp.aws.membership_store).
+        memberships=MembershipStore(ddb, settings.memberships_table, buffered=True),
         accounts=accounts.of_groups,
         events=KinesisEventStream(client("kinesis"), settings.event_stream),
         defer_events=True,
@@ -47,10 +53,24 @@ def dependencies() -> SegmentEvaluator:
     )
 
 
+class EarlierRecordFailed(RuntimeError):
+    """A record of the batch before this one failed: this one waits for its redelivery."""
+
+
+class _Batch:
+    failed = False  # a record of the current invocation's batch has failed
+
+
 def evaluate_record(record: DynamoDBRecord) -> None:
+    if _Batch.failed:
+        raise EarlierRecordFailed("an earlier record of the batch failed; retried after it")
     # The images as DynamoDB JSON (the domain reads attribute values, like GetItem returns).
     images = record.raw_event.get("dynamodb", {})
-    dependencies().process(images.get("OldImage"), images.get("NewImage"))
+    try:
+        dependencies().process(images.get("OldImage"), images.get("NewImage"))
+    except Exception:
+        _Batch.failed = True
+        raise
 
 
 @logger.inject_lambda_context(log_event=False)
@@ -59,20 +79,22 @@ def evaluate_record(record: DynamoDBRecord) -> None:
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     evaluator = dependencies()
     before = evaluator.stats.as_metrics()
-    evaluator.discard_events()
+    evaluator.discard()
+    _Batch.failed = False
     # The memberships the batch's changes touch, read together (a failure fails the invocation).
     evaluator.prefetch([((r.get("dynamodb") or {}).get("OldImage"), (r.get("dynamodb") or {}).get("NewImage"))
                         for r in event.get("Records", [])])
     response = process_partial_response(event=event, record_handler=evaluate_record, processor=processor,
                                          context=context)
     try:
-        evaluator.flush_events()  # the batch's Audience Entered/Exited events, in one request
+        # The batch's memberships (BatchWriteItem), then its Audience Entered/Exited events.
+        evaluator.flush()
     except Exception:
-        # The invocation fails, so Lambda retries the whole batch: memberships are stored,
-        # and every record replays its stored transitions as the same events (same
+        # The invocation fails, so Lambda retries the whole batch: what was stored is read
+        # again, and every record replays its stored transitions as the same events (same
         # messageIds), so none is lost and none counted twice.
-        logger.exception("audience events not put; the batch is retried")
-        evaluator.discard_events()
+        logger.exception("memberships or audience events not written; the batch is retried")
+        evaluator.discard()
         raise
     after = evaluator.stats.as_metrics()
     for name, value in after.items():

@@ -281,6 +281,56 @@ def test_failed_event_put_fails_the_record_and_the_retry_emits_the_event(
     assert entered["event"] == "Audience Entered"
 
 
+def test_a_failed_record_fails_the_records_after_it_and_the_ones_before_are_stored(
+        evaluator, stream, lambda_context, monkeypatch) -> None:
+    define(PRO)
+    for pid in ("p1", "p2", "p3"):
+        put(profile_item(pid, version=1, traits={"plan": "pro"}, ids=(f"ident#user_id:{pid}",)))
+    event = stream.event()
+    import cdp.segmentation.evaluator as module
+
+    real_decide = module.decide
+
+    def failing_for_p2(change: Any, *args: Any, **kwargs: Any) -> Any:
+        if change.profile_id == "p2":
+            raise RuntimeError("accounts table unavailable")
+        return real_decide(change, *args, **kwargs)
+
+    monkeypatch.setattr(module, "decide", failing_for_p2)
+    response = evaluator.handler(event, lambda_context)
+    sequence = [r["dynamodb"]["SequenceNumber"] for r in event["Records"]]
+    # p3 is not evaluated: the mapping delivers it again after p2, in stream order.
+    assert response == {"batchItemFailures": [{"itemIdentifier": sequence[1]}, {"itemIdentifier": sequence[2]}]}
+    assert (memberships("p1"), memberships("p2"), memberships("p3")) == ({"pro": True}, {}, {})
+    assert [e["userId"] for e in audience_events()] == ["p1"]
+    monkeypatch.undo()
+    assert evaluator.handler({"Records": event["Records"][1:]}, lambda_context) == {"batchItemFailures": []}
+    assert memberships("p2") == memberships("p3") == {"pro": True}
+    assert sorted(e["userId"] for e in audience_events()) == ["p1", "p2", "p3"]
+
+
+def test_failed_membership_write_fails_the_invocation_and_the_retry_stores_and_emits(
+        evaluator, stream, lambda_context, monkeypatch) -> None:
+    define(PRO)
+    put(profile_item("p1", version=1, traits={"plan": "pro"}))
+    put(profile_item("p1", version=2, traits={"plan": "pro", "seats": 3}))
+    event = stream.event()
+    ddb = evaluator.dependencies().memberships._ddb
+
+    def throttled(**request: Any) -> Any:
+        raise RuntimeError("ProvisionedThroughputExceededException")
+
+    monkeypatch.setattr(ddb, "batch_write_item", throttled)
+    with pytest.raises(RuntimeError, match="Throughput"):  # Lambda retries the whole batch
+        evaluator.handler(event, lambda_context)
+    assert memberships("p1") == {} and audience_events() == []
+    monkeypatch.undo()
+    assert evaluator.handler(event, lambda_context) == {"batchItemFailures": []}
+    assert memberships("p1") == {"pro": True}
+    (entered,) = audience_events()
+    assert entered["event"] == "Audience Entered"
+
+
 def test_members_are_listed_page_by_page(aws: None) -> None:
     from cdp.segmentation.membership import Decision
 

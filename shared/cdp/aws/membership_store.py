@@ -12,8 +12,20 @@ audience, or when its ``next_check`` changes:
   membership then (sparse index ``due``), absent otherwise;
 * ``updated_at``.
 
-Writes are conditional on ``profile_version <= :version``: a stream record redelivered
-late, or an older image processed after a newer one, never overwrites a newer decision.
+Two ways to write, chosen by the caller:
+
+* immediate (default): one ``PutItem`` per decision, conditional on
+  ``profile_version <= :version``, so a record delivered late or out of band (a redrive
+  running beside the live stream) never overwrites a newer decision;
+* ``buffered``: the decisions of a whole batch of stream records are kept in memory and
+  written by ``flush`` with ``BatchWriteItem`` (25 items a request, the same write units,
+  about 1 ms of client CPU per request instead of per item). Unconditional, which is safe
+  only where the writer is the one ordered reader of a profile's changes: the stream
+  evaluator. A profile's memberships are written only from its own profile item's stream
+  records, which the event source mapping delivers in order and never to two invocations
+  at once; a redelivered (older) image is caught before writing, because ``decide``
+  compares it with the stored ``profile_version`` it read. Reads made while a buffer
+  holds a profile's decisions see them (a profile changed twice in one batch).
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import base64
 import binascii
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +42,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from cdp.aws.dynamo import batch_write
 from cdp.segmentation.membership import Decision, Membership
 
 MEMBERS_INDEX = "members"
@@ -93,11 +107,17 @@ class MembershipStore:
     """Reads and writes memberships; see the module docstring for the item."""
 
     def __init__(self, dynamodb: Any, table_name: str,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC), *, buffered: bool = False,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._ddb = dynamodb
         self._table = table_name
         self._now = now
+        self._sleep = sleep
+        self.buffered = buffered
         self.conflicts = 0  # writes refused because a newer decision was stored
+        # buffered mode: items to write by key, and what they say, by profile then audience
+        self._pending: dict[tuple[str, str], dict[str, Any]] = {}
+        self._written: dict[str, dict[str, Membership]] = {}
 
     def of_profile(self, profile_id: str) -> dict[str, Membership]:
         """Every stored membership of the profile (current and former), by audience id.
@@ -114,6 +134,7 @@ class MembershipStore:
                 membership = membership_of_item(item)
                 found[membership.audience_id] = membership
             if "LastEvaluatedKey" not in page:
+                found.update(self._written.get(profile_id, {}))
                 return found
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
@@ -135,6 +156,11 @@ class MembershipStore:
                     membership = membership_of_item(item)
                     found.setdefault(item["profile_id"]["S"], {})[membership.audience_id] = membership
                 request = response.get("UnprocessedKeys") or {}
+        for pid, audiences in wanted.items():
+            buffered = self._written.get(pid) or {}
+            for aid in audiences if buffered else ():
+                if aid in buffered:
+                    found.setdefault(pid, {})[aid] = buffered[aid]
         return found
 
     def audiences_of(self, profile_id: str) -> list[str]:
@@ -164,18 +190,35 @@ class MembershipStore:
         """Write the decisions (not replays); returns those written or replayed, in order.
 
         A decision whose write is refused (a newer decision is stored: a late, older
-        image) is dropped, and so is its event.
+        image) is dropped, and so is its event. Buffered: kept for ``flush``.
         """
         done: list[Decision] = []
         for decision in decisions:
             if decision.replay:
                 done.append(decision)
                 continue
-            if self._put(profile_id, decision, stored.get(decision.audience_id)):
+            item = self._item(profile_id, decision, stored.get(decision.audience_id))
+            if self.buffered:
+                self._pending[(profile_id, decision.audience_id)] = item
+                self._written.setdefault(profile_id, {})[decision.audience_id] = membership_of_item(item)
+                done.append(decision)
+            elif self._put(item, decision):
                 done.append(decision)
         return done
 
-    def _put(self, profile_id: str, decision: Decision, before: Membership | None) -> bool:
+    def flush(self) -> int:
+        """Write the buffered decisions (BatchWriteItem, retrying unprocessed items); returns
+        how many. Raises if some stay unprocessed: the caller fails its batch, which is
+        delivered again and decided again from what was stored."""
+        items, self._pending, self._written = list(self._pending.values()), {}, {}
+        batch_write(self._ddb, self._table, [{"PutRequest": {"Item": item}} for item in items], self._sleep)
+        return len(items)
+
+    def discard(self) -> None:
+        """Forget the buffered decisions (their batch is delivered again)."""
+        self._pending, self._written = {}, {}
+
+    def _item(self, profile_id: str, decision: Decision, before: Membership | None) -> dict[str, Any]:
         now = self._now().astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         item: dict[str, Any] = {
             "profile_id": {"S": profile_id}, "audience_id": {"S": decision.audience_id},
@@ -194,6 +237,9 @@ class MembershipStore:
             item["member_of"] = {"S": decision.audience_id}
         if decision.next_check:
             item["next_check"] = {"S": due_key(decision.next_check, profile_id)}
+        return item
+
+    def _put(self, item: dict[str, Any], decision: Decision) -> bool:
         try:
             self._ddb.put_item(
                 TableName=self._table, Item=item,

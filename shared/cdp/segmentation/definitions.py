@@ -26,6 +26,7 @@ Every model refuses unknown fields. :func:`problems` turns a ``ValidationError``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from datetime import date, datetime
@@ -253,6 +254,12 @@ class AggregateSpec(EventSelector):
 
     def aggregate_id(self) -> str:
         """A stable id: a hash of the canonical JSON of the spec."""
+        return self.stable_id
+
+    @functools.cached_property
+    def stable_id(self) -> str:
+        # Computed once per spec object (the model is frozen): the evaluator asks for it
+        # thousands of times per batch.
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
         return "agg_" + hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
@@ -303,6 +310,11 @@ class EventCondition(EventSelector):
 
     def aggregate(self) -> AggregateSpec:
         """The implicit counter this condition reads (its ``id`` keys the facts)."""
+        return self.implicit_counter
+
+    @functools.cached_property
+    def implicit_counter(self) -> AggregateSpec:
+        # One spec object per condition (frozen), so its id is hashed once.
         return AggregateSpec(
             kind="count", event_type=self.event_type, event=self.event, where=self.where, window=self.window,
         )

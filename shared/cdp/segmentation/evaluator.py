@@ -194,6 +194,21 @@ class SegmentEvaluator:
         else:
             self.events.put_records(records)
 
+    def flush(self) -> tuple[int, int]:
+        """Write the batch's buffered memberships, then put its deferred events; returns
+        (memberships written, events put). Memberships go first: if the events fail, the
+        batch is delivered again and its stored transitions replay as the same events."""
+        flush = getattr(self.memberships, "flush", None)
+        written = flush() if flush is not None else 0
+        return written, self.flush_events()
+
+    def discard(self) -> None:
+        """Drop what the batch buffered (it is delivered again and decided again)."""
+        discard = getattr(self.memberships, "discard", None)
+        if discard is not None:
+            discard()
+        self.discard_events()
+
     def flush_events(self) -> int:
         """Put the events deferred so far (one request per 500); returns how many."""
         records, self._pending_events = self._pending_events, []

@@ -253,14 +253,31 @@ def changed_inputs(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None)
     """The trait names and aggregate spec ids whose values differ between the two images."""
     old_traits, new_traits = _traits(old), _traits(new)
     traits = {name for name in old_traits.keys() | new_traits.keys()
-              if _canonical(old_traits.get(name, _ABSENT)) != _canonical(new_traits.get(name, _ABSENT))}
+              if not _same(old_traits.get(name, _ABSENT), new_traits.get(name, _ABSENT))}
     old_states, new_states = _states(old), _states(new)
     specs = {spec_id for spec_id in old_states.keys() | new_states.keys()
-             if _canonical(old_states.get(spec_id)) != _canonical(new_states.get(spec_id))}
+             if not _same(old_states.get(spec_id), new_states.get(spec_id))}
     return traits, specs
 
 
 _ABSENT = object()
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two JSON values are the same value as the evaluator reads them: 1, 1.0 and
+    true differ (``==`` says they are equal), key order does not matter."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, _SCALARS):
+        return bool(a == b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(value, b[key]) for key, value in a.items())
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return _canonical(a) == _canonical(b)
 
 
 def _canonical(value: Any) -> str:

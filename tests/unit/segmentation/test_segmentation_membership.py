@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cdp.segmentation.audience_events import audience_event, audience_message_id, person_of
 from cdp.segmentation.evaluate import dependencies
@@ -13,6 +16,8 @@ from cdp.segmentation.membership import (
     Decision,
     DependencyIndex,
     Membership,
+    _canonical,
+    _same,
     change_candidates,
     changed_inputs,
     decide,
@@ -123,6 +128,21 @@ def test_changed_inputs_lists_changed_traits_and_aggregate_states() -> None:
     assert traits == {"plan", "vip"}
     assert LTV.aggregate.aggregate_id() in specs
     assert changed_inputs(new, new) == (set(), set())
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-3, 3, allow_nan=False) | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3),
+    max_leaves=8)
+
+
+@given(a=JSON_VALUES, b=JSON_VALUES)
+def test_values_are_the_same_exactly_when_their_canonical_json_is(a: Any, b: Any) -> None:
+    # The fast comparison of changed_inputs must agree with canonical JSON: 1, 1.0 and
+    # true differ, key order does not matter.
+    assert _same(a, b) == (_canonical(a) == _canonical(b))
+    assert _same(a, json.loads(json.dumps(a)))
+    assert not _same(1, True) and not _same(1, 1.0) and _same({"a": 1, "b": [2]}, {"b": [2], "a": 1})
 
 
 # --- decisions ---------------------------------------------------------------------------
