@@ -1,7 +1,8 @@
-"""The moto DynamoDB transaction fix keeps moto's rollback behaviour."""
+"""The moto fixes of the local stack keep moto's behaviour (transaction rollback, dispatch)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,3 +60,27 @@ def test_within_a_transaction_a_table_is_snapshotted_once() -> None:
 
     assert first is second and first == table and first is not table
     assert outside is not first
+
+
+def test_the_server_dispatches_every_service_as_before_with_its_lookups_cached() -> None:
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+    from moto.server import create_backend_app
+    from werkzeug.test import Client
+
+    assert moto_speedups.apply()
+    app = DomainDispatcherApplication(create_backend_app)
+    client = Client(app)
+    auth = "AWS4-HMAC-SHA256 Credential=t/20261206/us-east-1/{}/aws4_request, SignedHeaders=host, Signature=0"
+    for _ in range(2):  # the second round is answered from the caches
+        tables = client.post("/", headers={"Host": "dynamodb.us-east-1.amazonaws.com",
+                                           "Authorization": auth.format("dynamodb"),
+                                           "X-Amz-Target": "DynamoDB_20120810.ListTables",
+                                           "Content-Type": "application/x-amz-json-1.0"}, data="{}")
+        streams = client.post("/", headers={"Host": "kinesis.us-east-1.amazonaws.com",
+                                            "Authorization": auth.format("kinesis"),
+                                            "X-Amz-Target": "Kinesis_20131202.ListStreams",
+                                            "Content-Type": "application/x-amz-json-1.1"}, data="{}")
+        assert tables.status_code == 200 and "TableNames" in json.loads(tables.get_data())
+        assert streams.status_code == 200 and "StreamNames" in json.loads(streams.get_data())
+    assert app.get_backend_for_host("dynamodb.us-east-1.amazonaws.com") == "dynamodb"
+    assert app.get_backend_for_host("kinesis.us-east-1.amazonaws.com") == "kinesis"
