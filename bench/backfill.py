@@ -162,9 +162,8 @@ def serve(port: int, profiles: int, events_per_profile: int, identified_share: f
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from cdp.local.provisioning import provision
-
     from cdp.local import moto_speedups
+    from cdp.local.provisioning import provision
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     moto_speedups.apply()  # as the local stack does
