@@ -13,7 +13,10 @@ For one batch of newly stored events, in stream order:
    (a profile merged later in the batch receives its events through the survivor);
    ``group`` events also update the account and link it to the profile. Events that an
    active aggregate spec selects (``cdp.segmentation.catalog``) are folded into the
-   profile's aggregate states in the same write, once each (``cdp.segmentation.tallies``).
+   profile's aggregate states in the same write, once each (``cdp.segmentation.tallies``);
+5. events that a live account activity spec selects add their profile's id to the day
+   buckets of each of its accounts (``cdp.segmentation.account_activity``): a set union,
+   written with the account's ``group`` traits, once per account per batch.
 
 Every write is idempotent and every state is order-insensitive
 (``cdp.identity.profile_state``), so a retried or duplicated batch converges to the
@@ -34,6 +37,7 @@ from cdp.identity.config import IdentityConfig
 from cdp.identity.identifiers import ExtractedIdentifiers, Identifier, extract_identifiers
 from cdp.identity.profile_state import ProfileState, fold_account_event, fold_event, merge_states
 from cdp.observability import logger
+from cdp.segmentation import account_activity
 from cdp.segmentation.catalog import Catalog
 from cdp.segmentation.tallies import StreamPosition, selected_by_any
 
@@ -55,6 +59,7 @@ class UnificationStats:
     # of one profile for one transaction.
     batch_conflicts: int = 0
     aggregated: int = 0  # events kept for a fold into aggregate states
+    account_activity: int = 0  # events kept for the activity of their profile's accounts
     by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -110,6 +115,7 @@ class UnificationStage:
         graph = self._graph
         graph.begin_batch(self._config, batched=batched)
         specs = self._catalog.specs
+        activity_specs = self._catalog.activity_specs
         extracted = [(staged[1], extract_identifiers(staged[1], self._config)) for staged in events]
         # Stream order and position of each event (marks must see one key's events in order).
         positions = {id(staged[1]): (n, staged[2] if len(staged) > 2 else None) for n, staged in enumerate(events)}
@@ -124,6 +130,7 @@ class UnificationStage:
 
         deltas: dict[str, ProfileState] = {}
         folds: dict[str, list[tuple[int, StreamPosition | None, dict[str, Any]]]] = {}
+        active: dict[str, list[dict[str, Any]]] = {}  # profile -> events some activity spec selects
         accounts: dict[str, ProfileState] = {}
         records: list[dict[str, Any]] = []
         for event, found in extracted:
@@ -137,6 +144,8 @@ class UnificationStage:
             deltas[profile_id] = fold_event(deltas.get(profile_id, ProfileState()), event)
             if specs and selected_by_any(specs, event):
                 folds.setdefault(profile_id, []).append((*positions[id(event)], event))
+            if activity_specs and account_activity.selected_by_any(activity_specs, event):
+                active.setdefault(profile_id, []).append(event)
             if plan.dropped:
                 self.stats.blocked += 1
                 records.append(blocked_record(profile_id, event["messageId"], event["timestamp"],
@@ -160,9 +169,31 @@ class UnificationStage:
             self.stats.aggregated += len(kept)
             graph.apply_state(profile_id, delta, kept, specs, now)
         self.stats.profiles_touched += len(by_survivor)
-        for group_id, delta in accounts.items():
-            graph.apply_account_state(group_id, delta)
+        activity = self._account_activity(active)
+        unread = [account_key(g) for g in activity if g not in accounts]
+        if unread:
+            graph.prefetch((), unread)  # one read for the accounts the batch's group calls did not bring
+        specs_by_id = {spec_id: a.spec for spec_id, a in activity_specs.items()}
+        for group_id in sorted(accounts.keys() | activity.keys()):
+            graph.apply_account_state(group_id, accounts.get(group_id, ProfileState()), activity.get(group_id),
+                                      specs_by_id, now)
         graph.flush()
         logger.debug("unified", extra={"events": len(events), "profiles": len(by_survivor),
-                                       "accounts": len(accounts), "batched": batched})
+                                       "accounts": len(accounts.keys() | activity.keys()), "batched": batched})
         return records
+
+    def _account_activity(self, active: dict[str, list[dict[str, Any]]]) -> account_activity.Additions:
+        """What the batch's selected events add to their profiles' accounts' activity,
+        by account (each profile under its survivor, with the accounts it has now)."""
+        graph = self._graph
+        by_survivor: dict[str, list[dict[str, Any]]] = {}
+        for profile_id, events in active.items():
+            by_survivor.setdefault(graph.live_profile(profile_id) or profile_id, []).extend(events)
+        found: account_activity.Additions = {}
+        for profile_id, events in by_survivor.items():
+            groups = graph.accounts_of(profile_id)
+            if groups:
+                self.stats.account_activity += len(events)
+                account_activity.merge_additions(found, account_activity.stream_additions(
+                    profile_id, groups, self._catalog.activity_specs, events))
+        return found

@@ -111,7 +111,8 @@ class AudiencePreview:
                     fresh = {sid: aggregates.fold(state, event) for sid, state in fresh.items()}
             states.update(fresh)
         members = frozenset(self._memberships.audiences_of(profile_id)) if audiences else frozenset()
-        accounts = self._accounts(sorted(accounts_of(item))) if dependencies(draft).account_traits else []
+        found = dependencies(draft)
+        accounts = self._accounts(sorted(accounts_of(item))) if found.account_traits or found.activity else []
         return evaluate(draft.condition, Facts(facts.traits, facts.computed, states, accounts, members), now)
 
     def _history(self, partition: str) -> list[dict[str, Any]]:

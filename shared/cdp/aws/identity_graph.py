@@ -42,7 +42,9 @@ from cdp.identity.identifiers import Identifier
 from cdp.identity.profile_state import ProfileState, merge_states, state_from_json, state_to_json
 from cdp.identity.resolution import ProfileView, ResolutionPlan, plan_resolution
 from cdp.keys import bounded
+from cdp.segmentation.account_activity import activity_from_json, activity_to_json, unite_activity
 from cdp.segmentation.catalog import ActiveSpec
+from cdp.segmentation.definitions import AccountActivitySpec
 from cdp.segmentation.tallies import StreamPosition, fold_events, merge_tallies, tallies_from_json, tallies_to_json
 
 MAX_TRANSACTION_ITEMS = 100
@@ -576,21 +578,36 @@ class DynamoIdentityGraph:
             return target
         raise GraphConflict(f"profile {profile_id} kept changing")
 
-    def apply_account_state(self, group_id: str, delta: ProfileState) -> None:
-        """Merge a batch's ``group`` traits into an account (created on first sight)."""
+    def apply_account_state(self, group_id: str, delta: ProfileState,
+                            activity: Mapping[str, Mapping[str, Iterable[str]]] | None = None,
+                            activity_specs: Mapping[str, AccountActivitySpec] | None = None,
+                            now: datetime | None = None) -> None:
+        """Merge a batch's ``group`` traits into an account (created on first sight), and
+        unite its members' activity (spec id -> bucket -> profile ids, for
+        ``activity_specs``; ``cdp.segmentation.account_activity``): one write per account
+        per batch, none when nothing changes (a member already counted that day)."""
         key = account_key(group_id)
         consistent = False
         for attempt in range(self._attempts):
             item = self._get([key], consistent).get(key)
             current = state_from_json(item.get("state", {}).get("S")) if item else ProfileState()
             combined = merge_states(current, delta)
-            if item is not None and combined == current:
+            stored = activity_from_json(item.get("act", {}).get("S")) if item else {}
+            united = stored
+            if activity:
+                united = unite_activity(stored, activity, activity_specs or {}, now or datetime.now(UTC))
+            if item is not None and combined == current and united == stored:
                 return
-            now = self._now()
+            stamp = self._now()
             if item is None:
-                item = {"pk": {"S": key}, "group_id": {"S": group_id}, "created_at": {"S": now},
+                item = {"pk": {"S": key}, "group_id": {"S": group_id}, "created_at": {"S": stamp},
                         "version": {"N": "1"}}
-            self._change({key: dict(item, state={"S": state_to_json(combined)}, updated_at={"S": now})})
+            after = dict(item, state={"S": state_to_json(combined)}, updated_at={"S": stamp})
+            if united:
+                after["act"] = {"S": activity_to_json(united)}
+            else:
+                after.pop("act", None)
+            self._change({key: after})
             try:
                 self._commit_now()
             except CommitConflict:
@@ -602,6 +619,12 @@ class DynamoIdentityGraph:
                 continue
             return
         raise GraphConflict("account kept changing")
+
+    def accounts_of(self, profile_id: str) -> frozenset[str]:
+        """The accounts a profile of this batch belongs to, from the working copy (after
+        its ``apply_state``: its state with the batch's ``group`` calls)."""
+        live = self._live(profile_id, consistent=False)
+        return state_from_json(live[1].get("state", {}).get("S")).accounts if live else frozenset()
 
     def account_state(self, group_id: str) -> ProfileState | None:
         self.begin_batch()

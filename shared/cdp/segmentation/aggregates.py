@@ -46,7 +46,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Context, Decimal
 from typing import Any
 
-from cdp.segmentation.definitions import AggregateSpec, BetweenWindow, DaysWindow
+from cdp.segmentation.definitions import AggregateSpec, BetweenWindow, DaysWindow, EventSelector
 from cdp.segmentation.predicates import MISSING, lookup, passes, to_utc
 
 UNIQUE_CAP = 1_000
@@ -83,7 +83,7 @@ def event_time(event: dict[str, Any]) -> datetime:
     return to_utc(raw)
 
 
-def selects(spec: AggregateSpec, event: dict[str, Any]) -> bool:
+def selects(spec: EventSelector, event: dict[str, Any]) -> bool:
     """Whether the event is of the spec's type and name and passes its property filters."""
     if event.get("type") != spec.event_type:
         return False

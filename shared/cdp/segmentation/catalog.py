@@ -14,6 +14,12 @@ clock margin: by then every warm consumer has read the new spec. A spec no defin
 reads any more is deregistered; registered again later it gets a new ``gen``, and states
 of an older generation are discarded rather than continued (they missed the events of
 the gap).
+
+Account activity specs (``account_activity`` conditions, ``cdp.segmentation.account_activity``)
+are registered the same way as ``actspec#<activity_id>`` items (spec, ``gen``,
+``live_from``) and listed apart (``Catalog.activity_specs``): they are kept on accounts,
+not on profiles, and the profile backfill does not read them. Their states are set
+unions, so a state of an older generation is still true and is continued.
 """
 
 from __future__ import annotations
@@ -30,10 +36,16 @@ from pydantic import ValidationError
 
 from cdp.aws.dynamo import all_items
 from cdp.observability import logger
-from cdp.segmentation.definitions import AggregateSpec, AudienceDefinition, ComputedTraitDefinition
+from cdp.segmentation.definitions import (
+    AccountActivitySpec,
+    AggregateSpec,
+    AudienceDefinition,
+    ComputedTraitDefinition,
+)
 from cdp.segmentation.evaluate import dependencies
 
 SPEC_PREFIX = "spec#"
+ACTIVITY_PREFIX = "actspec#"
 # Consumer clocks may differ from the admin function's by this much.
 CLOCK_MARGIN = timedelta(seconds=5)
 
@@ -49,6 +61,15 @@ class ActiveSpec:
 
 
 @dataclass(frozen=True)
+class ActiveActivitySpec:
+    """An account activity spec accounts keep, from ``live_from`` (ISO 8601 UTC) on."""
+
+    spec: AccountActivitySpec
+    gen: str
+    live_from: str
+
+
+@dataclass(frozen=True)
 class Catalog:
     """Audiences, computed traits and the aggregate specs being kept, by id."""
 
@@ -56,6 +77,7 @@ class Catalog:
     computed_traits: Mapping[str, ComputedTraitDefinition] = field(default_factory=dict)
     specs: Mapping[str, ActiveSpec] = field(default_factory=dict)
     versions: Mapping[str, int] = field(default_factory=dict)  # "audience#<id>" -> version
+    activity_specs: Mapping[str, ActiveActivitySpec] = field(default_factory=dict)
 
     def computed_spec_id(self, trait_id: str) -> str | None:
         definition = self.computed_traits.get(trait_id)
@@ -74,11 +96,21 @@ def needed_specs(definitions: Iterable[AudienceDefinition | ComputedTraitDefinit
     return found
 
 
+def needed_activity_specs(definitions: Iterable[AudienceDefinition | ComputedTraitDefinition],
+                          ) -> dict[str, AccountActivitySpec]:
+    """Every account activity spec the definitions read, by activity id."""
+    found: dict[str, AccountActivitySpec] = {}
+    for definition in definitions:
+        found.update(dependencies(definition).activity)
+    return found
+
+
 def catalog_from_items(items: Iterable[dict[str, Any]]) -> Catalog:
     """The catalog of the segments table's items (definitions that fail to parse are skipped)."""
     audiences: dict[str, AudienceDefinition] = {}
     traits: dict[str, ComputedTraitDefinition] = {}
     registered: dict[str, ActiveSpec] = {}
+    activity: dict[str, ActiveActivitySpec] = {}
     versions: dict[str, int] = {}
     for item in items:
         key = item["pk"]["S"]
@@ -91,6 +123,9 @@ def catalog_from_items(items: Iterable[dict[str, Any]]) -> Catalog:
             elif key.startswith(SPEC_PREFIX):
                 registered[ident] = _active(item)
                 continue
+            elif key.startswith(ACTIVITY_PREFIX):
+                activity[key.removeprefix(ACTIVITY_PREFIX)] = _active_activity(item)
+                continue
             else:
                 continue
         except (ValidationError, KeyError):
@@ -101,12 +136,19 @@ def catalog_from_items(items: Iterable[dict[str, Any]]) -> Catalog:
         versions[key] = int(item.get("version", {}).get("N", "0"))
     wanted = needed_specs([*audiences.values(), *traits.values()])
     specs = {sid: active for sid, active in registered.items() if sid in wanted}
-    return Catalog(audiences, traits, specs, versions)
+    wanted_activity = needed_activity_specs(audiences.values())
+    activity_specs = {sid: active for sid, active in activity.items() if sid in wanted_activity}
+    return Catalog(audiences, traits, specs, versions, activity_specs)
 
 
 def _active(item: dict[str, Any]) -> ActiveSpec:
     return ActiveSpec(AggregateSpec.model_validate_json(item["spec"]["S"]), item["gen"]["S"],
                       item["live_from"]["S"], item.get("backfill", {}).get("S", "pending"))
+
+
+def _active_activity(item: dict[str, Any]) -> ActiveActivitySpec:
+    return ActiveActivitySpec(AccountActivitySpec.model_validate_json(item["spec"]["S"]), item["gen"]["S"],
+                              item["live_from"]["S"])
 
 
 class CatalogStore:
@@ -149,18 +191,25 @@ class SpecRegistry:
 
         Returns the registered specs' ids and states (``new`` or ``kept``), for logs.
         """
-        wanted = needed_specs(definitions)
-        existing = {i["pk"]["S"].removeprefix(SPEC_PREFIX) for i in self._spec_items()}
+        definitions = list(definitions)
+        outcome = self._sync(SPEC_PREFIX, needed_specs(definitions))
+        outcome.update(self._sync(ACTIVITY_PREFIX, needed_activity_specs(definitions)))
+        return outcome
+
+    def _sync(self, prefix: str, wanted: Mapping[str, AggregateSpec | AccountActivitySpec]) -> dict[str, str]:
+        existing = {i["pk"]["S"].removeprefix(prefix) for i in self._spec_items(prefix)}
         outcome: dict[str, str] = {}
         for spec_id, spec in wanted.items():
             if spec_id in existing:
                 outcome[spec_id] = "kept"
                 continue
             now = self._now()
-            item = {"pk": {"S": SPEC_PREFIX + spec_id},
+            item = {"pk": {"S": prefix + spec_id},
                     "spec": {"S": json.dumps(spec.model_dump(mode="json", exclude_none=True), sort_keys=True)},
                     "gen": {"S": _iso(now)}, "live_from": {"S": _iso(now + self._delay)},
-                    "created_at": {"S": _iso(now)}, "backfill": {"S": "pending"}}
+                    "created_at": {"S": _iso(now)}}
+            if prefix == SPEC_PREFIX:
+                item["backfill"] = {"S": "pending"}
             try:
                 self._ddb.put_item(TableName=self._table, Item=item,
                                    ConditionExpression="attribute_not_exists(pk)")
@@ -170,13 +219,18 @@ class SpecRegistry:
                     raise
                 outcome[spec_id] = "kept"  # registered concurrently by another admin request
         for spec_id in existing - set(wanted):
-            self._ddb.delete_item(TableName=self._table, Key={"pk": {"S": SPEC_PREFIX + spec_id}})
+            self._ddb.delete_item(TableName=self._table, Key={"pk": {"S": prefix + spec_id}})
         return outcome
 
     def registered(self) -> dict[str, ActiveSpec]:
         """The spec items, by aggregate id."""
-        return {i["pk"]["S"].removeprefix(SPEC_PREFIX): _active(i) for i in self._spec_items()}
+        return {i["pk"]["S"].removeprefix(SPEC_PREFIX): _active(i) for i in self._spec_items(SPEC_PREFIX)}
 
-    def _spec_items(self) -> list[dict[str, Any]]:
+    def registered_activity(self) -> dict[str, ActiveActivitySpec]:
+        """The account activity spec items, by activity id."""
+        return {i["pk"]["S"].removeprefix(ACTIVITY_PREFIX): _active_activity(i)
+                for i in self._spec_items(ACTIVITY_PREFIX)}
+
+    def _spec_items(self, prefix: str) -> list[dict[str, Any]]:
         return all_items(self._ddb.scan, TableName=self._table, ConsistentRead=True,
-                         FilterExpression="begins_with(pk, :p)", ExpressionAttributeValues={":p": {"S": SPEC_PREFIX}})
+                         FilterExpression="begins_with(pk, :p)", ExpressionAttributeValues={":p": {"S": prefix}})

@@ -10,6 +10,9 @@ Every node of a condition is a pydantic model in a union discriminated by ``type
 - ``event``: events of a type (``track``, ``page``, ``screen``) and name, with property
   filters, counted over a window and compared (at least / at most / exactly N times);
   "has not performed" is ``exactly 0``;
+- ``account_activity``: true when any of the profile's accounts has at least / at most /
+  exactly ``n`` distinct members who performed the selected events in the window (B2B
+  activity, kept on the account: ``cdp.segmentation.account_activity``);
 - ``audience``: membership of another audience (by id);
 - ``and`` / ``or`` (``conditions``) and ``not`` (``condition``), nested.
 
@@ -339,6 +342,58 @@ class EventCondition(EventSelector):
         return f"{text} {self.window.summary()}" if self.window else text
 
 
+class AccountActivitySpec(EventSelector):
+    """Which members of an account were active: the selected events, kept per UTC day (or
+    over all time, or between two dates) as the set of the members' profile ids on the
+    account (``cdp.segmentation.account_activity``)."""
+
+    window: Window | None = None
+
+    def activity_id(self) -> str:
+        """A stable id: a hash of the canonical JSON of the spec (``act_`` + 20 hex digits)."""
+        return self.stable_id
+
+    @functools.cached_property
+    def stable_id(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        return "act_" + hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+class AccountActivityCondition(EventSelector):
+    """Some account of the profile has ``members`` (at least / at most / exactly ``n``)
+    distinct members who performed the selected events in the window (absent: all time)."""
+
+    type: Literal["account_activity"]
+    window: Window | None = None
+    members: Count = Field(default_factory=Count)
+
+    def activity(self) -> AccountActivitySpec:
+        """The per-account activity this condition reads (its ``activity_id()`` keys it)."""
+        return self.activity_spec
+
+    @functools.cached_property
+    def activity_spec(self) -> AccountActivitySpec:
+        return AccountActivitySpec(event_type=self.event_type, event=self.event, where=self.where,
+                                   window=self.window)
+
+    def summary(self) -> str:
+        name = _quote(self.event) if self.event else None
+        if self.event_type == "track":
+            verb, what = "performed", name or "any track event"
+        else:
+            verb, what = "viewed", f"{self.event_type} {name}" if name else f"any {self.event_type}"
+        if self.where:
+            what += " where " + " and ".join(f.summary() for f in self.where)
+        n, op = self.members.n, self.members.op
+        if op == "exactly" and n == 0:
+            count = "no members"
+        else:
+            words = {"at_least": "at least", "at_most": "at most", "exactly": "exactly"}[op]
+            count = f"{words} {n} member{'' if n == 1 else 's'}"
+        window = f" {self.window.summary()}" if self.window else ""
+        return f"an account has {count} who {verb} {what}{window}"
+
+
 class AudienceCondition(_Strict):
     type: Literal["audience"]
     audience: Slug
@@ -374,8 +429,8 @@ class NotCondition(_Strict):
 
 Condition = Annotated[
     Union[  # noqa: UP007 (a forward-referencing union needs Union)
-        TraitCondition, AccountCondition, ComputedTraitCondition, EventCondition, AudienceCondition,
-        AndCondition, OrCondition, NotCondition,
+        TraitCondition, AccountCondition, ComputedTraitCondition, EventCondition, AccountActivityCondition,
+        AudienceCondition, AndCondition, OrCondition, NotCondition,
     ],
     Field(discriminator="type"),
 ]
@@ -384,8 +439,8 @@ OrCondition.model_rebuild()
 NotCondition.model_rebuild()
 
 AnyCondition = (
-    TraitCondition | AccountCondition | ComputedTraitCondition | EventCondition | AudienceCondition
-    | AndCondition | OrCondition | NotCondition
+    TraitCondition | AccountCondition | ComputedTraitCondition | EventCondition | AccountActivityCondition
+    | AudienceCondition | AndCondition | OrCondition | NotCondition
 )
 
 

@@ -6,17 +6,21 @@ compared with ``gt``, a number with ``starts_with``, text that is not a date wit
 then inverts it as usual, so ``NOT (trait plan = "pro")`` holds for a profile without a
 plan. An event condition whose aggregate state is absent from the facts reads an empty
 history (0 events), so "has not performed" holds for a profile never seen doing it.
+An account-activity condition reads each account's activity (``AccountFacts``); an
+account without it has 0 active members, and a profile without accounts never matches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cdp.segmentation import aggregates
+from cdp.segmentation import account_activity, aggregates
 from cdp.segmentation.definitions import (
+    AccountActivityCondition,
+    AccountActivitySpec,
     AccountCondition,
     AggregateSpec,
     AndCondition,
@@ -36,12 +40,38 @@ from cdp.segmentation.predicates import MISSING, passes
 
 
 @dataclass(frozen=True)
+class AccountFacts(Mapping[str, Any]):
+    """One account as the evaluator reads it: a mapping of its traits (what account
+    conditions test), with its activity (``cdp.segmentation.account_activity``:
+    spec id -> bucket -> member profile ids) for account-activity conditions."""
+
+    group_id: str
+    traits: Mapping[str, Any] = field(default_factory=dict)
+    activity: account_activity.Activity = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.traits[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.traits)
+
+    def __len__(self) -> int:
+        return len(self.traits)
+
+
+def activity_of(account: Mapping[str, Any]) -> account_activity.Activity:
+    """An account's activity (a plain mapping of traits has none)."""
+    return account.activity if isinstance(account, AccountFacts) else {}
+
+
+@dataclass(frozen=True)
 class Facts:
     """What the evaluator knows of one profile.
 
     ``aggregates`` holds the states of event conditions by ``aggregate_id()``;
     ``computed`` the current values of computed traits by id; ``accounts`` the traits
-    of each account the profile belongs to; ``audiences`` the ids of audiences it is in.
+    of each account the profile belongs to (``AccountFacts`` also carry their activity);
+    ``audiences`` the ids of audiences it is in.
     """
 
     traits: Mapping[str, Any] = field(default_factory=dict)
@@ -51,13 +81,20 @@ class Facts:
     audiences: Set[str] = frozenset()
 
 
-def _count_passes(condition: EventCondition, count: int) -> bool:
-    n = condition.count.n
-    if condition.count.op == "at_least":
+def _count_passes(condition: EventCondition | AccountActivityCondition, count: int) -> bool:
+    expected = condition.members if isinstance(condition, AccountActivityCondition) else condition.count
+    n = expected.n
+    if expected.op == "at_least":
         return count >= n
-    if condition.count.op == "at_most":
+    if expected.op == "at_most":
         return count <= n
     return count == n
+
+
+def account_member_counts(condition: AccountActivityCondition, facts: Facts, now: datetime) -> list[int]:
+    """Per account of the profile, its distinct members active as the condition selects, at ``now``."""
+    spec = condition.activity()
+    return [account_activity.member_count(spec, activity_of(account), now) for account in facts.accounts]
 
 
 def event_count(condition: EventCondition, facts: Facts, now: datetime) -> int:
@@ -83,6 +120,8 @@ def evaluate(condition: AnyCondition, facts: Facts, now: datetime) -> bool:
         return any(passes(condition, account.get(condition.trait, MISSING), now) for account in facts.accounts)
     if isinstance(condition, AudienceCondition):
         return (condition.audience in facts.audiences) == condition.member
+    if isinstance(condition, AccountActivityCondition):
+        return any(_count_passes(condition, n) for n in account_member_counts(condition, facts, now))
     return _count_passes(condition, event_count(condition, facts, now))
 
 
@@ -92,7 +131,8 @@ class Dependencies:
 
     ``events`` holds ``(event_type, name)`` pairs (name None: any event of the type);
     ``aggregates`` the aggregate specs (by id) the profile must keep for it: the implicit
-    counters of event conditions, or a computed trait's own spec. ``time_based``: the
+    counters of event conditions, or a computed trait's own spec. ``activity``: the
+    account activity specs (by id) of account-activity conditions. ``time_based``: the
     result can change with time alone (a sliding window, ``within_last_days``), so the
     schedule must look at it again.
     """
@@ -103,6 +143,7 @@ class Dependencies:
     computed_traits: set[str] = field(default_factory=set)
     audiences: set[str] = field(default_factory=set)
     aggregates: dict[str, AggregateSpec] = field(default_factory=dict)
+    activity: dict[str, AccountActivitySpec] = field(default_factory=dict)
     time_based: bool = False
 
 
@@ -137,4 +178,10 @@ def dependencies(definition: AudienceDefinition | ComputedTraitDefinition | AnyC
             found.audiences.add(node.audience)
         elif isinstance(node, EventCondition):
             _add_spec(found, node.aggregate())
+        elif isinstance(node, AccountActivityCondition):
+            spec = node.activity()
+            found.events.add((spec.event_type, spec.event))
+            found.activity[spec.activity_id()] = spec
+            if isinstance(spec.window, DaysWindow):
+                found.time_based = True
     return found

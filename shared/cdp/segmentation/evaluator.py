@@ -93,7 +93,8 @@ class SegmentEvaluator:
         """Evaluate one profile item change (stream images in DynamoDB JSON); returns what was done."""
         change = profile_change(old, new)
         if change is None:
-            group_id = account_change(old, new)
+            activity = self.index(self.catalog()).activity
+            group_id = account_change(old, new, activity, self.now() if activity else None)
             if group_id is not None:
                 self._account_changed(group_id)
             return []
@@ -127,8 +128,9 @@ class SegmentEvaluator:
             self._prefetched = {pid: (keys, found.get(pid, {})) for pid, keys in wanted.items()}
 
     def _account_changed(self, group_id: str) -> None:
-        """An account's traits changed: its members are touched, so the stream brings each
-        back here with a new version and ``check`` naming the account audiences."""
+        """An account's traits, or a member count an audience reads, changed: its members
+        are touched, so the stream brings each back here with a new version and ``check``
+        naming the account."""
         index = self.index(self.catalog())
         if not index.account_based or self.touch_members is None:
             return

@@ -24,6 +24,12 @@ else happened. The hourly schedule touches the profiles whose ``next_check`` hou
 ended (``cdp.aws.scheduled_reevaluation``) and ``decide`` re-evaluates the due
 audiences, so a profile change costs the audiences its inputs touch, not every
 time-based one.
+
+**Accounts.** An account item whose traits changed, or whose activity changed so that
+the member count some account-activity audience reads differs
+(:func:`account_change`), has its members touched; account-based audiences (account
+traits or activity) are evaluated for them. A member's ``next_check`` includes the
+midnights at which its accounts' activity buckets enter or leave a window.
 """
 
 from __future__ import annotations
@@ -35,8 +41,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
 from cdp.identity.profile_state import state_from_json
+from cdp.segmentation.account_activity import activity_from_json, buckets_of, member_count
 from cdp.segmentation.catalog import Catalog
 from cdp.segmentation.definitions import (
+    AccountActivityCondition,
+    AccountActivitySpec,
     AccountCondition,
     AnyCondition,
     AudienceDefinition,
@@ -46,7 +55,7 @@ from cdp.segmentation.definitions import (
     children,
     parse_instant,
 )
-from cdp.segmentation.evaluate import Facts, dependencies, evaluate
+from cdp.segmentation.evaluate import Facts, activity_of, dependencies, evaluate
 from cdp.segmentation.tallies import computed_values, facts_from_item, profile_of_item, tallies_from_json
 
 Transition = Literal["entered", "exited"]
@@ -67,7 +76,10 @@ class DependencyIndex:
     by_computed_trait: Mapping[str, frozenset[str]] = field(default_factory=dict)
     dependents: Mapping[str, frozenset[str]] = field(default_factory=dict)  # audience -> audiences naming it
     time_based: frozenset[str] = frozenset()  # may change with time alone (also through a nested audience)
-    account_based: frozenset[str] = frozenset()  # read account traits (directly)
+    account_based: frozenset[str] = frozenset()  # read account traits or activity (directly)
+    # The account activity specs audiences read (by id): a change of an account's member
+    # count for one of them re-evaluates the account's members.
+    activity: Mapping[str, AccountActivitySpec] = field(default_factory=dict)
     names: Mapping[str, frozenset[str]] = field(default_factory=dict)  # audience -> audiences it names
 
     @staticmethod
@@ -80,6 +92,7 @@ class DependencyIndex:
         dependents: dict[str, set[str]] = {}
         time_based: set[str] = set()
         account_based: set[str] = set()
+        activity: dict[str, AccountActivitySpec] = {}
         # A computed trait's value changes with its own aggregate state.
         spec_of_trait = {tid: d.aggregate.aggregate_id() for tid, d in catalog.computed_traits.items()}
         timed_traits = {tid for tid, d in catalog.computed_traits.items()
@@ -99,8 +112,9 @@ class DependencyIndex:
                 dependents.setdefault(other, set()).add(audience_id)
             if found.time_based or found.computed_traits & timed_traits:
                 time_based.add(audience_id)
-            if found.account_traits:
+            if found.account_traits or found.activity:
                 account_based.add(audience_id)
+            activity.update(found.activity)
         order = _dependency_order(sorted(catalog.audiences), named)
         # An audience naming a time-based audience changes with time too.
         for audience_id in order:
@@ -114,6 +128,7 @@ class DependencyIndex:
             dependents={k: frozenset(v) for k, v in dependents.items()},
             time_based=frozenset(time_based),
             account_based=frozenset(account_based),
+            activity=activity,
             names={k: frozenset(v) for k, v in named.items()},
         )
 
@@ -230,14 +245,54 @@ def profile_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None)
     return None
 
 
-def account_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> str | None:
-    """The group id of an account item whose traits differ between the images (else None)."""
+def account_change(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None,
+                   activity: Mapping[str, AccountActivitySpec] | None = None,
+                   now: datetime | None = None) -> str | None:
+    """The group id of an account item whose traits differ between the images, or whose
+    member count for one of the ``activity`` specs (those audiences read) differs at
+    ``now`` (else None)."""
     image = new or old or {}
     if not image.get("pk", {}).get("S", "").startswith("acct#") or "group_id" not in image:
         return None
-    if _canonical(_traits(old)) == _canonical(_traits(new)):
-        return None
-    return str(image["group_id"]["S"])
+    if _canonical(_traits(old)) != _canonical(_traits(new)) or (
+            activity and activity_counts_changed(old, new, activity, now or datetime.now(UTC))):
+        return str(image["group_id"]["S"])
+    return None
+
+
+def _activity(image: Mapping[str, Any] | None) -> dict[str, dict[str, list[str]]]:
+    return buckets_of(activity_from_json((image or {}).get("act", {}).get("S")))
+
+
+def activity_counts_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None,
+                            specs: Mapping[str, AccountActivitySpec], now: datetime) -> bool:
+    """Whether an account's member count for some spec differs between the images at ``now``,
+    or at the midnight of a day after ``now``'s that has a bucket (an event dated ahead).
+
+    Enough for members' memberships: with no bucket after today, a change of the count at
+    ``now`` is the only way the union can change a result now, and one that leaves it the
+    same can only postpone a later flip (buckets are sets that only grow), so a stored
+    ``next_check`` is early at worst and the schedule corrects it. Members are not touched
+    for an active member's second event of a day, nor for a repeated day."""
+    before, after = _activity(old), _activity(new)
+    today = now.astimezone(UTC).date().isoformat() if now.tzinfo else now.date().isoformat()
+    for spec_id, spec in specs.items():
+        if before.get(spec_id) == after.get(spec_id):
+            continue
+        ahead = {day for buckets in (before.get(spec_id) or {}, after.get(spec_id) or {})
+                 for day in buckets if day != "*" and day > today}
+        for moment in [now, *(_midnight(date.fromisoformat(day)) for day in sorted(ahead) if _is_day(day))]:
+            if member_count(spec, before, moment) != member_count(spec, after, moment):
+                return True
+    return False
+
+
+def _is_day(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _traits(image: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -493,9 +548,10 @@ def _instant(value: Any) -> datetime | None:
 def change_candidates(definition: AudienceDefinition, facts: Facts, catalog: Catalog, now: datetime) -> list[datetime]:
     """Instants after ``now`` at which the definition's result may change with no new data.
 
-    A day bucket of a sliding window enters the window at its day's midnight and leaves it
-    ``days`` midnights later; a ``within_last_days`` date holds from its instant until the
-    midnight ``days`` days after its day.
+    A day bucket of a sliding window (a profile's aggregate, or an account's activity)
+    enters the window at its day's midnight and leaves it ``days`` midnights later; a
+    ``within_last_days`` date holds from its instant until the midnight ``days`` days
+    after its day.
     """
     found: set[datetime] = set()
     specs = dict(dependencies(definition).aggregates)
@@ -514,6 +570,17 @@ def change_candidates(definition: AudienceDefinition, facts: Facts, catalog: Cat
                 continue
             found.add(_midnight(day))
             found.add(_midnight(day + timedelta(days=spec.window.days)))
+    for node in _timed_nodes(definition.condition):
+        if not isinstance(node, AccountActivityCondition) or not isinstance(node.window, DaysWindow):
+            continue
+        spec_id = node.activity().activity_id()
+        for account in facts.accounts:
+            for day_text in activity_of(account).get(spec_id) or ():
+                if not _is_day(day_text):
+                    continue
+                day = date.fromisoformat(day_text)
+                found.add(_midnight(day))
+                found.add(_midnight(day + timedelta(days=node.window.days)))
     for node in _timed_nodes(definition.condition):
         if not isinstance(node, TraitCondition | ComputedTraitCondition | AccountCondition) \
                 or node.op != "within_last_days" or node.days is None:

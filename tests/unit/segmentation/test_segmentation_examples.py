@@ -9,7 +9,7 @@ import pytest
 
 from cdp.segmentation.aggregates import empty, fold, value
 from cdp.segmentation.definitions import AudienceDefinition, ComputedTraitDefinition
-from cdp.segmentation.evaluate import Facts, dependencies, evaluate
+from cdp.segmentation.evaluate import AccountFacts, Facts, dependencies, evaluate
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "audiences"
 AUDIENCE_FILES = sorted(EXAMPLES.glob("*.json"))
@@ -85,3 +85,21 @@ def test_the_lifetime_value_tiers_partition_buyers() -> None:
         facts = Facts(computed={trait.id: value(state, now)})
         assert sum(evaluate(tier.condition, facts, now) for tier in tiers) == 1, totals
     assert not any(evaluate(tier.condition, Facts(computed={trait.id: 0}), now) for tier in tiers)
+
+
+def test_the_high_intent_sample_needs_three_active_members_of_one_account_this_week() -> None:
+    definition = load_audience("high-intent-accounts")
+    assert definition.summary() == (
+        'performed "Feature Used" in the last 7 days'
+        ' AND an account has at least 3 members who performed "Feature Used" in the last 7 days'
+    )
+    found = dependencies(definition)
+    assert not found.account_traits and len(found.activity) == 1 and found.time_based
+    [activity_id] = found.activity
+    own = definition.condition.conditions[0].aggregate()  # type: ignore[union-attr]
+    used = fold(empty(own), {"type": "track", "event": "Feature Used", "timestamp": "2026-11-27T10:00:00Z",
+                             "messageId": "m1"})
+    team = AccountFacts("g1", {}, {activity_id: {"2026-11-22": ["p2"], "2026-11-27": ["p1", "p3"]}})
+    facts = Facts(aggregates={own.aggregate_id(): used}, accounts=[team])
+    assert evaluate(definition.condition, facts, datetime(2026, 11, 28, 23, tzinfo=UTC))
+    assert not evaluate(definition.condition, facts, datetime(2026, 11, 29, tzinfo=UTC))  # p2's day has left
