@@ -14,8 +14,9 @@ Printed: wall time, profiles/s, our CPU (``time.process_time``: our code and bot
 moto is in the other process), DynamoDB requests by operation, and request units per
 profile computed by DynamoDB's rules (../shared/BENCHMARKING.md), never moto's:
 Scan and Query round the total size of a page up to 4 KB, eventually consistent (half);
-GetItem per item; UpdateItem the larger of the item before and after (the before size
-known from the scan that returned the item), a failed condition billed too.
+GetItem and BatchGetItem per item; PutItem and UpdateItem the larger of the item before
+and after (the before size known from the read that returned the item), a failed
+condition billed too.
 """
 
 from __future__ import annotations
@@ -115,46 +116,6 @@ def seed(profiles: int, events_per_profile: int, identified_share: float) -> int
     return written
 
 
-def speed_up_moto_reads() -> None:
-    """Make moto's ``Query`` and ``Scan`` cost what they read, not the whole table (outcomes unchanged).
-
-    moto 5.2.5 sorts every item of the table on each ``Query`` (then keeps one partition)
-    and on each ``Scan`` page: with 400,000 history items one ``Query`` takes about a
-    second. Here a base-table ``Query`` sorts only its partition, and the sorted key order
-    of a hash-only table is kept until its number of items changes (the backfill creates
-    no identity items; it updates them, and the items are looked up fresh each time).
-    """
-    from moto.dynamodb.models.table import Table
-
-    local = threading.local()
-    original_query, original_all = Table.query, Table.all_items
-    orders: dict[int, tuple[int, list[Any]]] = {}
-
-    def query(self: Any, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
-        index_name = args[6] if len(args) > 6 else kwargs.get("index_name")
-        local.only = hash_key if index_name is None and self.range_key_attr and hash_key is not None else None
-        try:
-            return original_query(self, hash_key, *args, **kwargs)
-        finally:
-            local.only = None
-
-    def all_items(self: Any) -> list[Any]:
-        only = getattr(local, "only", None)
-        if only is not None:
-            bucket = self.items.get(only, {})  # get: never insert into the defaultdict
-            return sorted(bucket.values(), key=lambda x: x.range_key)
-        if self.range_key_attr:
-            return original_all(self)  # type: ignore[no-any-return]
-        cached = orders.get(id(self))
-        if cached is None or cached[0] != len(self.items):
-            cached = (len(self.items), sorted(self.items, key=lambda k: k.value))
-            orders[id(self)] = cached
-        return [self.items[k] for k in cached[1]]
-
-    Table.query = query  # type: ignore[method-assign]
-    Table.all_items = all_items  # type: ignore[method-assign]
-
-
 def serve(port: int, profiles: int, events_per_profile: int, identified_share: float) -> None:
     """Child process: moto's server, tables created through it, data put straight into its backend."""
     import logging
@@ -166,8 +127,7 @@ def serve(port: int, profiles: int, events_per_profile: int, identified_share: f
     from cdp.local.provisioning import provision
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    moto_speedups.apply()  # as the local stack does
-    speed_up_moto_reads()
+    moto_speedups.apply()  # as the local stack does (cdp.local.moto_speedups: reads that cost what they return)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
@@ -230,6 +190,11 @@ class Meter:
                 for i in items:
                     if op == "Scan":
                         self._sizes[(table, i["pk"]["S"])] = i
+            elif op == "BatchGetItem":
+                for found_table, items in parsed.get("Responses", {}).items():
+                    for i in items:
+                        self.read_units += max(1, math.ceil(size_of(i) / 4096)) * 0.5
+                        self._sizes[(found_table, i["pk"]["S"])] = i
             elif op == "GetItem":
                 item = parsed.get("Item")
                 self.read_units += max(1, math.ceil((size_of(item) if item else 1) / 4096)) * half
@@ -238,7 +203,7 @@ class Meter:
             elif op in ("UpdateItem", "PutItem", "DeleteItem"):
                 key = (params.get("Key") or params.get("Item") or {}).get("pk", {}).get("S", "")
                 before = self._sizes.get((table, key))
-                after = dict(before or params.get("Key") or params.get("Item") or {})
+                after = dict(params.get("Item") or before or params.get("Key") or {})
                 values = params.get("ExpressionAttributeValues", {})
                 if op == "UpdateItem" and ":agg" in values:
                     after.update(agg=values[":agg"], version=values[":next"])
@@ -249,7 +214,7 @@ class Meter:
                 status = http_response.status_code if http_response is not None else 200
                 if status >= 400:
                     self.failed_conditions += 1
-                elif op == "UpdateItem" and ":agg" in values:
+                elif (op == "UpdateItem" and ":agg" in values) or op == "PutItem":
                     self._sizes[(table, key)] = after
 
 

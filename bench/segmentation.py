@@ -354,11 +354,11 @@ class FastMotoServer(MotoServerProcess):
 def serve(port: int) -> None:
     from moto import server
 
-    from bench.backfill import speed_up_moto_reads
     from bench.moto_process import back_up_touched_items_only
+    from cdp.local import moto_speedups
 
     back_up_touched_items_only()
-    speed_up_moto_reads()
+    moto_speedups.apply()  # the local stack's moto fixes (reads, dispatch, item responses)
     server.main(["-H", "127.0.0.1", "-p", str(port)])
 
 

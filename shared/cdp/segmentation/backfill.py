@@ -53,6 +53,15 @@ def partition_of(ident_key: str) -> str | None:
     return prefix + value if prefix and value and ident_key.startswith("ident#") else None
 
 
+def partition_ident_key(partition: str) -> str | None:
+    """The identifier item of a history partition (``u#u1`` -> ``ident#user_id:u1``); None
+    for keys of the events table that are not history partitions."""
+    for type_name, prefix in PARTITION_PREFIXES.items():
+        if partition.startswith(prefix) and len(partition) > len(prefix):
+            return f"ident#{type_name}:{partition.removeprefix(prefix)}"
+    return None
+
+
 def history_partitions(ident_keys: Iterable[str]) -> list[str]:
     """The history partitions of a profile's identifiers (sorted, without repeats)."""
     return sorted({p for key in ident_keys if (p := partition_of(key)) is not None})
