@@ -14,7 +14,7 @@ For one batch of newly stored events, in stream order:
    ``group`` events also update the account and link it to the profile. Events that an
    active aggregate spec selects (``cdp.segmentation.catalog``) are folded into the
    profile's aggregate states in the same write, once each (``cdp.segmentation.tallies``);
-5. events that a live account activity spec selects add their profile's id to the day
+5. events that a live account activity spec selects add their profile (a tag) to the day
    buckets of each of its accounts (``cdp.segmentation.account_activity``): a set union,
    written with the account's ``group`` traits, once per account per batch.
 

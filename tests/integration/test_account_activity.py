@@ -20,6 +20,7 @@ from cdp.aws.profile_store import ProfileRecords
 from cdp.aws.scheduled_reevaluation import ScheduledReevaluation
 from cdp.identity.config import IdentityConfig
 from cdp.identity.identifiers import Identifier
+from cdp.segmentation.account_activity import member_tag
 from cdp.segmentation.catalog import CatalogStore, SpecRegistry
 from cdp.segmentation.definitions import AudienceDefinition
 from cdp.unification import UnificationStage
@@ -112,9 +113,9 @@ def test_three_active_members_of_one_account_enter_and_leave_when_the_activity_l
     stage.store([feature_used(6, "u3", "2026-11-28T11:00:00.000Z")])
     settle()
     assert members(graph) == {"u1": True, "u2": True, "u3": True}  # the third: the account's members enter
-    ids = {graph.lookup_identifier(Identifier("user_id", u)) for u in ("u1", "u2", "u3")}
+    ids = [graph.lookup_identifier(Identifier("user_id", u)) for u in ("u1", "u2", "u3")]
     stored = json.loads(account_item()["act"]["S"])
-    assert [set(state["b"]["2026-11-28"]) for state in stored.values()] == [ids]
+    assert [set(state["b"]["2026-11-28"]) for state in stored.values()] == [{member_tag(str(p)) for p in ids}]
 
     # u1 is active again two days later: its own week runs on, the account's does not.
     clock.at = datetime(2026, 11, 30, 9, tzinfo=UTC)
@@ -136,3 +137,39 @@ def test_three_active_members_of_one_account_enter_and_leave_when_the_activity_l
     # u1 still used a feature this week, but is the account's only active member now.
     assert members(graph) == {"u1": False, "u2": False, "u3": False}
     assert sorted(e["event"] for e in audience_events()) == ["Audience Entered"] * 3 + ["Audience Exited"] * 3
+
+
+def test_the_backfill_hook_adds_the_history_before_live_from_once(setup) -> None:
+    from cdp.identity.profile_state import ProfileState
+    from cdp.segmentation.account_activity import history_additions
+
+    stage, graph, clock, _ = setup
+    stage.store([joins(1, "u1", "2026-11-28T10:00:00.000Z")])  # the account exists; no activity yet
+    catalog = CatalogStore(boto3.client("dynamodb"), SEGMENTS, cache_seconds=0).current()
+    [(spec_id, active)] = catalog.activity_specs.items()
+    # As the backfill would: a profile's history received before live_from (here moved later).
+    late = {spec_id: type(active)(active.spec, active.gen, "2026-11-28T12:00:00.000Z")}
+    history = [feature_used(2, "u1", "2026-11-27T09:00:00.000Z")[1],
+               feature_used(3, "u1", "2026-11-28T13:00:00.000Z")[1]]
+    profile_id = graph.lookup_identifier(Identifier("user_id", "u1"))
+    assert profile_id is not None
+    additions = history_additions(profile_id, {"g1"}, late, history)
+    assert additions == {"g1": {spec_id: {"2026-11-27": {member_tag(profile_id)}}}}
+    for _ in range(2):  # run twice: the union adds nothing the second time, and writes nothing
+        graph.begin_batch()
+        graph.apply_account_state("g1", ProfileState(), additions["g1"], {spec_id: active.spec}, clock())
+        assert json.loads(account_item()["act"]["S"])[spec_id]["b"] == {"2026-11-27": [member_tag(profile_id)]}
+        assert account_item()["version"]["N"] == "2"
+
+
+def test_an_account_item_that_would_grow_too_large_keeps_its_activity_and_the_batch_succeeds(setup,
+                                                                                             monkeypatch) -> None:
+    from cdp.segmentation import account_activity
+
+    stage, *_ = setup
+    stage.store([joins(1, "u1", "2026-11-28T10:00:00.000Z"), joins(2, "u2", "2026-11-28T10:00:00.000Z"),
+                 feature_used(3, "u1", "2026-11-28T10:00:00.000Z")])
+    before = account_item()
+    monkeypatch.setattr(account_activity, "MAX_ACTIVITY_BYTES", len(before["act"]["S"]) + 5)
+    stage.store([feature_used(4, "u2", "2026-11-28T11:00:00.000Z")])  # one more tag would pass the limit
+    assert account_item() == before

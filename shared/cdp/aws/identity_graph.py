@@ -42,6 +42,8 @@ from cdp.identity.identifiers import Identifier
 from cdp.identity.profile_state import ProfileState, merge_states, state_from_json, state_to_json
 from cdp.identity.resolution import ProfileView, ResolutionPlan, plan_resolution
 from cdp.keys import bounded
+from cdp.observability import logger
+from cdp.segmentation import account_activity
 from cdp.segmentation.account_activity import activity_from_json, activity_to_json, unite_activity
 from cdp.segmentation.catalog import ActiveSpec
 from cdp.segmentation.definitions import AccountActivitySpec
@@ -583,7 +585,7 @@ class DynamoIdentityGraph:
                             activity_specs: Mapping[str, AccountActivitySpec] | None = None,
                             now: datetime | None = None) -> None:
         """Merge a batch's ``group`` traits into an account (created on first sight), and
-        unite its members' activity (spec id -> bucket -> profile ids, for
+        unite its members' activity (spec id -> bucket -> member tags, for
         ``activity_specs``; ``cdp.segmentation.account_activity``): one write per account
         per batch, none when nothing changes (a member already counted that day)."""
         key = account_key(group_id)
@@ -596,6 +598,10 @@ class DynamoIdentityGraph:
             united = stored
             if activity:
                 united = unite_activity(stored, activity, activity_specs or {}, now or datetime.now(UTC))
+                if united != stored and len(activity_to_json(united).encode()) > account_activity.MAX_ACTIVITY_BYTES:
+                    logger.warning("account activity not added: the account item would be too large",
+                                   extra={"group_id": group_id})
+                    united = stored
             if item is not None and combined == current and united == stored:
                 return
             stamp = self._now()

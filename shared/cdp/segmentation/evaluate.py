@@ -43,7 +43,7 @@ from cdp.segmentation.predicates import MISSING, passes
 class AccountFacts(Mapping[str, Any]):
     """One account as the evaluator reads it: a mapping of its traits (what account
     conditions test), with its activity (``cdp.segmentation.account_activity``:
-    spec id -> bucket -> member profile ids) for account-activity conditions."""
+    spec id -> bucket -> member tags) for account-activity conditions."""
 
     group_id: str
     traits: Mapping[str, Any] = field(default_factory=dict)

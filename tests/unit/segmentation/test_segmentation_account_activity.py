@@ -17,9 +17,12 @@ from pydantic import ValidationError
 from cdp.segmentation import account_activity
 from cdp.segmentation.account_activity import (
     MEMBERS_CAP,
+    STATE_CAP,
     activity_to_json,
+    bucket_cap,
     buckets_of,
     history_additions,
+    member_tag,
     merge_additions,
     stream_additions,
     unite,
@@ -171,7 +174,8 @@ def test_selected_events_add_the_profile_to_the_day_bucket_of_each_of_its_accoun
     events = [track("Feature Used", "2026-11-26T10:00:00.000Z"), track("Feature Used", "2026-11-27T23:59:00.000Z"),
               track("Signed In", "2026-11-27T10:00:00.000Z")]
     found = stream_additions("p1", {"g1", "g2"}, LIVE, events)
-    assert found == {g: {SPEC_ID: {"2026-11-26": {"p1"}, "2026-11-27": {"p1"}}} for g in ("g1", "g2")}
+    p1 = member_tag("p1")
+    assert found == {g: {SPEC_ID: {"2026-11-26": {p1}, "2026-11-27": {p1}}} for g in ("g1", "g2")}
     assert stream_additions("p1", set(), LIVE, events) == {}  # no account: nothing to add
     assert stream_additions("p1", {"g1"}, LIVE, [events[2]]) == {}
 
@@ -181,8 +185,9 @@ def test_the_consumer_and_the_backfill_split_the_events_at_live_from() -> None:
     after = dict(track("Feature Used", "2026-11-24T10:00:00.000Z", n=2), receivedAt="2026-11-25T00:00:00.000Z")
     assert stream_additions("p1", {"g1"}, LIVE, [before]) == {}
     assert history_additions("p1", {"g1"}, LIVE, [after]) == {}
-    assert stream_additions("p1", {"g1"}, LIVE, [after]) == {"g1": {SPEC_ID: {"2026-11-24": {"p1"}}}}
-    assert history_additions("p1", {"g1"}, LIVE, [before]) == {"g1": {SPEC_ID: {"2026-11-24": {"p1"}}}}
+    p1 = member_tag("p1")
+    assert stream_additions("p1", {"g1"}, LIVE, [after]) == {"g1": {SPEC_ID: {"2026-11-24": {p1}}}}
+    assert history_additions("p1", {"g1"}, LIVE, [before]) == {"g1": {SPEC_ID: {"2026-11-24": {p1}}}}
     assert account_activity.selected_by_any(LIVE, after) and not account_activity.selected_by_any(LIVE, before)
 
 
@@ -190,7 +195,7 @@ def test_a_between_dates_spec_keeps_one_bucket_of_the_events_within_its_dates() 
     spec = AccountActivitySpec(event="Feature Used", window={"from": "2026-11-01", "to": "2026-11-30"})
     live = {spec.activity_id(): Live(spec, "2026-01-01T00:00:00.000Z")}
     events = [track("Feature Used", "2026-11-10T10:00:00.000Z"), track("Feature Used", "2026-12-01T10:00:00.000Z")]
-    assert stream_additions("p1", {"g1"}, live, events) == {"g1": {spec.activity_id(): {"*": {"p1"}}}}
+    assert stream_additions("p1", {"g1"}, live, events) == {"g1": {spec.activity_id(): {"*": {member_tag("p1")}}}}
 
 
 def test_a_bucket_keeps_the_smallest_ids_up_to_the_cap() -> None:
@@ -204,6 +209,24 @@ def test_a_bucket_keeps_the_smallest_ids_up_to_the_cap() -> None:
     again = unite_activity(stored, {SPEC_ID: {"2026-11-27": ids[:10]}}, {SPEC_ID: SPEC}, now)
     exactly_cap = {**WEEKLY, "members": {"op": "exactly", "n": MEMBERS_CAP}}
     assert holds(exactly_cap, [AccountFacts("g1", {}, buckets_of(again))], now)
+
+
+def test_long_windows_keep_fewer_members_a_day_so_a_state_stays_bounded() -> None:
+    assert bucket_cap(SPEC.window) == MEMBERS_CAP
+    assert bucket_cap(None) == MEMBERS_CAP
+    monthly = AccountActivitySpec(event="Feature Used", window={"days": 30})
+    assert bucket_cap(monthly.window) == STATE_CAP // 30 == 233
+    ids = [f"p{n:05d}" for n in range(MEMBERS_CAP)]
+    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    stored = unite_activity({}, {monthly.activity_id(): {f"2026-11-{d:02d}": ids for d in range(1, 29)}},
+                            {monthly.activity_id(): monthly}, now)
+    assert sum(len(b) for b in stored[monthly.activity_id()]["b"].values()) <= STATE_CAP
+
+
+def test_members_are_stored_as_short_stable_tags() -> None:
+    long_home_id = "a." + "x" * 170
+    assert len(member_tag(long_home_id)) == 12 and member_tag(long_home_id) == member_tag(long_home_id)
+    assert len({member_tag(f"p{n}") for n in range(10_000)}) == 10_000
 
 
 def test_buckets_before_the_window_are_dropped_and_other_specs_are_pruned_by_their_stored_days() -> None:
@@ -292,3 +315,33 @@ def test_a_members_next_check_is_when_its_accounts_activity_leaves_the_window() 
     later = Facts(accounts=[account({"2026-11-25": ["p1", "p2", "p3"]})])
     assert next_change_of(HIGH_INTENT, later, catalog, now, True) == datetime(2026, 12, 2, tzinfo=UTC)
 
+
+
+ALWAYS = {SPEC_ID: Live(SPEC, "2000-01-01T00:00:00.000Z")}
+member_events = st.lists(st.tuples(st.sampled_from(["p1", "p2", "p3"]),
+                                   st.sampled_from(["2026-11-21", "2026-11-23", "2026-11-27", "2026-11-28"]),
+                                   st.sampled_from(["Feature Used", "Signed In"])), max_size=10)
+
+
+@given(member_events, st.randoms(use_true_random=False), st.integers(min_value=1, max_value=3))
+def test_folding_events_in_any_batches_and_order_with_redeliveries_gives_one_activity(
+        events: list[tuple[str, str, str]], rnd: Any, batches: int) -> None:
+    now = datetime(2026, 11, 28, 12, tzinfo=UTC)
+    specs = {SPEC_ID: SPEC}
+
+    def fold(stored: dict[str, Any], chunk: list[tuple[str, str, str]]) -> dict[str, Any]:
+        found: account_activity.Additions = {}
+        for profile_id, day, name in chunk:
+            event = track(name, f"{day}T10:00:00.000Z")
+            merge_additions(found, stream_additions(profile_id, {"g1"}, ALWAYS, [event]))
+        return unite_activity(stored, found["g1"], specs, now) if "g1" in found else stored
+
+    once = fold({}, events)
+    delivered = events + rnd.sample(events, len(events) // 2)
+    rnd.shuffle(delivered)
+    stored: dict[str, Any] = {}
+    for n in range(batches):
+        stored = fold(stored, delivered[n::batches])
+    assert stored == once
+    expected = {member_tag(p) for p, day, name in events if name == "Feature Used" and day >= "2026-11-22"}
+    assert account_activity.member_count(SPEC, buckets_of(stored), now) == len(expected)
