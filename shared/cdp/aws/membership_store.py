@@ -163,6 +163,16 @@ class MembershipStore:
                     found.setdefault(pid, {})[aid] = buffered[aid]
         return found
 
+    def leave_all(self, profile_id: str, at: datetime | None = None) -> int:
+        """Record the exits of a profile that is no longer live (conditional writes, so a
+        newer decision is never overwritten); returns how many. No event is emitted: as for
+        any merged-away profile (``cdp.segmentation.evaluator``)."""
+        moment = (at or self._now()).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        stored = self.of_profile(profile_id)
+        exits = [Decision(aid, False, "exited", m.profile_version, moment)
+                 for aid, m in sorted(stored.items()) if m.member]
+        return len(self.apply(profile_id, exits, stored))
+
     def audiences_of(self, profile_id: str) -> list[str]:
         """The ids of the audiences the profile is in now."""
         return sorted(aid for aid, m in self.of_profile(profile_id).items() if m.member)

@@ -23,6 +23,9 @@ OUTPUTS = {
     "EventStreamName": "event_stream",
     "ArchiveBucketName": "archive_bucket",
     "StreamConsumerDlqUrl": "dlq_url",
+    "SegmentEvaluatorDlqUrl": "evaluator_dlq_url",
+    "IdentityTableName": "identity_table",
+    "MembershipsTableName": "memberships_table",
     "SpaceId": "space_id",
 }
 
@@ -39,6 +42,9 @@ class Deployment:
     event_stream: str = _LOCAL.event_stream
     archive_bucket: str = _LOCAL.archive_bucket
     dlq_url: str = ""
+    evaluator_dlq_url: str = ""
+    identity_table: str = _LOCAL.identity_table
+    memberships_table: str = _LOCAL.memberships_table
     space_id: str = _LOCAL.space_id
     # The embedded local stack (fake credentials, the printed local access token).
     is_local: bool = False
@@ -54,6 +60,14 @@ class Deployment:
             return self.dlq_url
         url: str = self.client("sqs").get_queue_url(
             QueueName=resources.STREAM_CONSUMER_DLQ.local_name)["QueueUrl"]
+        return url
+
+    def evaluator_dlq(self) -> str:
+        """The segment evaluator's dead-letter queue (pointers into the identity table's stream)."""
+        if self.evaluator_dlq_url:
+            return self.evaluator_dlq_url
+        url: str = self.client("sqs").get_queue_url(
+            QueueName=resources.SEGMENT_EVALUATOR_DLQ.local_name)["QueueUrl"]
         return url
 
 

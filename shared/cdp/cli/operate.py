@@ -8,6 +8,11 @@ from typing import Any
 
 import click
 
+from cdp.aws.account_traits import AccountTraits
+from cdp.aws.evaluator_redrive import REDRIVE_CHECK, FailedStreamBatch, RedriveOutcome
+from cdp.aws.evaluator_redrive import redrive as redrive_stream_batches
+from cdp.aws.membership_store import MembershipStore
+from cdp.aws.profile_items import ProfileItems
 from cdp.aws.quarantine_store import QuarantineStore
 from cdp.cli.deployment import Deployment
 from cdp.importer import ApiClient, ImportFailed, read_rows, run_import
@@ -96,13 +101,25 @@ def quarantine_list(ctx: click.Context, source_id: str | None, limit: int, raw: 
 
 @click.group()
 def dlq() -> None:
-    """Batches the stream consumer gave up on (pointers into the stream)."""
+    """Batches a stream's consumer gave up on (pointers into the stream): the stream
+    consumer's (default) or, with --evaluator, the segment evaluator's."""
+
+
+EVALUATOR_OPTION = click.option("--evaluator", is_flag=True,
+                                help="The segment evaluator's dead letters (identity table's stream).")
 
 
 @dlq.command("list")
+@EVALUATOR_OPTION
 @click.pass_context
-def dlq_list(ctx: click.Context) -> None:
+def dlq_list(ctx: click.Context, evaluator: bool) -> None:
     deployment = _deployment(ctx)
+    if evaluator:
+        for failed in peek_evaluator(deployment.client("sqs"), deployment.evaluator_dlq()):
+            click.echo(json.dumps({"shard": failed.shard_id, "from": failed.start_sequence,
+                                   "to": failed.end_sequence, "records": failed.batch_size,
+                                   "condition": failed.condition}))
+        return
     for batch in peek(deployment.client("sqs"), deployment.dlq()):
         click.echo(json.dumps({"shard": batch.shard_id, "from": batch.start_sequence,
                                "to": batch.end_sequence, "records": batch.batch_size,
@@ -110,13 +127,72 @@ def dlq_list(ctx: click.Context) -> None:
 
 
 @dlq.command("redrive")
+@EVALUATOR_OPTION
 @click.pass_context
-def dlq_redrive(ctx: click.Context) -> None:
-    """Write the dead-lettered records to the stream again (duplicates are skipped downstream)."""
+def dlq_redrive(ctx: click.Context, evaluator: bool) -> None:
+    """Write the dead-lettered records to the stream again (duplicates are skipped downstream);
+    with --evaluator, evaluate the failed batches' profiles again against every audience."""
     deployment = _deployment(ctx)
+    if evaluator:
+        outcome = redrive_evaluator(deployment)
+        click.echo(json.dumps({"batches": outcome.batches, "profiles_touched": outcome.profiles_touched,
+                               "profiles_gone": outcome.profiles_gone, "accounts": outcome.accounts,
+                               "expired": outcome.expired}))
+        if outcome.expired:
+            click.echo(f"{len(outcome.expired)} batch(es) are no longer in the stream (24 h): left on the "
+                       "queue; update the audiences they concern to re-evaluate every profile", err=True)
+        return
     count = redrive(deployment.client("sqs"), deployment.client("kinesis"), deployment.dlq(),
                     deployment.event_stream)
     click.echo(f"redrove {count} record(s)")
+
+
+def peek_evaluator(sqs: Any, queue_url: str) -> list[FailedStreamBatch]:
+    """The evaluator's dead-letter messages, left on the queue."""
+    found: dict[str, FailedStreamBatch] = {}
+    handles = []
+    for _ in range(10):
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=30,
+                                       WaitTimeSeconds=0).get("Messages", [])
+        if not messages:
+            break
+        for message in messages:
+            failed = FailedStreamBatch.from_message(message)
+            found.setdefault(failed.message_id, failed)
+            handles.append(message["ReceiptHandle"])
+    for handle in handles:
+        sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=handle, VisibilityTimeout=0)
+    return list(found.values())
+
+
+def redrive_evaluator(deployment: Deployment) -> RedriveOutcome:
+    ddb = deployment.client("dynamodb")
+    profiles = ProfileItems(ddb, deployment.identity_table)
+    accounts = AccountTraits(ddb, deployment.events_table, deployment.identity_table)
+    memberships = MembershipStore(ddb, deployment.memberships_table)  # conditional writes: out of band
+    check = {REDRIVE_CHECK: True}
+
+    def touch(profile_id: str) -> bool:
+        if profiles.touch(profile_id, check):
+            return True
+        # Not live: merged away (or deleted). Its exits may be what the failed batch was
+        # to record: record them (no events, as for any merged-away profile).
+        memberships.leave_all(profile_id)
+        return False
+
+    return redrive_stream_batches(
+        deployment.client("sqs"), dynamodb_streams(deployment), deployment.evaluator_dlq(), touch=touch,
+        touch_account=lambda gid: sum(profiles.touch(pid, {"accounts": gid})
+                                      for pid in profiles.live_items(accounts.member_ids(gid))))
+
+
+def dynamodb_streams(deployment: Deployment) -> Any:
+    """A DynamoDB Streams client; locally moto answers only on the regional streams endpoint."""
+    if deployment.is_local:
+        from cdp.local.dynamodb_esm import dynamodb_streams_client
+
+        return dynamodb_streams_client()
+    return deployment.client("dynamodbstreams")
 
 
 # --- import --------------------------------------------------------------------------------

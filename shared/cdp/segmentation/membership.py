@@ -407,6 +407,11 @@ def touch_check(image: Mapping[str, Any] | None) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
+# A touch (``cdp.aws.profile_items``) whose check carries this key asks for every audience
+# to be decided again: the redrive of the evaluator's dead letters (cdp.aws.evaluator_redrive).
+FULL_CHECK = "redrive"
+
+
 def memberships_needed(change: ProfileChange, catalog: Catalog, index: DependencyIndex) -> set[str] | None:
     """Which stored memberships ``decide`` needs for this change: None for all of them (a new,
     merged-away or schedule-touched profile: due checks, every audience), else the
@@ -415,7 +420,7 @@ def memberships_needed(change: ProfileChange, catalog: Catalog, index: Dependenc
     if not change.live or change.new_profile:
         return None
     check = touch_check(change.new) if touch_check(change.old) != touch_check(change.new) else {}
-    if "schedule" in check:
+    if "schedule" in check or check.get(FULL_CHECK):
         return None
     traits, specs = changed_inputs(change.old, change.new)
     joined = accounts_of(change.old) != accounts_of(change.new) or "accounts" in check
@@ -440,7 +445,8 @@ def decide(change: ProfileChange, catalog: Catalog, index: DependencyIndex, now:
     the hourly schedule touches such profiles, and any other change looks at them too);
     the account-based ones when the profile joined an account or was touched because an
     account's traits changed (``check``); the audiences a touch names; and, transitively,
-    the audiences naming any of them. A new profile is evaluated against every audience.
+    the audiences naming any of them. A new profile, and one touched by a redrive
+    (``FULL_CHECK``), is evaluated against every audience.
     """
     at = iso(now)
     if not change.live:
@@ -449,8 +455,9 @@ def decide(change: ProfileChange, catalog: Catalog, index: DependencyIndex, now:
     current = {aid for aid, m in memberships.items() if m.member}
     if only is not None:
         affected = index.closure(only)
-    elif change.new_profile:
-        affected = list(index.order)
+    elif change.new_profile or (touch_check(change.new).get(FULL_CHECK)
+                                and touch_check(change.old) != touch_check(change.new)):
+        affected = list(index.order)  # new, or touched by a redrive: every audience
     else:
         traits, specs = changed_inputs(change.old, change.new)
         hour = hour_bucket(now)

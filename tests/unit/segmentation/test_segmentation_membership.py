@@ -21,6 +21,7 @@ from cdp.segmentation.membership import (
     change_candidates,
     changed_inputs,
     decide,
+    memberships_needed,
     next_change,
     profile_change,
 )
@@ -284,6 +285,20 @@ def test_a_touch_names_what_to_re_evaluate() -> None:
     change = profile_change(item, by_account)
     assert change is not None
     assert set(by_id(decide(change, CATALOG, INDEX, NOW, {}, lambda: [{"tier": "enterprise"}]))) == {"enterprise"}
+
+
+def test_a_redrive_touch_decides_every_audience_from_all_stored_memberships() -> None:
+    item = profile_item("p1", version=4, traits={"plan": "pro"})
+    touched = dict(item, version={"N": "5"}, check={"S": json.dumps({"redrive": True, "at": "t1"})})
+    change = profile_change(item, touched)
+    assert change is not None
+    assert memberships_needed(change, CATALOG, INDEX) is None  # read them all
+    decided = by_id(decide(change, CATALOG, INDEX, NOW, {}, lambda: []))
+    # Nothing changed in the item, yet every audience is decided: pro enters (it was missed).
+    assert decided["pro"].transition == "entered" and "dormant" in decided
+    again = dict(touched, version={"N": "6"})  # the same check again: not a new touch
+    later = profile_change(touched, again)
+    assert later is not None and memberships_needed(later, CATALOG, INDEX) == set()
 
 
 # --- time ------------------------------------------------------------------------------------
