@@ -27,13 +27,17 @@ from infra.constructs.function import CdpFunction
 from infra.constructs.tables import grant_item_actions
 from infra.settings import DeploymentSettings
 
-# The backfill (cdp.aws.backfill_store): a parallel Scan of the identity table, GetItem
-# (following merges) and a conditional UpdateItem of ``agg``/``version`` per profile, and
-# DescribeTable for the item count its progress is measured against.
-BACKFILL_IDENTITY_ACTIONS = ("dynamodb:Scan", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DescribeTable")
-# History partitions only (``u#<user id>``, ``a#<anonymous id>``), not profile records.
-BACKFILL_EVENTS_ACTIONS = ("dynamodb:Query",)
-BACKFILL_HISTORY_KEYS = ["u#*", "a#*"]
+# The backfill (cdp.aws.backfill_store): the holders of history partitions read with
+# BatchGetItem (GetItem following merges), a conditional PutItem of each profile item;
+# the audience pass after it: a Scan of the identity table and a conditional UpdateItem
+# (touch) per live profile.
+BACKFILL_IDENTITY_ACTIONS = ("dynamodb:Scan", "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
+                             "dynamodb:UpdateItem")
+# A parallel Scan of the events table (the history, read once in large pages), and
+# DescribeTable for the item count its progress is measured against. A Scan names no
+# partition key, so it cannot be limited to the history's (``u#*``, ``a#*``): the
+# function reads the other items too, and skips them.
+BACKFILL_EVENTS_ACTIONS = ("dynamodb:Scan", "dynamodb:DescribeTable")
 # The catalog and the run checkpoints are listed by Scan; item reads and writes only on
 # spec items (``backfill`` status) and checkpoint items (position, counts, lease).
 BACKFILL_SEGMENTS_SCAN = ("dynamodb:Scan",)
@@ -86,9 +90,7 @@ class SegmentJobs(Construct):
         role = self.backfill.role
         grant_item_actions(identity_table, role, *BACKFILL_IDENTITY_ACTIONS)
         grant_item_actions(segments_table, role, *BACKFILL_SEGMENTS_SCAN)
-        iam.Grant.add_to_principal(
-            grantee=role, actions=list(BACKFILL_EVENTS_ACTIONS), resource_arns=[events_table.table_arn],
-            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": BACKFILL_HISTORY_KEYS}})
+        grant_item_actions(events_table, role, *BACKFILL_EVENTS_ACTIONS)
         iam.Grant.add_to_principal(
             grantee=role, actions=list(BACKFILL_SEGMENTS_ITEM_ACTIONS), resource_arns=[segments_table.table_arn],
             conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": BACKFILL_SEGMENTS_KEYS}})

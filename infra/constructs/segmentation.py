@@ -22,9 +22,9 @@ from infra.settings import DeploymentSettings
 
 # The memberships table (cdp.aws.membership_store): a consistent BatchGetItem of the few
 # memberships a change touches (a Query of all of a profile's for new, merged-away and
-# schedule-touched profiles), conditional PutItem of decisions. Listing an audience's members
-# (the ``members`` index) is the admin and Profile APIs' business, not the evaluator's.
-MEMBERSHIPS_ACTIONS = ("dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:PutItem")
+# schedule-touched profiles), a batch's decisions written with BatchWriteItem. Listing an
+# audience's members (the ``members`` index) is the admin and Profile APIs' business.
+MEMBERSHIPS_ACTIONS = ("dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem")
 # The catalog (cdp.segmentation.catalog.CatalogStore): one Scan of the segments table per
 # cache period.
 SEGMENTS_ACTIONS = ("dynamodb:Scan",)

@@ -87,16 +87,14 @@ def test_scheduler_environment_names_exactly_the_resources_it_uses(cdp_stack: Sy
 def test_backfill_has_least_privilege(cdp_stack: SynthesizedStack) -> None:
     assert cdp_stack.grants_of_role(cdp_stack.role_of(BACKFILL)) == {
         **_log_grants(cdp_stack, BACKFILL),
-        "dynamodb:Scan": {"IdentityTable.Arn", "SegmentsTable.Arn"},
+        "dynamodb:Scan": {"IdentityTable.Arn", "SegmentsTable.Arn", "EventsTable.Arn"},
         "dynamodb:GetItem": {"IdentityTable.Arn", "SegmentsTable.Arn"},
+        "dynamodb:BatchGetItem": {"IdentityTable.Arn"},
         "dynamodb:UpdateItem": {"IdentityTable.Arn", "SegmentsTable.Arn"},
-        "dynamodb:DescribeTable": {"IdentityTable.Arn"},
-        "dynamodb:Query": {"EventsTable.Arn"},
-        "dynamodb:PutItem": {"SegmentsTable.Arn"},
+        "dynamodb:DescribeTable": {"EventsTable.Arn"},
+        "dynamodb:PutItem": {"IdentityTable.Arn", "SegmentsTable.Arn"},
     }
     conditions = _conditions(cdp_stack, BACKFILL)
-    assert conditions[("dynamodb:Query",)] == {
-        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["u#*", "a#*"]}}
     assert conditions[("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")] == {
         "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["spec#*", "backfill#*", "audience-pass#*",
                                                              "audience#*"]}}

@@ -130,7 +130,7 @@ def test_evaluator_has_least_privilege(cdp_stack: SynthesizedStack) -> None:
         "dynamodb:GetRecords": {"IdentityTable.StreamArn"},
         "dynamodb:GetShardIterator": {"IdentityTable.StreamArn"},
         "dynamodb:Query": {"MembershipsTable.Arn", "EventsTable.Arn"},
-        "dynamodb:PutItem": {"MembershipsTable.Arn"},
+        "dynamodb:BatchWriteItem": {"MembershipsTable.Arn"},
         "dynamodb:Scan": {"SegmentsTable.Arn"},
         "dynamodb:GetItem": {"IdentityTable.Arn"},
         "dynamodb:BatchGetItem": {"IdentityTable.Arn", "MembershipsTable.Arn"},
