@@ -1556,7 +1556,9 @@ def main(argv: list[str] | None = None) -> int:
         del events
         info["traffic"] = traffic_description(args, generator)
         if args.definitions:
-            info["traffic"] += f"; the definitions of {args.definitions} loaded (aggregates folded on profiles)"
+            note = f"the definitions of {args.definitions} loaded (aggregates folded on profiles)"
+            info["traffic"] = [*info["traffic"], note] if isinstance(info["traffic"], list) \
+                else f"{info['traffic']}; {note}"
         warmup_generator = SegmentTrafficGenerator(WRITE_KEY, seed=args.seed + 1)
         warmup = list(warmup_generator.requests(warmup_generator.events(2 * args.batch_size), args.batch_size))
         progress(f"{args.events:,} events generated, mean {statistics.mean(sizes):.0f} B, {len(requests):,} requests")
