@@ -76,11 +76,12 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         return {"state": outcome.state, "finished": outcome.finished}
     # Counts and ids only: no profile, identifier or trait ever reaches the log.
     for name, value in (("BackfillItemsScanned", outcome.scanned), ("BackfillProfilesFilled", outcome.profiles),
-                        ("BackfillProfilesWritten", outcome.written), ("BackfillConflicts", outcome.conflicts)):
+                        ("BackfillProfilesWritten", outcome.written), ("BackfillConflicts", outcome.conflicts),
+                        ("BackfillAccountsWritten", outcome.accounts)):
         metrics.add_metric(name=name, unit=MetricUnit.Count, value=value)
     metrics.add_metric(name="BackfillsCompleted", unit=MetricUnit.Count, value=int(outcome.state == "done"))
     result = {"state": outcome.state, "finished": outcome.finished, "run_id": outcome.run_id,
               "scanned": outcome.scanned, "profiles": outcome.profiles, "written": outcome.written,
-              "conflicts": outcome.conflicts}
+              "conflicts": outcome.conflicts, "accounts": outcome.accounts}
     logger.info("backfill invocation", extra=result)
     return result

@@ -22,13 +22,15 @@ from cdp.aws.audience_pass import PASS_PREFIX
 from cdp.aws.backfill_store import RUN_PREFIX
 from cdp.aws.membership_store import DUE_INDEX
 from cdp.aws.scheduled_reevaluation import CHECKPOINT_KEY
-from cdp.segmentation.catalog import SPEC_PREFIX
+from cdp.segmentation.catalog import ACTIVITY_PREFIX, SPEC_PREFIX
 from infra.constructs.function import CdpFunction
 from infra.constructs.tables import grant_item_actions
 from infra.settings import DeploymentSettings
 
 # The backfill (cdp.aws.backfill_store): the holders of history partitions read with
-# BatchGetItem (GetItem following merges), a conditional PutItem of each profile item;
+# BatchGetItem (GetItem following merges), a conditional PutItem of each profile item
+# and, for account activity specs, of each account item (``acct#``, read by BatchGetItem:
+# ``DynamoIdentityGraph.apply_account_state``);
 # the audience pass after it: a Scan of the identity table and a conditional UpdateItem
 # (touch) per live profile.
 BACKFILL_IDENTITY_ACTIONS = ("dynamodb:Scan", "dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem",
@@ -39,12 +41,14 @@ BACKFILL_IDENTITY_ACTIONS = ("dynamodb:Scan", "dynamodb:GetItem", "dynamodb:Batc
 # function reads the other items too, and skips them.
 BACKFILL_EVENTS_ACTIONS = ("dynamodb:Scan", "dynamodb:DescribeTable")
 # The catalog and the run checkpoints are listed by Scan; item reads and writes only on
-# spec items (``backfill`` status) and checkpoint items (position, counts, lease).
+# spec items (``spec#``, ``actspec#``: ``backfill`` status) and checkpoint items (position,
+# counts, lease).
 BACKFILL_SEGMENTS_SCAN = ("dynamodb:Scan",)
 BACKFILL_SEGMENTS_ITEM_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")
 # The audience pass (cdp.aws.audience_pass) after it: its checkpoint items and
 # ``evaluated_version`` on audience items; the touches are identity UpdateItems.
-BACKFILL_SEGMENTS_KEYS = [SPEC_PREFIX + "*", RUN_PREFIX + "*", PASS_PREFIX + "*", "audience#*"]
+BACKFILL_SEGMENTS_KEYS = [SPEC_PREFIX + "*", ACTIVITY_PREFIX + "*", RUN_PREFIX + "*", PASS_PREFIX + "*",
+                          "audience#*"]
 
 # The scheduler (cdp.aws.scheduled_reevaluation): Query of the ``due`` index, a
 # conditional UpdateItem (``version``, ``checked_at``) of each due profile's item, and

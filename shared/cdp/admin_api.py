@@ -19,9 +19,10 @@
 
 Definitions are validated by ``cdp.segmentation.definitions``; an invalid one gets a 400
 whose ``problems`` point at the offending part. Every change registers the aggregate
-specs the definitions read (``cdp.segmentation.catalog.SpecRegistry``): consumers keep
-their states from ``live_from`` on, and a definition's ``status`` is ``ready`` once the
-backfill of its specs (the events before ``live_from``) is done, ``backfilling`` before.
+specs the definitions read, aggregate and account activity specs
+(``cdp.segmentation.catalog.SpecRegistry``): consumers keep their states from
+``live_from`` on, and a definition's ``status`` is ``ready`` once the backfill of its
+specs (the events before ``live_from``) is done, ``backfilling`` before.
 
 Authentication: an access token of scope ``admin`` for the deployment's space, as the
 HTTP Basic username (``cdp tokens create --admin``); read tokens get 403. Consumers pick
@@ -43,7 +44,7 @@ from cdp.access_tokens import AccessToken, authorize, token_from_authorization
 from cdp.aws.definition_store import DefinitionConflict, Kind, StoredDefinition
 from cdp.identity.config import IdentityConfig
 from cdp.segmentation.backfill import BackfillProgress
-from cdp.segmentation.catalog import ActiveSpec
+from cdp.segmentation.catalog import ActiveActivitySpec, ActiveSpec
 from cdp.segmentation.definitions import AudienceDefinition, ComputedTraitDefinition, problems
 from cdp.segmentation.evaluate import dependencies
 
@@ -70,6 +71,15 @@ class ConfigStore(Protocol):
 class Specs(Protocol):
     def sync(self, definitions: list[AudienceDefinition | ComputedTraitDefinition]) -> dict[str, str]: ...
     def registered(self) -> dict[str, ActiveSpec]: ...
+    def registered_activity(self) -> dict[str, ActiveActivitySpec]: ...
+
+
+@dataclass(frozen=True)
+class Registered:
+    """The spec items as registered: aggregate specs and account activity specs, by id."""
+
+    specs: dict[str, ActiveSpec]
+    activity: dict[str, ActiveActivitySpec] = field(default_factory=dict)
 
 
 class Memberships(Protocol):
@@ -98,7 +108,7 @@ def _error(status: int, code: str, message: str, **extra: Any) -> AdminResponse:
     return AdminResponse(status, {"error": {"code": code, "message": message, **extra}}, headers)
 
 
-def _view(stored: StoredDefinition, specs: dict[str, ActiveSpec] | None = None) -> dict[str, Any]:
+def _view(stored: StoredDefinition, specs: Registered | None = None) -> dict[str, Any]:
     definition = MODELS[stored.kind].model_validate_json(stored.definition)
     view = {"id": stored.id, "kind": stored.kind, "version": stored.version, "summary": definition.summary(),
             "definition": json.loads(stored.definition), "created_at": stored.created_at,
@@ -110,12 +120,13 @@ def _view(stored: StoredDefinition, specs: dict[str, ActiveSpec] | None = None) 
     return view
 
 
-def _readiness(definition: AudienceDefinition | ComputedTraitDefinition,
-               specs: dict[str, ActiveSpec]) -> dict[str, Any]:
-    """``ready`` once every aggregate the definition reads is complete (its backfill done)."""
-    needed = dependencies(definition).aggregates
-    kept = [specs[spec_id] for spec_id in needed if spec_id in specs]
-    if len(kept) < len(needed):
+def _readiness(definition: AudienceDefinition | ComputedTraitDefinition, specs: Registered) -> dict[str, Any]:
+    """``ready`` once every aggregate and account activity spec the definition reads is
+    complete (its backfill done)."""
+    reads = dependencies(definition)
+    kept: list[ActiveSpec | ActiveActivitySpec] = [specs.specs[i] for i in reads.aggregates if i in specs.specs]
+    kept += [specs.activity[i] for i in reads.activity if i in specs.activity]
+    if len(kept) < len(reads.aggregates) + len(reads.activity):
         return {"status": "registering"}
     if all(s.backfill == "done" for s in kept):
         return {"status": "ready"}
@@ -192,8 +203,10 @@ class AdminApi:
             models.extend(model.model_validate_json(d.definition) for d in self._definitions.list(kind))  # type: ignore[arg-type]
         self._specs.sync(models)
 
-    def _registered(self) -> dict[str, ActiveSpec] | None:
-        return self._specs.registered() if self._specs is not None else None
+    def _registered(self) -> Registered | None:
+        if self._specs is None:
+            return None
+        return Registered(self._specs.registered(), self._specs.registered_activity())
 
     def handle(self, method: str, path: str, body: str | None, authorization: str | None,
                headers: dict[str, str] | None = None, query: dict[str, str] | None = None) -> AdminResponse:

@@ -96,8 +96,8 @@ def test_backfill_has_least_privilege(cdp_stack: SynthesizedStack) -> None:
     }
     conditions = _conditions(cdp_stack, BACKFILL)
     assert conditions[("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")] == {
-        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["spec#*", "backfill#*", "audience-pass#*",
-                                                             "audience#*"]}}
+        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["spec#*", "actspec#*", "backfill#*",
+                                                             "audience-pass#*", "audience#*"]}}
 
 
 def test_scheduler_has_least_privilege(cdp_stack: SynthesizedStack) -> None:

@@ -254,3 +254,35 @@ def test_a_draft_audience_is_previewed_with_an_estimate_and_sample_without_savin
     bad = call("POST", tokens["admin"], lambda_context, {"condition": {"type": "nope"}},
                path="/v1/admin/audiences/preview")
     assert bad[0] == 400 and bad[1]["error"]["problems"]
+
+
+def test_an_audience_reading_only_account_activity_waits_for_its_activity_backfill(tokens, lambda_context):
+    from cdp.aws.backfill_store import DynamoBackfill
+
+    accounts_only = {"id": "busy-accounts", "name": "Busy accounts",
+                     "condition": {"type": "account_activity", "event": "Feature Used", "window": {"days": 7},
+                                   "members": {"op": "at_least", "n": 3}}}
+    status, body = call("POST", tokens["admin"], lambda_context, accounts_only, path="/v1/admin/audiences")
+    items = boto3.client("dynamodb").scan(TableName=resources.SEGMENTS_TABLE.local_name)["Items"]
+    [activity_spec] = [i for i in items if i["pk"]["S"].startswith("actspec#")]
+    assert activity_spec["backfill"]["S"] == "pending"
+    # Not ready before its activity spec is live and backfilled; the demo waits on this live_from.
+    assert status == 201 and body["status"] == "backfilling", body
+    assert body["live_from"] == activity_spec["live_from"]["S"]
+
+    later = datetime.now(UTC) + timedelta(hours=1)  # past live_from and the settle time
+    backfill = DynamoBackfill(lambda: boto3.client("dynamodb"), resources.IDENTITY_TABLE.local_name,
+                              resources.EVENTS_TABLE.local_name, resources.SEGMENTS_TABLE.local_name,
+                              segments=2, workers=2, now=lambda: later)
+    assert backfill.run(deadline=float("inf")).state == "done"
+    status, body = call("GET", tokens["admin"], lambda_context, path="/v1/admin/audiences/busy-accounts")
+    assert body["status"] == "evaluating"  # backfilled; the audience pass has not run yet
+
+
+def test_a_mixed_audience_is_live_once_its_latest_spec_is(tokens, lambda_context):
+    high_intent = json.loads((EXAMPLES / "high-intent-accounts.json").read_text())
+    status, body = call("POST", tokens["admin"], lambda_context, high_intent, path="/v1/admin/audiences")
+    items = boto3.client("dynamodb").scan(TableName=resources.SEGMENTS_TABLE.local_name)["Items"]
+    live_froms = [i["live_from"]["S"] for i in items if i["pk"]["S"].startswith(("spec#", "actspec#"))]
+    assert status == 201 and body["status"] == "backfilling" and len(live_froms) == 2
+    assert body["live_from"] == max(live_froms)

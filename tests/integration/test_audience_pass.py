@@ -69,3 +69,21 @@ def test_an_audience_created_after_the_data_is_evaluated_for_every_existing_prof
     edited["condition"]["value"] = "free"
     store.put("audience", "pro", json.dumps(edited), 1)
     assert passer.pending() == ({"pro": 2}, True)  # an edit is evaluated again
+
+
+def test_an_account_activity_audience_is_passed_only_once_its_activity_is_backfilled(aws):
+    from cdp.segmentation.catalog import SpecRegistry
+
+    ddb = boto3.client("dynamodb")
+    segments = resources.SEGMENTS_TABLE.local_name
+    busy = audience("busy", {"type": "account_activity", "event": "Feature Used", "window": {"days": 7},
+                             "members": {"op": "at_least", "n": 3}})
+    DefinitionStore(ddb, segments).put("audience", "busy", busy.model_dump_json(by_alias=True), None)
+    SpecRegistry(ddb, segments, cache_seconds=0).sync([busy])
+    passer = AudiencePass(ddb, resources.IDENTITY_TABLE.local_name, segments)
+    assert passer.pending() == ({"busy": 1}, False)  # the members' history is not in the accounts yet
+    assert passer.run(deadline=time.monotonic() + 60).state == "waiting"
+    spec_key = {"pk": {"S": "actspec#" + busy.condition.activity().activity_id()}}  # type: ignore[union-attr]
+    ddb.update_item(TableName=segments, Key=spec_key, UpdateExpression="SET backfill = :d",
+                    ExpressionAttributeValues={":d": {"S": "done"}})
+    assert passer.pending() == ({"busy": 1}, True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -16,13 +17,14 @@ import pytest
 from cdp import resources
 from cdp.aws.backfill_store import DynamoBackfill, backfill_status
 from cdp.aws.event_store import HistoryEntry, HistoryStore
-from cdp.aws.identity_graph import DynamoIdentityGraph
+from cdp.aws.identity_graph import DynamoIdentityGraph, account_key
 from cdp.aws.profile_store import ProfileRecords
 from cdp.identity.config import IdentityConfig
 from cdp.identity.identifiers import Identifier
 from cdp.segmentation import aggregates
+from cdp.segmentation.account_activity import activity_from_json, buckets_of, member_count, member_tag
 from cdp.segmentation.catalog import CatalogStore, SpecRegistry
-from cdp.segmentation.definitions import AggregateSpec, ComputedTraitDefinition
+from cdp.segmentation.definitions import AggregateSpec, AudienceDefinition, ComputedTraitDefinition
 from cdp.segmentation.tallies import StreamPosition, aggregate_states, tallies_from_json
 from cdp.unification import UnificationStage
 
@@ -334,3 +336,127 @@ def test_a_second_invocation_while_another_holds_the_lease_is_busy(world):
                           ExpressionAttributeValues={":u": {"S": "2026-11-28T12:10:00.000Z"}})
     assert backfill().run(deadline=float("inf")).state == "busy"
     assert backfill(now=lambda: NOW + timedelta(minutes=11)).run(deadline=float("inf")).state == "done"
+
+
+# --- account activity (B2B) ----------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "audiences"
+HIGH_INTENT = AudienceDefinition.model_validate_json((EXAMPLES / "high-intent-accounts.json").read_text())
+MEMBERS = ("ann", "ben", "cy")
+
+
+def feature_used(received: str, **ids: Any) -> dict[str, Any]:
+    n = next(_messages)
+    return {"type": "track", "event": "Feature Used", "messageId": f"m{n}", "timestamp": received,
+            "originalTimestamp": received, "receivedAt": received, "properties": {"feature": "reports"}, **ids}
+
+
+def joins(received: str, **ids: Any) -> dict[str, Any]:
+    n = next(_messages)
+    return {"type": "group", "groupId": "acme", "messageId": f"m{n}", "timestamp": received,
+            "originalTimestamp": received, "receivedAt": received, "traits": {"name": "Acme"}, **ids}
+
+
+@pytest.fixture
+def accounts(world: World) -> World:
+    """Three members of one account active before any audience reads it: ann and ben in
+    profile items, cy a home profile (an anonymous visitor's, living in its identifier item,
+    who logged in: two history partitions)."""
+    world.deliver(joins(BEFORE, userId="ann"), feature_used(BEFORE, userId="ann"))
+    world.deliver(joins(BEFORE, userId="ben"), feature_used(BEFORE, userId="ben"))
+    world.deliver(feature_used(BEFORE, anonymousId="cy-laptop"))
+    world.deliver(joins(BEFORE, userId="cy", anonymousId="cy-laptop"))
+    return world
+
+
+def define_high_intent(w: World) -> None:
+    """The high-intent sample audience, created after the data (as the admin API does)."""
+    w.ddb.put_item(TableName=SEGMENTS, Item={"pk": {"S": f"audience#{HIGH_INTENT.id}"},
+                                             "definition": {"S": HIGH_INTENT.model_dump_json(by_alias=True)},
+                                             "version": {"N": "1"}})
+    SpecRegistry(w.ddb, SEGMENTS, cache_seconds=60, now=lambda: REGISTERED).sync([HIGH_INTENT])
+
+
+def account_activity_of(group_id: str) -> tuple[dict[str, Any], dict[str, dict[str, list[str]]]]:
+    """The account item and its activity (spec id -> bucket -> member tags)."""
+    item = boto3.client("dynamodb").get_item(TableName=IDENTITY, Key={"pk": {"S": account_key(group_id)}})["Item"]
+    return item, buckets_of(activity_from_json(item.get("act", {}).get("S")))
+
+
+def counted_members(w: World) -> int:
+    """What the evaluator reads: the account's distinct active members in the spec's window at NOW."""
+    [active] = CatalogStore(w.ddb, SEGMENTS, cache_seconds=0).current().activity_specs.values()
+    return member_count(active.spec, account_activity_of("acme")[1], NOW)
+
+
+def expected_tags(w: World) -> set[str]:
+    return {member_tag(w.profile_of("user_id", user)) for user in MEMBERS}
+
+
+def reset_runs(w: World) -> None:
+    """Start over as a new run would: checkpoints gone, every spec pending again."""
+    for item in scan_items(SEGMENTS):
+        if item["pk"]["S"].startswith("backfill#"):
+            w.ddb.delete_item(TableName=SEGMENTS, Key={"pk": item["pk"]})
+        elif item["pk"]["S"].startswith(("spec#", "actspec#")):
+            w.ddb.update_item(TableName=SEGMENTS, Key={"pk": item["pk"]}, UpdateExpression="SET backfill = :p",
+                              ExpressionAttributeValues={":p": {"S": "pending"}})
+
+
+def test_an_account_activity_audience_defined_after_the_data_counts_the_members_of_the_history(accounts):
+    define_high_intent(accounts)
+    assert counted_members(accounts) == 0  # the consumer keeps the activity from live_from on only
+    run_to_end(backfill())
+    item, activity = account_activity_of("acme")
+    [(spec_id, buckets)] = activity.items()
+    assert buckets == {"2026-11-27": sorted(expected_tags(accounts))}
+    assert counted_members(accounts) == 3
+    statuses = {i["pk"]["S"].partition("#")[0]: i["backfill"]["S"] for i in scan_items(SEGMENTS)
+                if i["pk"]["S"].startswith(("spec#", "actspec#"))}
+    assert statuses == {"spec": "done", "actspec": "done"}  # one run covered both kinds
+    (status,) = backfill_status(accounts.ddb, SEGMENTS)
+    assert f"actspec#{spec_id}" in status.specs and len(status.specs) == 2
+
+    # Again: nothing pending; started over from scratch, the union adds nothing and nothing is written.
+    assert backfill().run(deadline=float("inf")).state == "idle"
+    reset_runs(accounts)
+    again = backfill().run(deadline=float("inf"))
+    assert again.state == "done" and again.accounts == 0 and again.written == 0
+    assert account_activity_of("acme")[0] == item
+
+
+def test_live_activity_and_the_history_make_one_count(accounts):
+    define_high_intent(accounts)
+    # After live_from the consumer adds ann's new day and a fourth member; the backfill the rest.
+    accounts.deliver(joins(AFTER, userId="dee"), feature_used(AFTER, userId="dee"), feature_used(AFTER, userId="ann"))
+    assert counted_members(accounts) == 2
+    run_to_end(backfill())
+    _, activity = account_activity_of("acme")
+    [buckets] = activity.values()
+    ann, dee = member_tag(accounts.profile_of("user_id", "ann")), member_tag(accounts.profile_of("user_id", "dee"))
+    assert buckets == {"2026-11-27": sorted(expected_tags(accounts)), "2026-11-28": sorted({ann, dee})}
+    assert counted_members(accounts) == 4
+
+
+def test_an_account_activity_backfill_stopped_midway_resumes_to_the_same_result(accounts):
+    define_high_intent(accounts)
+    ticks = itertools.count()
+    clock = lambda: float(next(ticks))  # noqa: E731 - every look at the clock is a tick
+    outcomes = []
+    for _ in range(100):
+        job = backfill(clock=clock, workers=1, checkpoint_seconds=3, page_items=2)
+        outcome = job.run(deadline=clock() + 12)
+        outcomes.append(outcome.state)
+        if outcome.finished:
+            break
+    assert outcomes[0] == "stopped" and outcomes[-1] == "done" and len(outcomes) > 2
+    [buckets] = account_activity_of("acme")[1].values()
+    assert buckets == {"2026-11-27": sorted(expected_tags(accounts))}
+    assert counted_members(accounts) == 3
+
+
+def test_a_run_without_activity_specs_reads_no_account(world, monkeypatch):
+    define_then_live_traffic(world)
+    monkeypatch.setattr(DynamoBackfill, "_add_activity", lambda *args: pytest.fail("accounts read"))
+    run_to_end(backfill())
+    assert_exact(world)

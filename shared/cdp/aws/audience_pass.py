@@ -2,14 +2,14 @@
 
 The stream evaluator only sees profiles that change. A new audience (or an edited one:
 ``DefinitionStore.put`` rewrites the item, so its ``evaluated_version`` goes) must also be
-evaluated for every profile already stored. Once the backfill of every aggregate spec the
-audience reads is done (its states are complete), this pass scans the identity table and
-**touches** each live profile with ``check`` = ``{"audiences": [...]}``
-(``cdp.aws.profile_items``): the stream then brings every profile to the evaluator, which
-evaluates the named audiences with its usual versioned, idempotent decisions. When the
-scan ends, each audience item gets ``evaluated_version`` = its ``version`` (conditional on
-the version, so an edit during the pass leaves it pending for the next one): it is then
-``ready``.
+evaluated for every profile already stored. Once the backfill of every aggregate spec and
+account activity spec the audience reads is done (its states are complete), this pass
+scans the identity table and **touches** each live profile with ``check`` =
+``{"audiences": [...]}`` (``cdp.aws.profile_items``): the stream then brings every
+profile to the evaluator, which evaluates the named audiences with its usual versioned,
+idempotent decisions. When the scan ends, each audience item gets ``evaluated_version``
+= its ``version`` (conditional on the version, so an edit during the pass leaves it
+pending for the next one): it is then ``ready``.
 
 The scan position is kept in the segments table (``audience-pass#<run id>``, the run id
 a hash of the pending audiences and versions), so an invocation that runs out of time
@@ -79,6 +79,10 @@ class AudiencePass:
                 if spec_id:
                     needed.add(spec_id)
             if any(specs.get(spec_id) != "done" for spec_id in needed):
+                ready = False
+            activity = catalog.activity_specs  # account activity specs: their history is backfilled too
+            if any(spec_id not in activity or activity[spec_id].backfill != "done"
+                   for spec_id in dependencies(catalog.audiences[ident]).activity):
                 ready = False
         return pending, ready
 

@@ -7,9 +7,10 @@ backfill of any size. See ``cdp.segmentation.backfill`` for what is added to a p
 and why it is added once.
 
 **What a run covers.** The specs of the catalog whose ``backfill`` is not ``done`` and
-whose ``live_from`` is at least ``settle`` in the past: an event received just before
-``live_from`` may still be in the consumer's pipeline (Kinesis, retries) and must be in
-the history before its partition is read. ``settle`` must exceed the consumer's
+whose ``live_from`` is at least ``settle`` in the past, aggregate specs (``spec#``) and
+account activity specs (``actspec#``, ``Catalog.activity_specs``) alike: an event
+received just before ``live_from`` may still be in the consumer's pipeline (Kinesis,
+retries) and must be in the history before its partition is read. ``settle`` must exceed the consumer's
 iterator age; the default is generous.
 
 **Scan.** ``segments`` parallel-scan segments (``Segment``/``TotalSegments``) of the
@@ -23,6 +24,16 @@ partitions are in different pages is written once per page; its other items (lin
 claims) are skipped. This reads the history once, in large pages, instead of one
 ``Query`` per partition: about one request per profile (the write) instead of 2.3.
 
+**Accounts.** With activity specs in the run, a complete partition with events some
+activity spec selects, received before its ``live_from``, has its holder looked up too
+(in the same two ``BatchGetItem``); when the holder's state lists accounts,
+``history_additions`` (the holder's live profile id, its accounts, those events) gives
+the member tags to add. The page's additions are united per account and each account is
+written once per page with ``DynamoIdentityGraph.apply_account_state`` (immediate mode:
+a ``BatchGetItem`` and a conditional ``PutItem`` on its ``version``). A set union is
+idempotent, so a resumed or repeated run writes nothing new; an account the union leaves
+as it is costs no write. A run without activity specs makes no request for accounts.
+
 **Writes.** A ``PutItem`` of the profile item as read, with ``agg`` and ``version``
 new, conditional on the ``version`` read: every writer of a profile item increments
 its ``version`` (the identity graph, touches, this job), so nothing else is lost. On a
@@ -31,7 +42,8 @@ following a merge to the survivor, and the fill is recomputed from what is still
 missing.
 
 **Checkpoint.** One item ``backfill#<run id>`` in the segments table, the run id being a
-hash of the specs and generations: per segment its scan position (a key, or ``done``)
+hash of the specs and generations (``specs``: aggregate id -> gen, and
+``actspec#<activity id>`` -> gen): per segment its scan position (a key, or ``done``)
 and counts, written after each page and every ``checkpoint_seconds``; a lease
 (``lease_until``, ``lease_owner``) so two invocations never work one run at once. When
 every segment is done, the spec items' ``backfill`` becomes ``done`` (conditional on
@@ -58,8 +70,11 @@ from botocore.exceptions import ClientError
 
 from cdp.aws.dynamo import all_items
 from cdp.aws.event_store import event_of_item
-from cdp.aws.identity_graph import home_ident_key, profile_key
+from cdp.aws.identity_graph import DynamoIdentityGraph, home_ident_key, profile_key
+from cdp.identity.config import IdentityConfig
+from cdp.identity.profile_state import ProfileState, state_from_json
 from cdp.observability import logger
+from cdp.segmentation.account_activity import Additions, history_additions, merge_additions, selected_before_live
 from cdp.segmentation.aggregates import AggregateState
 from cdp.segmentation.backfill import (
     BackfillProgress,
@@ -68,7 +83,7 @@ from cdp.segmentation.backfill import (
     partition_ident_key,
     unfilled,
 )
-from cdp.segmentation.catalog import SPEC_PREFIX, ActiveSpec, CatalogStore
+from cdp.segmentation.catalog import ACTIVITY_PREFIX, SPEC_PREFIX, ActiveActivitySpec, ActiveSpec, CatalogStore
 from cdp.segmentation.tallies import tallies_from_json, tallies_to_json
 
 RUN_PREFIX = "backfill#"
@@ -78,9 +93,18 @@ MAX_BATCH_GET = 100
 PAGE_ITEMS = 1000  # history items per Scan page
 
 
-def run_id_of(specs: Mapping[str, ActiveSpec]) -> str:
+def spec_gens(specs: Mapping[str, ActiveSpec],
+              activity: Mapping[str, ActiveActivitySpec] | None = None) -> dict[str, str]:
+    """A run's specs as its checkpoint lists them: aggregate id -> gen, and
+    ``actspec#<activity id>`` -> gen (so a run of aggregate specs only keeps its old id)."""
+    gens = {spec_id: a.gen for spec_id, a in specs.items()}
+    gens.update({ACTIVITY_PREFIX + spec_id: a.gen for spec_id, a in (activity or {}).items()})
+    return gens
+
+
+def run_id_of(specs: Mapping[str, ActiveSpec], activity: Mapping[str, ActiveActivitySpec] | None = None) -> str:
     """The run of a set of specs at their generations (the same set resumes the same run)."""
-    canonical = json.dumps({spec_id: a.gen for spec_id, a in specs.items()}, sort_keys=True)
+    canonical = json.dumps(spec_gens(specs, activity), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -105,8 +129,9 @@ class BackfillOutcome:
     run_id: str | None = None
     scanned: int = 0
     profiles: int = 0
-    written: int = 0
+    written: int = 0  # profile items written
     conflicts: int = 0
+    accounts: int = 0  # account items written (activity specs)
 
 
 @dataclass
@@ -115,14 +140,17 @@ class _Counters:
     profiles: int = 0
     written: int = 0
     conflicts: int = 0
+    accounts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, scanned: int = 0, profiles: int = 0, written: int = 0, conflicts: int = 0) -> None:
+    def add(self, scanned: int = 0, profiles: int = 0, written: int = 0, conflicts: int = 0,
+            accounts: int = 0) -> None:
         with self.lock:
             self.scanned += scanned
             self.profiles += profiles
             self.written += written
             self.conflicts += conflicts
+            self.accounts += accounts
 
 
 class _Stop(Exception):
@@ -130,7 +158,8 @@ class _Stop(Exception):
 
 
 class DynamoBackfill:
-    """Fills the aggregate states of pending specs from the history; see the module docstring."""
+    """Fills the aggregate states of pending specs (and the account activity of pending
+    activity specs) from the history; see the module docstring."""
 
     def __init__(self, client_factory: Callable[[], Any], identity_table: str, events_table: str,
                  segments_table: str, segments: int = 8, workers: int = 8,
@@ -156,6 +185,7 @@ class DynamoBackfill:
         self._owner = uuid.uuid4().hex
         # Per run() call:
         self._specs: dict[str, ActiveSpec] = {}
+        self._activity: dict[str, ActiveActivitySpec] = {}
         self._run_id = ""
         self._deadline = 0.0
         self._stop_reason: str | None = None
@@ -170,17 +200,22 @@ class DynamoBackfill:
         ddb = self._clients()
         catalog = CatalogStore(ddb, self._segments_table, cache_seconds=0).current()
         pending = {sid: a for sid, a in catalog.specs.items() if a.backfill != DONE}
-        if not pending:
+        pending_activity = {sid: a for sid, a in catalog.activity_specs.items() if a.backfill != DONE}
+        if not pending and not pending_activity:
             return BackfillOutcome(True, "idle")
         now = self._now()
         ready = {sid: a for sid, a in pending.items() if _parse_iso(a.live_from) + self._settle <= now}
-        checkpoint = self._resumable(ddb, pending)
+        ready_activity = {sid: a for sid, a in pending_activity.items()
+                          if _parse_iso(a.live_from) + self._settle <= now}
+        checkpoint = self._resumable(ddb, pending, pending_activity)
         if checkpoint is None:
-            if not ready:
+            if not ready and not ready_activity:
                 return BackfillOutcome(False, "waiting")
-            checkpoint = self._create(ddb, ready)
+            checkpoint = self._create(ddb, ready, ready_activity)
         specs_gen = json.loads(checkpoint["specs"]["S"])
-        self._specs = {sid: pending[sid] for sid in specs_gen}
+        self._specs = {sid: pending[sid] for sid in specs_gen if not sid.startswith(ACTIVITY_PREFIX)}
+        self._activity = {sid.removeprefix(ACTIVITY_PREFIX): pending_activity[sid.removeprefix(ACTIVITY_PREFIX)]
+                          for sid in specs_gen if sid.startswith(ACTIVITY_PREFIX)}
         self._run_id = checkpoint["pk"]["S"].removeprefix(RUN_PREFIX)
         self._deadline = deadline
         self._stop_reason = None
@@ -207,32 +242,36 @@ class DynamoBackfill:
             if not all(results):
                 return self._outcome("stopped", finished=False)
             self._complete(ddb)
-            remaining = set(pending) - set(self._specs)
+            remaining = (set(pending) - set(self._specs)) | (set(pending_activity) - set(self._activity))
             return self._outcome("done", finished=not remaining)
         finally:
             self._release(ddb)
 
     def _outcome(self, state: str, finished: bool) -> BackfillOutcome:
         c = self._counters
-        return BackfillOutcome(finished, state, self._run_id, c.scanned, c.profiles, c.written, c.conflicts)
+        return BackfillOutcome(finished, state, self._run_id, c.scanned, c.profiles, c.written, c.conflicts,
+                               c.accounts)
 
     def _time_left(self) -> bool:
         return self._clock() < self._deadline and self._stop_reason is None
 
     # --- checkpoint item ------------------------------------------------------------------
 
-    def _resumable(self, ddb: Any, pending: Mapping[str, ActiveSpec]) -> dict[str, Any] | None:
+    def _resumable(self, ddb: Any, pending: Mapping[str, ActiveSpec],
+                   pending_activity: Mapping[str, ActiveActivitySpec]) -> dict[str, Any] | None:
         """A running checkpoint whose specs are all still pending at the same generations."""
+        current = spec_gens(pending, pending_activity)
         for item in _run_items(ddb, self._segments_table):
             if item.get("status", {}).get("S") != "running":
                 continue
             gens = json.loads(item["specs"]["S"])
-            if all(sid in pending and pending[sid].gen == gen for sid, gen in gens.items()):
+            if all(current.get(sid) == gen for sid, gen in gens.items()):
                 return item
         return None
 
-    def _create(self, ddb: Any, specs: Mapping[str, ActiveSpec]) -> dict[str, Any]:
-        run_id = run_id_of(specs)
+    def _create(self, ddb: Any, specs: Mapping[str, ActiveSpec],
+                activity: Mapping[str, ActiveActivitySpec]) -> dict[str, Any]:
+        run_id = run_id_of(specs, activity)
         key = {"pk": {"S": RUN_PREFIX + run_id}}
         found = ddb.get_item(TableName=self._segments_table, Key=key, ConsistentRead=True).get("Item")
         if found is not None:
@@ -241,7 +280,7 @@ class DynamoBackfill:
         now = _iso(self._now())
         segments = {str(s): {"S": ""} for s in range(self._total_segments)}
         zeros = {str(s): {"N": "0"} for s in range(self._total_segments)}
-        item = {**key, "specs": {"S": json.dumps({sid: a.gen for sid, a in specs.items()}, sort_keys=True)},
+        item = {**key, "specs": {"S": json.dumps(spec_gens(specs, activity), sort_keys=True)},
                 "status": {"S": "running"}, "segments": {"N": str(self._total_segments)},
                 "pos": {"M": segments}, "scanned": {"M": zeros}, "profiles": {"M": zeros}, "written": {"M": zeros},
                 "estimate": {"N": str(int(estimate))}, "started_at": {"S": now}, "updated_at": {"S": now}}
@@ -295,20 +334,27 @@ class DynamoBackfill:
                 ExpressionAttributeNames={"#s": s},
                 ExpressionAttributeValues={":p": {"S": position}, ":t": {"S": _iso(self._now())},
                                            ":sc": {"N": str(counts.scanned)}, ":pr": {"N": str(counts.profiles)},
-                                           ":wr": {"N": str(counts.written)}, ":me": {"S": self._owner}})
+                                           # written: profile and account items alike
+                                           ":wr": {"N": str(counts.written + counts.accounts)},
+                                           ":me": {"S": self._owner}})
         except ClientError as exc:
             if _conditional_failure(exc):
                 self._stop_reason = "lease lost"
                 raise _Stop from exc
             raise
 
+    def _spec_items(self) -> list[tuple[str, str]]:
+        """The run's spec items in the segments table (key, gen): aggregate and activity specs."""
+        return [(SPEC_PREFIX + sid, a.gen) for sid, a in self._specs.items()] + \
+            [(ACTIVITY_PREFIX + sid, a.gen) for sid, a in self._activity.items()]
+
     def _mark_specs(self, ddb: Any, status: str) -> bool:
         """Set the specs' ``backfill`` (conditional on their gen); False if a gen changed."""
-        for spec_id, active in self._specs.items():
+        for key, gen in self._spec_items():
             try:
-                ddb.update_item(TableName=self._segments_table, Key={"pk": {"S": SPEC_PREFIX + spec_id}},
+                ddb.update_item(TableName=self._segments_table, Key={"pk": {"S": key}},
                                 UpdateExpression="SET backfill = :s", ConditionExpression="gen = :g",
-                                ExpressionAttributeValues={":s": {"S": status}, ":g": {"S": active.gen}})
+                                ExpressionAttributeValues={":s": {"S": status}, ":g": {"S": gen}})
             except ClientError as exc:
                 if _conditional_failure(exc):
                     return False
@@ -336,10 +382,10 @@ class DynamoBackfill:
             if self._clock() < self._next_gen_check:
                 return
             self._next_gen_check = self._clock() + self._gen_check_seconds
-        for spec_id, active in self._specs.items():
-            item = ddb.get_item(TableName=self._segments_table, Key={"pk": {"S": SPEC_PREFIX + spec_id}},
+        for key, gen in self._spec_items():
+            item = ddb.get_item(TableName=self._segments_table, Key={"pk": {"S": key}},
                                 ConsistentRead=True, ProjectionExpression="gen").get("Item")
-            if item is None or item["gen"]["S"] != active.gen:
+            if item is None or item["gen"]["S"] != gen:
                 self._stop_reason = "superseded"
                 raise _Stop
 
@@ -355,6 +401,7 @@ class DynamoBackfill:
         resumed scan reads the carried partition again from its first item.
         """
         ddb = self._clients()
+        graph = self._account_graph(ddb) if self._activity else None
         request: dict[str, Any] = {"TableName": self._events, "Segment": segment,
                                    "TotalSegments": self._total_segments, "Limit": self._page_items}
         if position:
@@ -376,7 +423,7 @@ class DynamoBackfill:
                     raise RuntimeError(f"partition scanned twice in segment {segment}: items not contiguous")
                 finished.update(complete)
                 self._check_gens(ddb)
-                self._fill_partitions(ddb, complete, pending)
+                self._fill_partitions(ddb, complete, pending, graph)
                 if runs:
                     done_through = {"pk": runs[-1][-1]["pk"], "sk": runs[-1][-1]["sk"]}
                 if following is None:
@@ -394,28 +441,65 @@ class DynamoBackfill:
 
     def _flush(self, ddb: Any, segment: int, position: str, pending: _Counters) -> None:
         self._save(ddb, segment, position, pending)
-        self._counters.add(pending.scanned, pending.profiles, pending.written, pending.conflicts)
-        pending.scanned = pending.profiles = pending.written = pending.conflicts = 0
+        self._counters.add(pending.scanned, pending.profiles, pending.written, pending.conflicts, pending.accounts)
+        pending.scanned = pending.profiles = pending.written = pending.conflicts = pending.accounts = 0
 
     # --- the profiles of a page's partitions ---------------------------------------------
 
-    def _fill_partitions(self, ddb: Any, partitions: Mapping[str, list[dict[str, Any]]], counts: _Counters) -> None:
-        """Fold each history partition's events and add them to the live profile holding it."""
+    def _account_graph(self, ddb: Any) -> DynamoIdentityGraph:
+        """A worker's identity graph, for its account writes (one per thread: it caches what it reads)."""
+        return DynamoIdentityGraph(ddb, self._identity, IdentityConfig(), attempts=self._attempts, sleep=self._sleep,
+                                   now=lambda: _iso(self._now()))
+
+    def _fill_partitions(self, ddb: Any, partitions: Mapping[str, list[dict[str, Any]]], counts: _Counters,
+                         graph: DynamoIdentityGraph | None = None) -> None:
+        """Fold each history partition's events and add them to the live profile holding it
+        (and, with a ``graph`` for activity specs, its activity to the profile's accounts)."""
         fills: dict[str, dict[str, AggregateState]] = {}
+        histories: dict[str, list[dict[str, Any]]] = {}  # partition -> events an activity spec may add
         for partition, items in partitions.items():
             if partition_ident_key(partition) is None:
                 continue  # not a history partition (links, claims, ...)
-            fill = fold_history(self._specs, (event_of_item(i) for i in items), self._now())
+            events = [event_of_item(i) for i in items]
+            fill = fold_history(self._specs, events, self._now())
             if fill:
                 fills[partition] = fill
-        if not fills:
+            if graph is not None:
+                selected = [e for e in events if selected_before_live(self._activity, e)]
+                if selected:
+                    histories[partition] = selected
+        if not fills and not histories:
             return
+        holders = self._holders(ddb, list(dict.fromkeys([*fills, *histories])))
         targets: dict[str, tuple[dict[str, Any], dict[str, dict[str, AggregateState]]]] = {}
-        for partition, (key, item) in self._holders(ddb, list(fills)).items():
-            targets.setdefault(key, (item, {}))[1][partition] = fills[partition]
+        for partition, (key, item) in holders.items():
+            if partition in fills:
+                targets.setdefault(key, (item, {}))[1][partition] = fills[partition]
         for key, (item, own) in targets.items():
             counts.profiles += 1
             self._fill(ddb, key, item, counts, own)
+        if graph is not None and histories:
+            self._add_activity(graph, {p: holders[p] for p in histories if p in holders}, histories, counts)
+
+    def _add_activity(self, graph: DynamoIdentityGraph, holders: Mapping[str, tuple[str, dict[str, Any]]],
+                      histories: Mapping[str, list[dict[str, Any]]], counts: _Counters) -> None:
+        """Unite a page's history into the accounts of the profiles holding it: each account
+        written once per page, and not at all when the union adds nothing."""
+        additions: Additions = {}
+        for partition, (key, item) in holders.items():
+            accounts = state_from_json(item.get("state", {}).get("S")).accounts
+            if not accounts:
+                continue
+            # The holder's live profile id: a home profile lives in its identifier item.
+            profile_id = item["profile_id"]["S"] if "solo" in item else key.removeprefix("prof#")
+            merge_additions(additions, history_additions(profile_id, accounts, self._activity, histories[partition]))
+        if not additions:
+            return
+        specs = {spec_id: active.spec for spec_id, active in self._activity.items()}
+        graph.begin_batch()  # read the accounts afresh: another page or the consumer may have written them
+        for group_id in sorted(additions):
+            if graph.apply_account_state(group_id, ProfileState(), additions[group_id], specs, self._now()):
+                counts.accounts += 1
 
     def _holders(self, ddb: Any, partitions: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """Partition -> (key, item) of the live profile holding its identifier (read in

@@ -583,11 +583,12 @@ class DynamoIdentityGraph:
     def apply_account_state(self, group_id: str, delta: ProfileState,
                             activity: Mapping[str, Mapping[str, Iterable[str]]] | None = None,
                             activity_specs: Mapping[str, AccountActivitySpec] | None = None,
-                            now: datetime | None = None) -> None:
+                            now: datetime | None = None) -> bool:
         """Merge a batch's ``group`` traits into an account (created on first sight), and
         unite its members' activity (spec id -> bucket -> member tags, for
         ``activity_specs``; ``cdp.segmentation.account_activity``): one write per account
-        per batch, none when nothing changes (a member already counted that day)."""
+        per batch, none when nothing changes (a member already counted that day).
+        Returns whether the account was written (in immediate mode: committed)."""
         key = account_key(group_id)
         consistent = False
         for attempt in range(self._attempts):
@@ -603,7 +604,7 @@ class DynamoIdentityGraph:
                                    extra={"group_id": group_id})
                     united = stored
             if item is not None and combined == current and united == stored:
-                return
+                return False
             stamp = self._now()
             if item is None:
                 item = {"pk": {"S": key}, "group_id": {"S": group_id}, "created_at": {"S": stamp},
@@ -623,7 +624,7 @@ class DynamoIdentityGraph:
                 if attempt:
                     self._sleep(random.uniform(0, 0.02 * 2**attempt))
                 continue
-            return
+            return True
         raise GraphConflict("account kept changing")
 
     def accounts_of(self, profile_id: str) -> frozenset[str]:

@@ -138,6 +138,13 @@ def selected_by_any(specs: Mapping[str, LiveActivitySpec], event: Mapping[str, A
     return any(received >= _instant_key(a.live_from) and selects(a.spec, dict(event)) for a in specs.values())
 
 
+def selected_before_live(specs: Mapping[str, LiveActivitySpec], event: Mapping[str, Any]) -> bool:
+    """Whether some activity spec selects the event and it was received before that spec's
+    ``live_from`` (the backfill's part: :func:`history_additions` may add it)."""
+    received = _instant_key(_received(event))
+    return any(received < _instant_key(a.live_from) and selects(a.spec, dict(event)) for a in specs.values())
+
+
 def _additions(profile_id: str, accounts: Iterable[str], specs: Mapping[str, LiveActivitySpec],
                events: Iterable[Mapping[str, Any]], before_live: bool) -> Additions:
     groups = sorted(set(accounts))

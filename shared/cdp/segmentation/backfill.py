@@ -165,7 +165,7 @@ class BackfillProgress:
     segments_done: int
     scanned: int
     profiles: int  # live profiles examined
-    written: int  # profiles whose state the backfill changed
+    written: int  # profiles and accounts whose state the backfill changed
     estimate: int
     started_at: str
     updated_at: str

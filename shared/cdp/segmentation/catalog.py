@@ -18,8 +18,10 @@ the gap).
 Account activity specs (``account_activity`` conditions, ``cdp.segmentation.account_activity``)
 are registered the same way as ``actspec#<activity_id>`` items (spec, ``gen``,
 ``live_from``) and listed apart (``Catalog.activity_specs``): they are kept on accounts,
-not on profiles, and the profile backfill does not read them. Their states are set
-unions, so a state of an older generation is still true and is continued.
+not on profiles. They have a ``backfill`` status too: the backfill run unites the
+history received before ``live_from`` into the accounts (``cdp.aws.backfill_store``).
+Their states are set unions, so a state of an older generation is still true and is
+continued.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class ActiveActivitySpec:
     spec: AccountActivitySpec
     gen: str
     live_from: str
+    backfill: str = "pending"  # pending | running | done
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def _active(item: dict[str, Any]) -> ActiveSpec:
 
 def _active_activity(item: dict[str, Any]) -> ActiveActivitySpec:
     return ActiveActivitySpec(AccountActivitySpec.model_validate_json(item["spec"]["S"]), item["gen"]["S"],
-                              item["live_from"]["S"])
+                              item["live_from"]["S"], item.get("backfill", {}).get("S", "pending"))
 
 
 class CatalogStore:
@@ -207,9 +210,7 @@ class SpecRegistry:
             item = {"pk": {"S": prefix + spec_id},
                     "spec": {"S": json.dumps(spec.model_dump(mode="json", exclude_none=True), sort_keys=True)},
                     "gen": {"S": _iso(now)}, "live_from": {"S": _iso(now + self._delay)},
-                    "created_at": {"S": _iso(now)}}
-            if prefix == SPEC_PREFIX:
-                item["backfill"] = {"S": "pending"}
+                    "created_at": {"S": _iso(now)}, "backfill": {"S": "pending"}}
             try:
                 self._ddb.put_item(TableName=self._table, Item=item,
                                    ConditionExpression="attribute_not_exists(pk)")

@@ -165,6 +165,16 @@ def test_the_catalog_lists_registered_activity_specs_apart_from_profile_aggregat
     assert catalog.activity_specs[SPEC_ID].live_from == "2026-11-01T00:00:00.000Z"
 
 
+def test_activity_specs_are_pending_a_backfill_until_marked_done() -> None:
+    definition = {"pk": {"S": "audience#high-intent"}, "version": {"N": "1"},
+                  "definition": {"S": HIGH_INTENT.model_dump_json(by_alias=True)}}
+    spec = {"pk": {"S": f"actspec#{SPEC_ID}"}, "spec": {"S": SPEC.model_dump_json(exclude_none=True)},
+            "gen": {"S": "g1"}, "live_from": {"S": "2026-11-01T00:00:00.000Z"}}
+    assert catalog_from_items([definition, spec]).activity_specs[SPEC_ID].backfill == "pending"
+    done = dict(spec, backfill={"S": "done"})
+    assert catalog_from_items([definition, done]).activity_specs[SPEC_ID].backfill == "done"
+
+
 # --- the buckets -------------------------------------------------------------------------
 
 LIVE = {SPEC_ID: Live(SPEC, "2026-11-25T00:00:00.000Z")}
@@ -189,6 +199,10 @@ def test_the_consumer_and_the_backfill_split_the_events_at_live_from() -> None:
     assert stream_additions("p1", {"g1"}, LIVE, [after]) == {"g1": {SPEC_ID: {"2026-11-24": {p1}}}}
     assert history_additions("p1", {"g1"}, LIVE, [before]) == {"g1": {SPEC_ID: {"2026-11-24": {p1}}}}
     assert account_activity.selected_by_any(LIVE, after) and not account_activity.selected_by_any(LIVE, before)
+    # The backfill's pre-check (which history partitions to look up a holder for) is the complement.
+    assert account_activity.selected_before_live(LIVE, before) and not account_activity.selected_before_live(
+        LIVE, after)
+    assert not account_activity.selected_before_live(LIVE, dict(before, event="Signed In"))
 
 
 def test_a_between_dates_spec_keeps_one_bucket_of_the_events_within_its_dates() -> None:

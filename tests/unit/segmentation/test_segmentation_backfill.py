@@ -62,3 +62,17 @@ def test_a_state_of_a_newer_generation_is_left_alone_and_an_older_one_replaced()
     assert add_history(newer, SPECS, fills, NOW) is newer
     older = Tallies({"ltv": {"k": "sum", "g": "g0", "b": {"*": [1, 1]}}})
     assert add_history(older, SPECS, fills, NOW).states["ltv"]["b"] == {"*": [1, 5]}
+
+
+def test_a_run_is_named_by_its_aggregate_and_activity_specs_and_their_generations():
+    from cdp.aws.backfill_store import run_id_of, spec_gens
+    from cdp.segmentation.catalog import ActiveActivitySpec
+    from cdp.segmentation.definitions import AccountActivitySpec
+
+    activity = {"act_1": ActiveActivitySpec(AccountActivitySpec(event="Feature Used", window={"days": 7}), "g1",
+                                            "2026-11-28T10:00:00.000Z")}
+    assert run_id_of(SPECS) == run_id_of(SPECS, {})  # runs of aggregate specs only keep their ids
+    assert spec_gens(SPECS, activity) == {"ltv": "g1", "actspec#act_1": "g1"}  # as the checkpoint lists them
+    regenerated = {"act_1": ActiveActivitySpec(activity["act_1"].spec, "g2", "2026-11-28T11:00:00.000Z")}
+    names = {run_id_of(SPECS), run_id_of(SPECS, activity), run_id_of({}, activity), run_id_of(SPECS, regenerated)}
+    assert len(names) == 4
