@@ -1,6 +1,7 @@
 """Benchmark of the segmentation backfill (``cdp.aws.backfill_store``) against moto as a server.
 
     .venv/bin/python -m bench.backfill --profiles 100000 --workers 8 --segments 16
+    .venv/bin/python -m bench.backfill --profiles 100000 --embedded   # moto in the job's process
 
 A child process runs moto's server and fills it directly through moto's backend (setup
 speed only: nothing of the setup is measured): N profiles, a share of them identified
@@ -116,8 +117,11 @@ def seed(profiles: int, events_per_profile: int, identified_share: float) -> int
     return written
 
 
-def serve(port: int, profiles: int, events_per_profile: int, identified_share: float) -> None:
-    """Child process: moto's server, tables created through it, data put straight into its backend."""
+def start_server(port: int, profiles: int, events_per_profile: int, identified_share: float,
+                 embedded: bool = False) -> tuple[Any, dict[str, Any]]:
+    """moto's server with the local stack's fixes, tables created through it, data put
+    straight into its backend; ``embedded``: the embedded stack's server (requests
+    serialised, as ``cdp local`` runs it in its own process)."""
     import logging
 
     import boto3
@@ -125,18 +129,26 @@ def serve(port: int, profiles: int, events_per_profile: int, identified_share: f
 
     from cdp.local import moto_speedups
     from cdp.local.provisioning import provision
+    from cdp.local.stack import MotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     moto_speedups.apply()  # as the local stack does (cdp.local.moto_speedups: reads that cost what they return)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = MotoServer("127.0.0.1", port) if embedded else \
+        ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION})
     provision(boto3.session.Session())
     started = time.monotonic()
     written = seed(profiles, events_per_profile, identified_share)
-    print(json.dumps({"ready": True, "items": written, "seed_s": round(time.monotonic() - started, 1)}), flush=True)
-    sys.stdin.read()  # until the parent closes our stdin
+    return server, {"ready": True, "items": written, "seed_s": round(time.monotonic() - started, 1)}
+
+
+def serve(port: int, profiles: int, events_per_profile: int, identified_share: float) -> None:
+    """Child process: ``start_server``, then serve until the parent closes our stdin."""
+    server, ready = start_server(port, profiles, events_per_profile, identified_share)
+    print(json.dumps(ready), flush=True)
+    sys.stdin.read()
     server.stop()
 
 
@@ -245,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--identified", type=float, default=0.2, help="share of profiles with a user id")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--segments", type=int, default=16)
+    parser.add_argument("--embedded", action="store_true",
+                        help="moto in this process, as the embedded local stack (cdp local) runs it: one GIL "
+                             "for moto and the job (default: moto in a child process)")
     parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
@@ -252,15 +267,20 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     port = free_port()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "bench.backfill", "--serve", str(port), "--profiles", str(args.profiles),
-         "--events", str(args.events), "--identified", str(args.identified)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1], text=True)
-    try:
+    child: subprocess.Popen[str] | None = None
+    server: Any = None
+    if args.embedded:
+        server, ready = start_server(port, args.profiles, args.events, args.identified, embedded=True)
+    else:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "bench.backfill", "--serve", str(port), "--profiles", str(args.profiles),
+             "--events", str(args.events), "--identified", str(args.identified)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1], text=True)
         assert child.stdout is not None
         ready = json.loads(child.stdout.readline() or "{}")
+    try:
         if not ready.get("ready"):
-            raise RuntimeError("the moto server child did not start")
+            raise RuntimeError("the moto server did not start")
         os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
                            "POWERTOOLS_LOG_LEVEL": "WARNING", "LOG_LEVEL": "WARNING"})
@@ -292,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({
             "profiles": profiles, "events_per_profile": args.events, "identified_share": args.identified,
             "seeded_items": ready["items"], "seed_s": ready["seed_s"],
+            "moto": "in this process (embedded stack)" if args.embedded else "child process",
             "workers": args.workers, "segments": args.segments, "outcome": outcome.state,
             "scanned": outcome.scanned, "profiles_examined": outcome.profiles, "profiles_written": outcome.written,
             "conflicts": outcome.conflicts, "status_progress": status.progress,
@@ -303,13 +324,16 @@ def main(argv: list[str] | None = None) -> None:
             "failed_conditions": meter.failed_conditions,
         }, indent=2))
     finally:
-        if child.stdin:
-            child.stdin.close()
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        if server is not None:
+            server.stop()
+        if child is not None:
+            if child.stdin:
+                child.stdin.close()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 if __name__ == "__main__":
