@@ -1,8 +1,8 @@
 """The embedded local stack: moto, the CDP's resources, its functions, wired like in AWS.
 
-``EmbeddedStack.start()`` runs, in this process:
+``EmbeddedStack.start()`` runs, in this process (moto in a child process of its own):
 
-1. moto's server (``ThreadedMotoServer``) on ``aws_port``, and points boto3 at it
+1. moto's server (``cdp.local.moto_server``) on ``aws_port``, and points boto3 at it
    through ``AWS_ENDPOINT_URL`` (so handlers, tests and the user's AWS CLI with
    ``--endpoint-url`` all see one state);
 2. the tables, stream, bucket and queue of ``cdp.resources``;
@@ -29,14 +29,10 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import boto3
-from moto.moto_server.threaded_moto_server import ThreadedMotoServer
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import make_server
 
 from cdp import config, resources
 from cdp.access_tokens import AccessTokenRegistry, access_token_key, valid_space_id
@@ -51,6 +47,7 @@ from cdp.local.functions import LocalFunction
 from cdp.local.gateway import HttpApiGateway
 from cdp.local.kinesis_esm import KinesisEventSourceMapping, SqsDestination
 from cdp.local.lambda_events import REGION
+from cdp.local.moto_server import MotoProcess, MotoServer
 from cdp.local.provisioning import Provisioned, provision
 from cdp.local.schedules import LocalSchedule
 from cdp.resources import (
@@ -85,51 +82,6 @@ FAKE_CREDENTIALS = {
 }
 
 
-class _SerializedApp:
-    """Runs moto's WSGI app one request at a time.
-
-    moto's backends are not safe for concurrent requests (Kinesis can hand two
-    concurrent PutRecord calls the same sequence number, DynamoDB conditions are
-    checked and written in two steps); AWS is atomic per request, so locally each
-    request runs alone.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self._app = app
-        self._lock = threading.Lock()
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        with self._lock:
-            return list(self._app(environ, start_response))
-
-
-class MotoServer(ThreadedMotoServer):
-    """moto's threaded server, serializing requests and failing fast if the port is taken."""
-
-    def __init__(self, ip_address: str, port: int) -> None:
-        super().__init__(ip_address=ip_address, port=port, verbose=False)
-        self._start_error: BaseException | None = None
-
-    def _server_entry(self) -> None:
-        try:
-            app = _SerializedApp(DomainDispatcherApplication(create_backend_app))
-            self._server = make_server(self._ip_address, self._port, app, True,
-                                       request_handler=MotoRequestHandler)
-        except BaseException as exc:  # e.g. the port is in use
-            self._start_error = exc
-            self._server_ready_event.set()
-            return
-        self._server_ready_event.set()
-        self._server.serve_forever()
-
-    def start(self) -> None:
-        super().start()
-        if self._start_error is not None:
-            # werkzeug exits (SystemExit) when the port is taken.
-            why = "port in use" if isinstance(self._start_error, SystemExit) else str(self._start_error)
-            raise OSError(f"cannot start moto on {self._ip_address}:{self._port}: {why}")
-
-
 def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
@@ -155,6 +107,7 @@ class EmbeddedStack:
         backfill_period_s: float = 2.0,
         scheduler_period_s: float = 60.0,
         backfill_timeout_s: int = 5,
+        moto_process: bool = True,
     ) -> None:
         if shards < 1:
             raise ValueError("shards must be at least 1")
@@ -179,7 +132,10 @@ class EmbeddedStack:
         self._scheduler_period = scheduler_period_s
         self._backfill_timeout = backfill_timeout_s
         self._schedules: list[LocalSchedule] = []
-        self._moto: MotoServer | None = None
+        # moto in a child process (cdp.local.moto_server): its CPU and the functions' are
+        # then on two cores, not one interpreter lock. In this process if False.
+        self._moto_process = moto_process
+        self._moto: MotoServer | MotoProcess | None = None
         self._gateway: HttpApiGateway | None = None
         self._mapping: KinesisEventSourceMapping | None = None
         self._profile_mapping: DynamoDbEventSourceMapping | None = None
@@ -208,7 +164,7 @@ class EmbeddedStack:
         # moto's werkzeug server logs every AWS call at INFO; the handlers' own logs matter more.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         moto_speedups.apply()
-        moto = MotoServer(self.host, self._aws_port)
+        moto = (MotoProcess if self._moto_process else MotoServer)(self.host, self._aws_port)
         moto.start()
         self._moto = moto
         # moto keeps its state per process, shared by every server and mock_aws in it:
@@ -317,7 +273,7 @@ class EmbeddedStack:
             self._gateway.stop()
             self._gateway = None
         if self._moto is not None:
-            if self._moto._server is not None:
+            if self._moto.running:
                 self._reset_moto()
                 self._moto.stop()
             self._moto = None
