@@ -31,7 +31,7 @@ def test_a_taken_port_is_a_clear_error() -> None:
     first = MotoProcess("127.0.0.1", 0)
     first.start()
     try:
-        with pytest.raises(OSError, match="cannot start moto on 127.0.0.1"):
+        with pytest.raises(OSError, match=r"cannot start moto on 127\.0\.0\.1"):
             MotoProcess("127.0.0.1", first.get_host_and_port()[1]).start()
     finally:
         first.stop()
