@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,7 +55,7 @@ class Preview:
 
 class AudiencePreview:
     def __init__(self, dynamodb: Any, identity_table: str, events_table: str, memberships: MembershipStore,
-                 accounts: Callable[[list[str]], list[dict[str, Any]]],
+                 accounts: Callable[[list[str]], Sequence[Mapping[str, Any]]],
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
                  choose_segment: Callable[[int], int] = lambda n: random.randrange(n)) -> None:
         self._ddb = dynamodb
