@@ -1,0 +1,1 @@
+"""Activation (issue 5): destinations, delivery, triggers and batch syncs."""
