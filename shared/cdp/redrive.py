@@ -11,11 +11,20 @@ over the dedupe claim its original may have left behind.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from cdp.aws.event_stream import KinesisEventStream
 from cdp.ingest import StreamRecord
+
+
+class _DeadLetter(Protocol):
+    @property
+    def message_id(self) -> str: ...
+
+
+Batch = TypeVar("Batch", bound=_DeadLetter)
 
 
 @dataclass(frozen=True)
@@ -46,8 +55,15 @@ class FailedBatch:
 
 
 def peek(sqs: Any, queue_url: str, max_messages: int = 100) -> list[FailedBatch]:
-    """Dead-letter messages, left on the queue and made visible again once all are read."""
-    found: dict[str, FailedBatch] = {}
+    """The Kinesis mapping's dead-letter messages, left on the queue (``peek_messages``)."""
+    return peek_messages(sqs, queue_url, FailedBatch.from_message, max_messages)
+
+
+def peek_messages(sqs: Any, queue_url: str, parse: Callable[[dict[str, Any]], Batch],
+                  max_messages: int = 100) -> list[Batch]:
+    """Dead-letter messages read with ``parse`` (one per message id), left on the queue and
+    made visible again once all are read."""
+    found: dict[str, Batch] = {}
     handles: list[str] = []
     for _ in range(max(1, max_messages // 10)):
         response = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
@@ -56,7 +72,7 @@ def peek(sqs: Any, queue_url: str, max_messages: int = 100) -> list[FailedBatch]
         if not messages:
             break
         for message in messages:
-            batch = FailedBatch.from_message(message)
+            batch = parse(message)
             found.setdefault(batch.message_id, batch)
             handles.append(message["ReceiptHandle"])
     for handle in handles:  # a redrive right after a listing must see them

@@ -16,7 +16,7 @@ from cdp.aws.profile_items import ProfileItems
 from cdp.aws.quarantine_store import QuarantineStore
 from cdp.cli.deployment import Deployment
 from cdp.importer import ApiClient, ImportFailed, read_rows, run_import
-from cdp.redrive import peek, redrive
+from cdp.redrive import peek, peek_messages, redrive
 from cdp.sources import SourceRegistry
 
 
@@ -149,20 +149,7 @@ def dlq_redrive(ctx: click.Context, evaluator: bool) -> None:
 
 def peek_evaluator(sqs: Any, queue_url: str) -> list[FailedStreamBatch]:
     """The evaluator's dead-letter messages, left on the queue."""
-    found: dict[str, FailedStreamBatch] = {}
-    handles = []
-    for _ in range(10):
-        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=30,
-                                       WaitTimeSeconds=0).get("Messages", [])
-        if not messages:
-            break
-        for message in messages:
-            failed = FailedStreamBatch.from_message(message)
-            found.setdefault(failed.message_id, failed)
-            handles.append(message["ReceiptHandle"])
-    for handle in handles:
-        sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=handle, VisibilityTimeout=0)
-    return list(found.values())
+    return peek_messages(sqs, queue_url, FailedStreamBatch.from_message)
 
 
 def redrive_evaluator(deployment: Deployment) -> RedriveOutcome:

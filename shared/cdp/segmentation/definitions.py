@@ -227,6 +227,17 @@ class EventSelector(_Strict):
     event: Name | None = None
     where: list[PropertyFilter] = Field(default_factory=list, max_length=MAX_FILTERS)
 
+    def verb_and_events(self) -> tuple[str, str]:
+        """("performed", '"Order Completed" where ...') or ("viewed", 'page "Pricing"'), for summaries."""
+        name = _quote(self.event) if self.event else None
+        if self.event_type == "track":
+            verb, what = "performed", name or "any track event"
+        else:
+            verb, what = "viewed", f"{self.event_type} {name}" if name else f"any {self.event_type}"
+        if self.where:
+            what += " where " + " and ".join(f.summary() for f in self.where)
+        return verb, what
+
     def describe_events(self) -> str:
         if self.event_type == "track":
             what = f"{_quote(self.event)} events" if self.event else "track events"
@@ -323,13 +334,7 @@ class EventCondition(EventSelector):
         )
 
     def summary(self) -> str:
-        name = _quote(self.event) if self.event else None
-        if self.event_type == "track":
-            verb, what = "performed", name or "any track event"
-        else:
-            verb, what = "viewed", f"{self.event_type} {name}" if name else f"any {self.event_type}"
-        if self.where:
-            what += " where " + " and ".join(f.summary() for f in self.where)
+        verb, what = self.verb_and_events()
         n, op = self.count.n, self.count.op
         if op == "exactly" and n == 0:
             text = f"has not {verb} {what}"
@@ -377,13 +382,7 @@ class AccountActivityCondition(EventSelector):
                                    window=self.window)
 
     def summary(self) -> str:
-        name = _quote(self.event) if self.event else None
-        if self.event_type == "track":
-            verb, what = "performed", name or "any track event"
-        else:
-            verb, what = "viewed", f"{self.event_type} {name}" if name else f"any {self.event_type}"
-        if self.where:
-            what += " where " + " and ".join(f.summary() for f in self.where)
+        verb, what = self.verb_and_events()
         n, op = self.members.n, self.members.op
         if op == "exactly" and n == 0:
             count = "no members"
