@@ -46,6 +46,7 @@ def test_retry_after_in_seconds_or_as_an_http_date_is_read() -> None:
     assert classify(503, {"retry-after": "Sun, 06 Dec 2026 12:01:30 GMT"}, now=NOW).retry_after_s == 90
     assert parse_retry_after("Sun, 06 Dec 2026 11:00:00 GMT", NOW) == 0  # in the past: now
     assert parse_retry_after("soon", NOW) is None and parse_retry_after(None, NOW) is None
+    assert parse_retry_after("²", NOW) is None and parse_retry_after("١٢", NOW) is None  # not ASCII digits
     assert classify(400, {"Retry-After": "5"}).retry_after_s is None  # not retried anyway
 
 
