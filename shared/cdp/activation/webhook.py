@@ -1,0 +1,98 @@
+"""The webhook destination: each message POSTed as JSON to the customer's URL, signed.
+
+One small interface for every destination (``Destination.send``): a batch of messages
+in, one ``cdp.activation.delivery.Outcome`` per message out, in order; the destination
+Lambda turns the outcomes into SQS operations (delete, retry later, dead-letter).
+
+Each request carries:
+
+* ``Content-Type: application/json``, the message body as compact JSON;
+* ``X-CDP-Signature``: ``t=<unix seconds>,v1=<HMAC-SHA256>`` over ``"<t>.<body>"`` with
+  each configured secret (``cdp.activation.webhook_signing``; two during a rotation), so
+  the receiver can check the sender and refuse replays older than its tolerance;
+* ``Idempotency-Key``: the message's deduplication id (the same for every attempt and
+  every redelivery of one change or event), so a receiver can drop repeats: delivery is
+  at least once;
+* the configured custom headers (they cannot replace the three above).
+
+Answers are classified by ``cdp.activation.delivery.classify``; a timeout or a refused
+connection is "no answer" (retried). The secrets come from Secrets Manager or SSM by
+name at run time (the caller's business), never from configuration values.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import urllib3
+
+from cdp.activation.delivery import Outcome, classify
+from cdp.activation.webhook_signing import SIGNATURE_HEADER, sign_rotation
+
+USER_AGENT = "cdp-webhook/1"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+RESERVED_HEADERS = frozenset({"content-type", SIGNATURE_HEADER.lower(), IDEMPOTENCY_HEADER.lower()})
+MAX_ANSWER = 2048  # bytes of a refusal's body kept for its reason
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """What a destination sends for one change or event (a router message)."""
+
+    deduplication_id: str
+    body: Mapping[str, Any]
+
+
+class Destination(Protocol):
+    def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]: ...
+
+
+@dataclass
+class WebhookDestination:
+    url: str
+    secrets: Sequence[bytes]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float = 10.0
+    clock: Callable[[], float] = time.time
+    http: Any = None  # a urllib3.PoolManager (one per warm function)
+
+    def __post_init__(self) -> None:
+        if not self.secrets:
+            raise ValueError("a webhook destination needs at least one signing secret")
+        clashing = sorted(h for h in self.headers if h.lower() in RESERVED_HEADERS)
+        if clashing:
+            raise ValueError(f"custom headers may not replace {', '.join(clashing)}")
+        if self.http is None:
+            self.http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=self.timeout_s))
+
+    def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+        """POST each message (one request each, in order); one outcome per message."""
+        return [self._post(message) for message in messages]
+
+    def _post(self, message: OutboundMessage) -> Outcome:
+        body = json.dumps(message.body, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        headers = {**self.headers, "Content-Type": "application/json", "User-Agent": USER_AGENT,
+                   SIGNATURE_HEADER: sign_rotation(list(self.secrets), body, int(self.clock())),
+                   IDEMPOTENCY_HEADER: message.deduplication_id}
+        try:
+            response = self.http.request("POST", self.url, body=body, headers=headers, redirect=False,
+                                         preload_content=False)
+        except urllib3.exceptions.HTTPError as exc:  # timeouts, refused connections, TLS errors
+            return classify(None, error=_failure_name(exc))
+        try:
+            answer = response.read(MAX_ANSWER, decode_content=True) if response.status >= 300 else b""
+        finally:
+            response.release_conn()
+        text = answer.decode("utf-8", errors="replace") if answer else ""
+        return classify(response.status, dict(response.headers), text)
+
+
+def _failure_name(exc: BaseException) -> str:
+    """The kind of failure (the exception's class): its message could carry the URL,
+    which may hold a token."""
+    inner = getattr(exc, "reason", None)
+    return type(inner if isinstance(inner, BaseException) else exc).__name__
