@@ -24,16 +24,25 @@ The rules (Segment's, where it documents them):
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 Verdict = Literal["delivered", "retry", "permanent"]
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 PERMANENT_SERVER_STATUSES = frozenset({501, 505})  # not implemented / version not supported
 MAX_REASON = 300  # characters of a destination's answer kept as the reason
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """What a destination sends for one change or event (a router message's body), and
+    the id that stays the same on every attempt (its deduplication id)."""
+
+    deduplication_id: str
+    body: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,12 @@ class Outcome:
     @property
     def delivered(self) -> bool:
         return self.verdict == "delivered"
+
+
+class Destination(Protocol):
+    """Every destination: a batch of messages in, one outcome per message out, in order."""
+
+    def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]: ...
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

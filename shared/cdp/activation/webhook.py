@@ -26,29 +26,17 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import urllib3
 
-from cdp.activation.delivery import Outcome, classify
+from cdp.activation.delivery import Destination, OutboundMessage, Outcome, classify
 from cdp.activation.webhook_signing import SIGNATURE_HEADER, sign_rotation
 
 USER_AGENT = "cdp-webhook/1"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 RESERVED_HEADERS = frozenset({"content-type", SIGNATURE_HEADER.lower(), IDEMPOTENCY_HEADER.lower()})
 MAX_ANSWER = 2048  # bytes of a refusal's body kept for its reason
-
-
-@dataclass(frozen=True)
-class OutboundMessage:
-    """What a destination sends for one change or event (a router message)."""
-
-    deduplication_id: str
-    body: Mapping[str, Any]
-
-
-class Destination(Protocol):
-    def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]: ...
 
 
 @dataclass
@@ -96,3 +84,6 @@ def _failure_name(exc: BaseException) -> str:
     which may hold a token."""
     inner = getattr(exc, "reason", None)
     return type(inner if isinstance(inner, BaseException) else exc).__name__
+
+
+__all__ = ["Destination", "OutboundMessage", "WebhookDestination"]
