@@ -17,6 +17,7 @@ from constructs import Construct
 
 from cdp import config, resources
 from infra.constructs.function import CdpFunction
+from infra.constructs.queues import stream_dead_letter_queue
 from infra.constructs.tables import build_table, grant_item_actions
 from infra.settings import DeploymentSettings
 
@@ -197,27 +198,4 @@ class Pipeline(Construct):
         return archive_bucket, access_log_bucket
 
     def _dead_letter_queue(self) -> sqs.Queue:
-        spec = resources.STREAM_CONSUMER_DLQ
-        # Holds pointers (shard, sequence numbers) to batches that kept failing; 14 days,
-        # the SQS maximum, gives operators the most time to look at them.
-        dlq = sqs.Queue(
-            self,
-            spec.logical_id,
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=Duration.days(14),
-        )
-        cfn_queue = dlq.node.default_child
-        assert isinstance(cfn_queue, sqs.CfnQueue)
-        cfn_queue.override_logical_id(spec.logical_id)
-        NagSuppressions.add_resource_suppressions(
-            dlq,
-            [
-                {
-                    "id": "AwsSolutions-SQS3",
-                    "reason": "This queue is itself the dead-letter (on-failure) destination of the stream "
-                    "consumer; a DLQ of the DLQ would add nothing.",
-                }
-            ],
-        )
-        return dlq
+        return stream_dead_letter_queue(self, resources.STREAM_CONSUMER_DLQ, "the stream consumer")

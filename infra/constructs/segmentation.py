@@ -17,6 +17,7 @@ from constructs import Construct
 from cdp import config, resources
 from cdp.aws.membership_store import MEMBERS_INDEX
 from infra.constructs.function import CdpFunction
+from infra.constructs.queues import stream_dead_letter_queue
 from infra.constructs.tables import build_table, grant_item_actions
 from infra.settings import DeploymentSettings
 
@@ -132,30 +133,7 @@ class Segmentation(Construct):
         )
 
     def _dead_letter_queue(self) -> sqs.Queue:
-        spec = resources.SEGMENT_EVALUATOR_DLQ
-        # Holds pointers (shard, sequence numbers) into the identity table's stream; 14
-        # days, the SQS maximum, gives operators the most time to look at them.
-        dlq = sqs.Queue(
-            self,
-            spec.logical_id,
-            encryption=sqs.QueueEncryption.SQS_MANAGED,
-            enforce_ssl=True,
-            retention_period=Duration.days(14),
-        )
-        cfn_queue = dlq.node.default_child
-        assert isinstance(cfn_queue, sqs.CfnQueue)
-        cfn_queue.override_logical_id(spec.logical_id)
-        NagSuppressions.add_resource_suppressions(
-            dlq,
-            [
-                {
-                    "id": "AwsSolutions-SQS3",
-                    "reason": "This queue is itself the dead-letter (on-failure) destination of the segment "
-                    "evaluator's stream mapping; a DLQ of the DLQ would add nothing.",
-                }
-            ],
-        )
-        return dlq
+        return stream_dead_letter_queue(self, resources.SEGMENT_EVALUATOR_DLQ, "the segment evaluator's stream mapping")
 
     def grant_membership_reads(self, *functions: CdpFunction) -> None:
         """Functions that read memberships (admin API members, Profile API audiences): the
