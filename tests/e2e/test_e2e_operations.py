@@ -117,3 +117,60 @@ def test_cdp_audiences_manage_definitions_through_the_admin_api(pipeline: Pipeli
 
     assert cdp(pipeline, "audiences", "delete", mine["id"]).returncode == 0
     assert mine["id"] not in cdp(pipeline, "audiences", "list").stdout
+
+
+def test_evaluator_dead_letters_are_listed_and_redriven_into_memberships(pipeline: Pipeline, monkeypatch):
+    """The evaluator fails for one person until its batch reaches the DLQ; once it works
+    again, `cdp dlq redrive --evaluator` brings the person into the audience."""
+    import cdp.segmentation.evaluator as evaluator_module
+    from cdp.aws.membership_store import MembershipStore
+    from cdp.resources import MEMBERSHIPS_TABLE
+
+    marker = uuid.uuid4().hex[:12]
+    audience_id, user = f"redrive-{marker}", f"redrive-user-{marker}"
+    token = pipeline.stack.access_token
+    condition = {"type": "trait", "trait": "redrive_marker", "op": "equals", "value": marker}
+    admin = urllib.request.Request(
+        f"{pipeline.api_url}/v1/admin/audiences", method="POST",
+        data=json.dumps({"id": audience_id, "name": "Redrive audience", "condition": condition}).encode(),
+        headers={"Authorization": _basic(token), "Content-Type": "application/json"})
+    with urllib.request.urlopen(admin) as response:
+        assert response.status == 201
+    real_decide = evaluator_module.decide
+
+    def failing_for_the_marker(change: Any, *args: Any, **kwargs: Any) -> Any:
+        if marker in json.dumps(change.new or {}):
+            raise RuntimeError("accounts table unavailable")
+        return real_decide(change, *args, **kwargs)
+
+    try:
+        time.sleep(2.5)  # the evaluator's definitions cache (2 s locally)
+        monkeypatch.setattr(evaluator_module, "decide", failing_for_the_marker)
+        body = json.dumps({"userId": user, "traits": {"redrive_marker": marker}}).encode()
+        request = urllib.request.Request(f"{pipeline.api_url}/v1/identify", data=body, method="POST",
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": _basic(pipeline.write_key)})
+        with urllib.request.urlopen(request) as response:
+            assert response.status == 200
+        deadline = time.time() + 60
+        dead: list[dict[str, Any]] = []
+        while time.time() < deadline and not dead:
+            dead = [json.loads(line) for line in cdp(pipeline, "dlq", "list", "--evaluator").stdout.splitlines()]
+            time.sleep(0.5)
+        assert dead and dead[0]["condition"] == "RetryAttemptsExhausted", dead
+        store = MembershipStore(pipeline.stack.session().client("dynamodb"), MEMBERSHIPS_TABLE.local_name)
+        assert store.members(audience_id).profile_ids == []
+
+        monkeypatch.setattr(evaluator_module, "decide", real_decide)  # the outage is over
+        redriven = cdp(pipeline, "dlq", "redrive", "--evaluator")
+        assert redriven.returncode == 0, redriven.stderr
+        outcome = json.loads(redriven.stdout.splitlines()[0])
+        assert outcome["batches"] >= 1 and outcome["profiles_touched"] >= 1 and outcome["expired"] == []
+        pipeline.drain()
+        assert len(store.members(audience_id).profile_ids) == 1
+        assert cdp(pipeline, "dlq", "list", "--evaluator").stdout.strip() == ""
+    finally:
+        monkeypatch.setattr(evaluator_module, "decide", real_decide)
+        delete = urllib.request.Request(f"{pipeline.api_url}/v1/admin/audiences/{audience_id}", method="DELETE",
+                                        headers={"Authorization": _basic(token)})
+        urllib.request.urlopen(delete).close()
