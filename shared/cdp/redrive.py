@@ -39,9 +39,11 @@ class FailedBatch:
     stream_arn: str
 
     @classmethod
-    def from_message(cls, message: dict[str, Any]) -> FailedBatch:
+    def from_message(cls, message: dict[str, Any], info_key: str = "KinesisBatchInfo") -> FailedBatch:
+        """A Kinesis mapping's on-failure message (``info_key`` ``DDBStreamBatchInfo``: a
+        DynamoDB stream mapping's, which has the same fields)."""
         body = json.loads(message["Body"])
-        info = body["KinesisBatchInfo"]
+        info = body[info_key]
         return cls(
             receipt_handle=message["ReceiptHandle"],
             message_id=message["MessageId"],

@@ -136,6 +136,24 @@ def backfill(**options: Any) -> DynamoBackfill:
     return DynamoBackfill(lambda: boto3.session.Session().client("dynamodb"), IDENTITY, EVENTS, SEGMENTS, **settings)
 
 
+def run_in_slices(progress: Any = None) -> list[str]:
+    """Invocations of 12 clock ticks (every look at the clock is one) until done, small
+    pages and checkpoints every 3 ticks; ``progress()`` is checked between them."""
+    ticks = itertools.count()
+    clock = lambda: float(next(ticks))  # noqa: E731
+    outcomes = []
+    for _ in range(100):
+        job = backfill(clock=clock, workers=1, checkpoint_seconds=3, page_items=2)
+        outcome = job.run(deadline=clock() + 12)
+        outcomes.append(outcome.state)
+        if outcome.finished:
+            break
+        if progress is not None:
+            status = progress()
+            assert status.status == "running" and status.progress < 1
+    return outcomes
+
+
 def run_to_end(job: DynamoBackfill) -> None:
     outcome = job.run(deadline=float("inf"))
     assert outcome.finished and outcome.state == "done", outcome
@@ -216,17 +234,7 @@ def test_events_of_the_consumer_during_the_backfill_are_counted_once(world, monk
 
 def test_a_backfill_stopped_midway_resumes_to_the_same_result(world):
     define_then_live_traffic(world)
-    ticks = itertools.count()
-    clock = lambda: float(next(ticks))  # noqa: E731 - every look at the clock is a tick
-    outcomes = []
-    for _ in range(100):
-        job = backfill(clock=clock, workers=1, checkpoint_seconds=3, page_items=2)
-        outcome = job.run(deadline=clock() + 12)
-        outcomes.append(outcome.state)
-        if outcome.finished:
-            break
-        progress = backfill_status(world.ddb, SEGMENTS)[0]
-        assert progress.status == "running" and progress.progress < 1
+    outcomes = run_in_slices(lambda: backfill_status(world.ddb, SEGMENTS)[0])
     assert outcomes[0] == "stopped" and outcomes[-1] == "done" and len(outcomes) > 2
     assert_exact(world)
 
@@ -440,15 +448,7 @@ def test_live_activity_and_the_history_make_one_count(accounts):
 
 def test_an_account_activity_backfill_stopped_midway_resumes_to_the_same_result(accounts):
     define_high_intent(accounts)
-    ticks = itertools.count()
-    clock = lambda: float(next(ticks))  # noqa: E731 - every look at the clock is a tick
-    outcomes = []
-    for _ in range(100):
-        job = backfill(clock=clock, workers=1, checkpoint_seconds=3, page_items=2)
-        outcome = job.run(deadline=clock() + 12)
-        outcomes.append(outcome.state)
-        if outcome.finished:
-            break
+    outcomes = run_in_slices()
     assert outcomes[0] == "stopped" and outcomes[-1] == "done" and len(outcomes) > 2
     [buckets] = account_activity_of("acme")[1].values()
     assert buckets == {"2026-11-27": sorted(expected_tags(accounts))}

@@ -12,7 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from cdp import resources
-from cdp.aws.evaluator_redrive import FailedStreamBatch, named_by, redrive
+from cdp.aws.evaluator_redrive import failed_stream_batch, named_by, redrive
 from cdp.cli.deployment import Deployment
 from cdp.cli.operate import peek_evaluator, redrive_evaluator
 from cdp.segmentation.membership import Decision
@@ -131,6 +131,6 @@ def test_a_dead_letter_message_is_read_as_aws_writes_it() -> None:
             "DDBStreamBatchInfo": {"shardId": "shardId-1", "startSequenceNumber": "10",
                                    "endSequenceNumber": "20", "batchSize": 2,
                                    "streamArn": "arn:aws:dynamodb:us-east-1:1:table/t/stream/x"}}
-    failed = FailedStreamBatch.from_message({"Body": json.dumps(body), "ReceiptHandle": "h", "MessageId": "m"})
+    failed = failed_stream_batch({"Body": json.dumps(body), "ReceiptHandle": "h", "MessageId": "m"})
     assert (failed.shard_id, failed.start_sequence, failed.end_sequence, failed.batch_size, failed.condition) == \
         ("shardId-1", "10", "20", 2, "RetryAttemptsExhausted")

@@ -21,41 +21,26 @@ concern (a new version) re-evaluates every profile for them (the audience pass).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from cdp.redrive import FailedBatch
 from cdp.segmentation.membership import FULL_CHECK
 
 REDRIVE_CHECK = FULL_CHECK  # the touch's check: decide every audience again
 EXPIRED_ERRORS = {"TrimmedDataAccessException", "ExpiredIteratorException", "ResourceNotFoundException"}
 
 
-@dataclass(frozen=True)
-class FailedStreamBatch:
-    """One dead-letter message of a DynamoDB stream mapping."""
+# A DynamoDB stream mapping's on-failure message has the Kinesis one's fields.
+FailedStreamBatch = FailedBatch
 
-    receipt_handle: str
-    message_id: str
-    stream_arn: str
-    shard_id: str
-    start_sequence: str
-    end_sequence: str
-    batch_size: int
-    condition: str
 
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> FailedStreamBatch:
-        body = json.loads(message["Body"])
-        info = body["DDBStreamBatchInfo"]
-        return cls(receipt_handle=message["ReceiptHandle"], message_id=message["MessageId"],
-                   stream_arn=info["streamArn"], shard_id=info["shardId"],
-                   start_sequence=info["startSequenceNumber"], end_sequence=info["endSequenceNumber"],
-                   batch_size=int(info.get("batchSize", 0)),
-                   condition=body.get("requestContext", {}).get("condition", ""))
+def failed_stream_batch(message: dict[str, Any]) -> FailedBatch:
+    """One dead-letter message of the identity stream's mapping (``DDBStreamBatchInfo``)."""
+    return FailedBatch.from_message(message, "DDBStreamBatchInfo")
 
 
 @dataclass
@@ -133,7 +118,7 @@ def redrive(sqs: Any, streams: Any, queue_url: str, touch: Callable[[str], bool]
         messages = response.get("Messages", [])
         if not messages:
             break
-        batch = FailedStreamBatch.from_message(messages[0])
+        batch = failed_stream_batch(messages[0])
         if batch.message_id in seen:
             break  # every message left has been looked at (the expired ones come round again)
         seen.add(batch.message_id)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from cdp.aws.account_traits import AccountTraits
-from cdp.aws.evaluator_redrive import REDRIVE_CHECK, FailedStreamBatch, RedriveOutcome
+from cdp.aws.evaluator_redrive import REDRIVE_CHECK, FailedStreamBatch, RedriveOutcome, failed_stream_batch
 from cdp.aws.evaluator_redrive import redrive as redrive_stream_batches
 from cdp.aws.membership_store import MembershipStore
 from cdp.aws.profile_items import ProfileItems
@@ -149,7 +149,7 @@ def dlq_redrive(ctx: click.Context, evaluator: bool) -> None:
 
 def peek_evaluator(sqs: Any, queue_url: str) -> list[FailedStreamBatch]:
     """The evaluator's dead-letter messages, left on the queue."""
-    return peek_messages(sqs, queue_url, FailedStreamBatch.from_message)
+    return peek_messages(sqs, queue_url, failed_stream_batch)
 
 
 def redrive_evaluator(deployment: Deployment) -> RedriveOutcome:
