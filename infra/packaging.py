@@ -132,6 +132,22 @@ def build_function(folder: str, build_dir: Path = BUILD_DIR, repo_root: Path = R
     return target
 
 
+def with_files(code_dir: Path, files: dict[str, str], build_dir: Path = BUILD_DIR) -> Path:
+    """A copy of a built function folder with extra files (the deployment's destinations
+    configuration beside the handler), in ``<build_dir>/configured/<content hash>/``: the
+    asset changes, and the function is redeployed, exactly when the files change."""
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    target = build_dir / "configured" / f"{code_dir.name}-{digest}"
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(code_dir, staging)
+    for name, text in files.items():
+        (staging / name).write_text(text, encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
 def build_assets(folders: Iterable[str], build_dir: Path = BUILD_DIR) -> LambdaAssets:
     """Build (or reuse) the layer and build every function folder."""
     return LambdaAssets(

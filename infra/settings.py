@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from aws_cdk import aws_logs as logs
 from constructs import Node
 
 from cdp.access_tokens import valid_space_id
+from cdp.activation.destinations import DestinationConfig, parse_destinations
 from cdp.identity.config import IdentityConfig
 
 KinesisCapacity = Literal["on-demand", "provisioned"]
@@ -60,6 +62,9 @@ class DeploymentSettings:
     identity_config: IdentityConfig = field(default_factory=IdentityConfig)
     # The Profile API's space (/v1/spaces/<space>/...); access tokens are bound to it.
     space_id: str = "default"
+    # Activation destinations (docs/activation.md): each gets its queue, dead-letter queue
+    # and function; none: no activation resources at all. Validated at synth.
+    destinations: tuple[DestinationConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kinesis_capacity not in ("on-demand", "provisioned"):
@@ -99,6 +104,8 @@ class DeploymentSettings:
             alarm_topic_arn=value("alarm_topic_arn") or None,
             identity_config=_identity_config(value("identity_config")),
             space_id=str(value("space_id")),
+            destinations=_destinations(node.try_get_context("destinations"),
+                                       node.try_get_context("destinations_file")),
         )
 
 
@@ -109,3 +116,17 @@ def _identity_config(found: Any) -> IdentityConfig:
     if isinstance(found, str):
         found = json.loads(found)
     return IdentityConfig.model_validate(found)
+
+
+def _destinations(found: Any, file: Any) -> tuple[DestinationConfig, ...]:
+    """Context ``destinations`` (a list in cdk.json, a JSON string with ``-c``) or
+    ``destinations_file`` (a JSON file's path, relative to the working directory)."""
+    if found not in (None, "") and file not in (None, ""):
+        raise ValueError("give destinations or destinations_file, not both")
+    if file not in (None, ""):
+        found = json.loads(Path(str(file)).read_text(encoding="utf-8"))
+    if found in (None, ""):
+        return ()
+    if isinstance(found, str):
+        found = json.loads(found)
+    return tuple(parse_destinations(found))

@@ -11,6 +11,7 @@ from constructs import Construct
 
 from cdp import resources
 from infra import packaging
+from infra.constructs.activation import Activation
 from infra.constructs.admin_api import AdminApi
 from infra.constructs.function import ARCHITECTURE, RUNTIME
 from infra.constructs.ingestion import Ingestion
@@ -42,7 +43,8 @@ class CdpStack(Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.settings = settings or DeploymentSettings.from_node(self.node)
-        assets = assets or packaging.build_assets(spec.folder for spec in resources.FUNCTIONS)
+        assets = assets or packaging.build_assets(spec.folder for spec in (*resources.FUNCTIONS,
+                                                                           *resources.ACTIVATION_FUNCTIONS))
 
         # One layer with the third-party runtime dependencies, shared by every function.
         self.dependencies_layer = lambda_.LayerVersion(
@@ -119,6 +121,18 @@ class CdpStack(Stack):
             segments_table=self.admin_api.tables[resources.SEGMENTS_TABLE.logical_id],
             memberships_table=self.segmentation.memberships_table,
         )
+        self.activation = Activation(
+            self,
+            "Activation",
+            settings=self.settings,
+            router_code_dir=assets.function_dirs[resources.ACTIVATION_ROUTER_FUNCTION.folder],
+            destination_code_dir=assets.function_dirs[resources.DESTINATION_FUNCTION.folder],
+            layer=self.dependencies_layer,
+            identity_table=self.pipeline.identity_table,
+            events_table=self.pipeline.events_table,
+            memberships_table=self.segmentation.memberships_table,
+            stream=self.ingestion.stream,
+        )
         self.monitoring = Monitoring(
             self,
             "Monitoring",
@@ -135,7 +149,8 @@ class CdpStack(Stack):
         )
 
         self.tables: dict[str, dynamodb.Table] = {**self.ingestion.tables, **self.pipeline.tables,
-                                                  **self.admin_api.tables, **self.segmentation.tables}
+                                                  **self.admin_api.tables, **self.segmentation.tables,
+                                                  **self.activation.tables}
         missing = {spec.logical_id for spec in resources.TABLES} - set(self.tables)
         if missing:  # a table added to resources.py needs an owning construct
             raise ValueError(f"tables defined in cdp.resources but not built: {sorted(missing)}")

@@ -20,6 +20,12 @@ class Settings(BaseModel):
     identity_table: str = resources.IDENTITY_TABLE.local_name
     segments_table: str = resources.SEGMENTS_TABLE.local_name
     memberships_table: str = resources.MEMBERSHIPS_TABLE.local_name
+    delivery_log_table: str = resources.DELIVERY_LOG_TABLE.local_name
+    # Activation: where the destinations' configuration is (beside the handler in the
+    # cloud), the destination queues' name prefix, and the destination a function serves.
+    destinations_file: str = resources.DESTINATIONS_FILE
+    destination_queue_prefix: str = resources.LOCAL_DESTINATION_QUEUE_PREFIX
+    destination_id: str = ""
     event_stream: str = resources.EVENT_STREAM.local_name
     archive_bucket: str = resources.ARCHIVE_BUCKET.local_name
     event_retention_days: int = Field(default=90, ge=1)
@@ -54,6 +60,10 @@ ENV_VARS: dict[str, str] = {
     "identity_table": resources.IDENTITY_TABLE.env,
     "segments_table": resources.SEGMENTS_TABLE.env,
     "memberships_table": resources.MEMBERSHIPS_TABLE.env,
+    "delivery_log_table": resources.DELIVERY_LOG_TABLE.env,
+    "destinations_file": resources.DESTINATIONS_FILE_ENV,
+    "destination_queue_prefix": resources.DESTINATION_QUEUE_PREFIX_ENV,
+    "destination_id": resources.DESTINATION_ID_ENV,
     "event_stream": resources.EVENT_STREAM.env,
     "archive_bucket": resources.ARCHIVE_BUCKET.env,
     "event_retention_days": "CDP_EVENT_RETENTION_DAYS",

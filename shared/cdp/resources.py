@@ -140,8 +140,21 @@ MEMBERSHIPS_TABLE = TableSpec(
     purpose="Audience memberships: one item per profile and audience (member or not, entered/exited at).",
 )
 
+# One item per destination and UTC hour: attempts, outcomes, last error, latency buckets
+# (cdp.activation.delivery_log), kept 90 days.
+DELIVERY_LOG_TABLE = TableSpec(
+    logical_id="DeliveryLogTable",
+    local_name="cdp-delivery-log",
+    env="CDP_DELIVERY_LOG_TABLE",
+    partition_key=Key("destination_id"),
+    sort_key=Key("hour"),
+    ttl_attribute="expires_at",
+    purpose="Activation's delivery log: per destination and hour, attempts, outcomes, last error, latency.",
+)
+
 TABLES: tuple[TableSpec, ...] = (
     SOURCES_TABLE, EVENTS_TABLE, QUARANTINE_TABLE, IDENTITY_TABLE, SEGMENTS_TABLE, MEMBERSHIPS_TABLE,
+    DELIVERY_LOG_TABLE,
 )
 
 # --- Kinesis ---------------------------------------------------------------------
@@ -268,6 +281,76 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
     SEGMENT_EVALUATOR_FUNCTION, SEGMENT_BACKFILL_FUNCTION, SEGMENT_SCHEDULER_FUNCTION,
 )
 
+
+
+# --- Activation (issue 5): built only when destinations are configured ------------------
+# Not in FUNCTIONS: a deployment without destinations has none of these. Per destination
+# the CDK app creates one function of DESTINATION_FUNCTION's code (its logical id from
+# ``destination_logical_id``), its queue and its dead-letter queue.
+
+ACTIVATION_ROUTER_FUNCTION = FunctionSpec(
+    logical_id="ActivationRouterFunction",
+    folder="activation_router",
+    memory_mb=512,
+    timeout_s=60,
+    purpose="Activation router: memberships-table stream (entries, exits) and event stream (trigger rules) "
+    "-> one message per interested destination on its queue.",
+)
+
+# One request per message at most 10 s (webhook timeout), 10 messages per FIFO batch:
+# 2 minutes covers a batch of slow answers; the queue's visibility timeout is 6x that.
+DESTINATION_FUNCTION = FunctionSpec(
+    logical_id="DestinationFunction",
+    folder="destination",
+    memory_mb=256,
+    timeout_s=120,
+    purpose="Destination: delivers its queue's messages to one destination (retries, dead letters).",
+)
+
+ACTIVATION_FUNCTIONS: tuple[FunctionSpec, ...] = (ACTIVATION_ROUTER_FUNCTION, DESTINATION_FUNCTION)
+
+ACTIVATION_ROUTER_DLQ = QueueSpec(
+    logical_id="ActivationRouterDlq",
+    local_name="cdp-activation-router-dlq",
+    env="CDP_ACTIVATION_ROUTER_DLQ",
+    purpose="On-failure destination of the router's stream mappings: changes and events not routed.",
+)
+
+# Destination queue names: ``<prefix><destination id>`` (+ ``-dlq``, + ``.fifo`` for FIFO
+# queues). The router finds a destination's queue by name (GetQueueUrl, cached), so one
+# environment variable serves any number of destinations.
+DESTINATION_QUEUE_PREFIX_ENV = "CDP_DESTINATION_QUEUE_PREFIX"
+LOCAL_DESTINATION_QUEUE_PREFIX = "cdp-dest-"
+DESTINATIONS_FILE_ENV = "CDP_DESTINATIONS_FILE"
+DESTINATIONS_FILE = "destinations.json"  # beside handler.py in the router's and destinations' code
+DESTINATION_ID_ENV = "CDP_DESTINATION_ID"
+# Destination types whose APIs take one message per request, in order: FIFO queues with
+# the profile as message group. The others (batch APIs, files) read standard queues in
+# large batches and send each profile's current state (docs/activation.md).
+FIFO_DESTINATION_TYPES = frozenset({"webhook", "slack", "eventbridge", "sqs"})
+SQS_QUEUE_NAME_MAX = 80
+
+
+def destination_queue_name(prefix: str, destination_id: str, destination_type: str,
+                           dead_letter: bool = False) -> str:
+    """A destination's queue (or dead-letter queue) name; ``ValueError`` if SQS would refuse it."""
+    fifo = destination_type in FIFO_DESTINATION_TYPES
+    name = f"{prefix}{destination_id}{'-dlq' if dead_letter else ''}{'.fifo' if fifo else ''}"
+    if len(name) > SQS_QUEUE_NAME_MAX:
+        raise ValueError(f"queue name {name!r} is over {SQS_QUEUE_NAME_MAX} characters: shorten the destination "
+                         "id or the stack name")
+    return name
+
+
+def destination_of_queue(queue_name: str, prefix: str) -> str:
+    """The destination id of one of its queues' names (the inverse of ``destination_queue_name``)."""
+    return queue_name.removeprefix(prefix).removesuffix(".fifo").removesuffix("-dlq")
+
+
+def destination_logical_id(destination_id: str) -> str:
+    """``Destination<CamelCaseId>``: a stable CloudFormation id per destination."""
+    camel = "".join(part[:1].upper() + part[1:] for part in destination_id.replace("_", "-").split("-"))
+    return f"Destination{camel}"
 
 # --- Schedules (EventBridge rules) ----------------------------------------------------
 # Read by the CDK construct; the local stack runs the same functions on shorter periods
@@ -437,3 +520,44 @@ class DynamoDbStreamEventSourceSpec:
 
 
 SEGMENT_EVALUATOR_ESM = DynamoDbStreamEventSourceSpec()
+
+
+# --- Activation's event source mappings -------------------------------------------------
+
+# The memberships table's stream into the router. 100 changes per invocation (each is a
+# decision and one SendMessageBatch entry per destination, no reads), up to 1 s to fill a
+# batch. The CDK construct adds filters: only the configured destinations' audiences.
+ACTIVATION_MEMBERSHIPS_ESM = DynamoDbStreamEventSourceSpec(filter_patterns=())
+
+# The event stream into the router, for trigger rules: the CDK construct filters on the
+# triggers' event types and names, so only candidate events invoke it (Lambda's event
+# filtering is free). 100 per invocation: a matching event costs a profile lookup.
+ACTIVATION_EVENTS_ESM = KinesisEventSourceSpec(batch_size=100)
+
+
+@dataclass(frozen=True)
+class QueueEventSourceSpec:
+    """Settings of an SQS -> Lambda event source mapping (a destination's queue)."""
+
+    # FIFO queues: at most 10 records per batch and no batching window (Lambda's limits);
+    # standard queues: up to 10,000 and a window of up to 300 s.
+    batch_size: int
+    max_batching_window_s: int = 0
+    # Retried and held messages are reported one by one (cdp.activation.runner).
+    report_batch_item_failures: bool = True
+
+
+def destination_esm(destination_type: str, batch_size: int) -> QueueEventSourceSpec:
+    """A destination's mapping: FIFO types get their batch size (at most 10); batch APIs a
+    window of 30 s to gather many changes into one request."""
+    if destination_type in FIFO_DESTINATION_TYPES:
+        return QueueEventSourceSpec(batch_size=min(batch_size, 10))
+    return QueueEventSourceSpec(batch_size=min(batch_size, 10_000), max_batching_window_s=30)
+
+
+# A destination queue's visibility timeout: 6x the function's timeout (the AWS guidance
+# for SQS-triggered functions, so a batch is never redelivered while still running).
+DESTINATION_VISIBILITY_S = 6 * DESTINATION_FUNCTION.timeout_s
+# Messages wait up to the retry window (at most a day) behind a retried one: 4 days.
+DESTINATION_RETENTION_S = 4 * 24 * 3600
+DEAD_LETTER_RETENTION_S = 14 * 24 * 3600

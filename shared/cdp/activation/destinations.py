@@ -19,8 +19,11 @@ a pasted secret fails validation instead of landing in a repository or a log.
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import parse_qsl, urlsplit
 
@@ -245,6 +248,9 @@ class MetaCustomAudiencesSettings(_Settings):
     ad_account_id: Annotated[StrictStr, Field(pattern=r"^(act_)?\d{1,30}$")]
     access_token_secret_name: SecretName
     api_version: Annotated[StrictStr, Field(pattern=r"^v\d{1,3}\.\d{1,2}$")] = "v21.0"
+    # CDP audience id -> Meta custom audience id (an audience not listed: its own id)
+    audience_ids: dict[Slug, Annotated[StrictStr, Field(pattern=r"^\d{1,30}$")]] = Field(
+        default_factory=dict, max_length=MAX_AUDIENCES)
 
 
 class GoogleCustomerMatchSettings(_Settings):
@@ -253,6 +259,9 @@ class GoogleCustomerMatchSettings(_Settings):
     login_customer_id: Annotated[StrictStr, Field(pattern=r"^\d{10}$")] | None = None
     credentials_secret_name: SecretName
     api_version: Annotated[StrictStr, Field(pattern=r"^v\d{1,3}$")] = "v18"
+    # CDP audience id -> Customer Match user list id (an audience not listed: its own id)
+    user_list_ids: dict[Slug, Annotated[StrictStr, Field(pattern=r"^\d{1,30}$")]] = Field(
+        default_factory=dict, max_length=MAX_AUDIENCES)
 
 
 class HubSpotSettings(_Settings):
@@ -342,6 +351,13 @@ class DestinationConfig(_Strict):
     settings: Settings
     batch_size: Annotated[StrictInt, Field(ge=1)] | None = None
     retry_window_hours: Annotated[StrictInt, Field(ge=1, le=MAX_RETRY_WINDOW_HOURS)] = DEFAULT_RETRY_WINDOW_HOURS
+    # How many batches of this destination are delivered at once (the queue mapping's
+    # maximum concurrency, 2-1000 as Lambda allows): its rate limit against the API.
+    max_concurrency: Annotated[StrictInt, Field(ge=2, le=1000)] = 2
+    # Scheduled full/diff syncs of the destination's audiences (batch syncs), as an
+    # EventBridge schedule expression; none: real-time changes only.
+    sync_schedule: Annotated[StrictStr, Field(pattern=r"^(rate\(\d{1,4} (minute|minutes|hour|hours|day|days)\)"
+                                                      r"|cron\([^()]{9,200}\))$")] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -426,3 +442,21 @@ def problems(exc: ValidationError) -> list[dict[str, str]]:
         field = ".".join(str(part) for part in error["loc"]) or "(destination)"
         found.append({"field": field, "reason": error["msg"].removeprefix("Value error, ")})
     return found
+
+
+def load_destinations_file(path: str | Path) -> list[DestinationConfig]:
+    """The destinations of a JSON file (a list, as the deployment settings hold them). A
+    relative path is the function's code directory's (``LAMBDA_TASK_ROOT``), where the CDK
+    app writes the deployment's destinations; a missing file means no destinations."""
+    chosen = Path(path)
+    if not chosen.is_absolute():
+        chosen = Path(os.environ.get("LAMBDA_TASK_ROOT") or ".") / chosen
+    if not chosen.is_file():
+        return []
+    return parse_destinations(json.loads(chosen.read_text(encoding="utf-8")))
+
+
+def destinations_document(destinations: Iterable[DestinationConfig]) -> str:
+    """The JSON the CDK app and the local stack write for the functions (no secrets: names only)."""
+    return json.dumps([d.model_dump(mode="json", exclude_defaults=False) for d in destinations],
+                      indent=1, sort_keys=True)

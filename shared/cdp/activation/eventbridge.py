@@ -86,3 +86,8 @@ class EventBridgeDestination:
 
 if TYPE_CHECKING:  # the one destination interface, checked by mypy
     _INTERFACE: Destination = EventBridgeDestination(events=None, bus="default")
+
+
+def build(config: Any, secret: Any, aws: Any) -> EventBridgeDestination:
+    """The destination of an ``eventbridge`` configuration (the registry's factory)."""
+    return EventBridgeDestination(aws("events"), config.settings.event_bus, config.settings.source)

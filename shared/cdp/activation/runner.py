@@ -19,7 +19,7 @@ The attempt count and the first attempt's time are the SQS record's own
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -44,6 +44,7 @@ class BatchResult:
     retried: int = 0
     dead_lettered: int = 0
     held: int = 0  # later messages of a group whose earlier message is being retried
+    last_error: str = ""  # the reason of the last retried or dead-lettered message (no personal data)
 
     def response(self) -> dict[str, list[dict[str, str]]]:
         return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in self.failures]}
@@ -81,20 +82,102 @@ def deliver_records(records: Sequence[Mapping[str, Any]], destination: Destinati
             (outcome,) = destination.send([message])
         except Exception as exc:  # the destination's own failure: try again later
             outcome = Outcome("retry", f"destination error: {type(exc).__name__}")
-        if outcome.delivered:
-            result.delivered += 1
-            continue
-        attempt = max(int(_attribute(record, "ApproximateReceiveCount", "1")), 1) - 1
-        first_ms = _attribute(record, "ApproximateFirstReceiveTimestamp")
-        first = datetime.fromtimestamp(int(first_ms) / 1000, UTC) if first_ms.isdigit() else moment
-        delay = policy.next_delay(attempt, outcome, first, moment)
-        if delay is None:
-            queue.dead_letter(record, give_up_reason(outcome, attempt + 1, policy.window))
-            result.dead_lettered += 1
-            continue
-        queue.retry_later(record["receiptHandle"], delay)
-        result.failures.append(record["messageId"])
-        result.retried += 1
-        if group:
-            held_groups.add(group)
+        _settle(record, outcome, queue, policy, moment, result)
+        if group and result.failures and result.failures[-1] == record["messageId"]:
+            held_groups.add(group)  # retried: the profile's later messages wait behind it
     return result
+
+
+CurrentMemberships = Callable[[Mapping[str, Iterable[str]]], Mapping[str, Mapping[str, bool]]]
+
+
+def _collapse(messages: Sequence[tuple[Mapping[str, Any], OutboundMessage]]
+              ) -> tuple[list[tuple[Mapping[str, Any], OutboundMessage]], list[Mapping[str, Any]]]:
+    """At most one audience change per (profile, audience): the newest version (the last
+    received on a tie); the others are superseded. Events are all kept."""
+    kept: dict[Any, tuple[Mapping[str, Any], OutboundMessage]] = {}
+    superseded: list[Mapping[str, Any]] = []
+    for n, (record, message) in enumerate(messages):
+        body = message.body
+        if body.get("kind") != "audience_membership":
+            kept[("event", n)] = (record, message)
+            continue
+        key = (body.get("profile_id"), body.get("audience_id"))
+        before = kept.get(key)
+        if before is not None and int(before[1].body.get("version") or 0) > int(body.get("version") or 0):
+            superseded.append(record)
+            continue
+        if before is not None:
+            superseded.append(before[0])
+        kept[key] = (record, message)
+    return list(kept.values()), superseded
+
+
+def deliver_batch_records(records: Sequence[Mapping[str, Any]], destination: Destination, queue: QueueOperations,
+                          policy: RetryPolicy, current: CurrentMemberships, now: datetime | None = None
+                          ) -> BatchResult:
+    """Deliver one batch of a standard queue to a batch API (Meta, Google, HubSpot, S3).
+
+    A standard queue may deliver a profile's changes out of order and in different
+    batches, so what is sent is each (profile, audience)'s *current* membership, read
+    (consistently) when the batch is sent: the newest message of a pair stands for all of
+    them, and an old exit arriving after an entry sends the entry again. Whatever the
+    order, the destination ends in the memberships table's state. Events (trigger
+    messages) are sent as they are.
+    """
+    moment = now or datetime.now(UTC)
+    result = BatchResult()
+    readable: list[tuple[Mapping[str, Any], OutboundMessage]] = []
+    for record in records:
+        try:
+            readable.append((record, outbound(record)))
+        except (ValueError, KeyError) as exc:
+            queue.dead_letter(record, f"unreadable message: {type(exc).__name__}")
+            result.dead_lettered += 1
+    kept, superseded = _collapse(readable)
+    result.delivered += len(superseded)  # deleted with the batch: the kept message carries their state
+    wanted: dict[str, set[str]] = {}
+    for _, message in kept:
+        if message.body.get("kind") == "audience_membership":
+            wanted.setdefault(str(message.body["profile_id"]), set()).add(str(message.body["audience_id"]))
+    states = current(wanted) if wanted else {}
+    to_send: list[tuple[Mapping[str, Any], OutboundMessage]] = []
+    for record, message in kept:
+        body = message.body
+        if body.get("kind") == "audience_membership":
+            member = bool(states.get(str(body["profile_id"]), {}).get(str(body["audience_id"]), False))
+            transition = "entered" if member else "exited"
+            if transition != body.get("transition"):
+                body = {**body, "transition": transition,
+                        "event": "Audience Entered" if member else "Audience Exited"}
+                message = OutboundMessage(message.deduplication_id, body)
+        to_send.append((record, message))
+    if not to_send:
+        return result
+    try:
+        outcomes = destination.send([message for _, message in to_send])
+    except Exception as exc:  # the destination's own failure: everything is tried again
+        outcomes = [Outcome("retry", f"destination error: {type(exc).__name__}")] * len(to_send)
+    for (record, _), outcome in zip(to_send, outcomes, strict=True):
+        _settle(record, outcome, queue, policy, moment, result)
+    return result
+
+
+def _settle(record: Mapping[str, Any], outcome: Outcome, queue: QueueOperations, policy: RetryPolicy,
+            moment: datetime, result: BatchResult) -> None:
+    if outcome.delivered:
+        result.delivered += 1
+        return
+    attempt = max(int(_attribute(record, "ApproximateReceiveCount", "1")), 1) - 1
+    first_ms = _attribute(record, "ApproximateFirstReceiveTimestamp")
+    first = datetime.fromtimestamp(int(first_ms) / 1000, UTC) if first_ms.isdigit() else moment
+    delay = policy.next_delay(attempt, outcome, first, moment)
+    if delay is None:
+        queue.dead_letter(record, give_up_reason(outcome, attempt + 1, policy.window))
+        result.dead_lettered += 1
+        result.last_error = outcome.reason
+        return
+    queue.retry_later(record["receiptHandle"], delay)
+    result.failures.append(record["messageId"])
+    result.retried += 1
+    result.last_error = outcome.reason

@@ -87,3 +87,26 @@ def _failure_name(exc: BaseException) -> str:
 
 
 __all__ = ["Destination", "OutboundMessage", "WebhookDestination"]
+
+
+def signing_secrets(value: str) -> list[bytes]:
+    """The signing secrets stored under the destination's secret name: one secret, or a JSON
+    list of them during a rotation (``["new", "old"]``: requests carry a signature by each)."""
+    text = value.strip()
+    if text.startswith("["):
+        loaded = json.loads(text)
+        if not isinstance(loaded, list) or not loaded or not all(isinstance(s, str) and s for s in loaded):
+            raise ValueError("the webhook secret is a JSON list but not of non-empty strings")
+        return [s.encode("utf-8") for s in loaded]
+    if not text:
+        raise ValueError("the webhook secret is empty")
+    return [text.encode("utf-8")]
+
+
+def build(config: Any, secret: Callable[[str], str], aws: Callable[[str], Any]) -> WebhookDestination:
+    """The destination of a ``webhook`` configuration (the registry's factory)."""
+    settings = config.settings
+    if not settings.secret_name:
+        raise ValueError(f"webhook destination {config.id!r} has no secret_name: requests are always signed")
+    return WebhookDestination(url=settings.url, secrets=signing_secrets(secret(settings.secret_name)),
+                              headers=dict(settings.headers))

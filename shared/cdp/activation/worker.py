@@ -1,0 +1,112 @@
+"""A destination Lambda's work on one batch of its queue: profiles read, messages sent,
+outcomes settled, the delivery log written.
+
+* The batch's profiles are read together (one ``BatchGetItem`` round, following merges)
+  and each message gets its ``profile`` view (``cdp.activation.enrichment``): traits and
+  identifiers as they are now, the destination's field mapping applied.
+* Per-message destinations (FIFO queues: webhook, Slack, EventBridge, SQS) are run by
+  ``cdp.activation.runner.deliver_records`` (in order per profile, a retried message
+  holding its profile's later ones); batch APIs (standard queues: Meta, Google, HubSpot,
+  S3) by ``deliver_batch_records`` (one request for the batch, each profile's current
+  membership sent).
+* The counts and the delivered messages' latency go to the delivery log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from cdp.activation.delivery import Destination, OutboundMessage, Outcome, RetryPolicy
+from cdp.activation.delivery_log import DeliveryCounts
+from cdp.activation.destinations import DestinationConfig
+from cdp.activation.enrichment import profile_view, with_profile
+from cdp.activation.runner import BatchResult, QueueOperations, deliver_batch_records, deliver_records
+from cdp.profiles import UserProfile
+from cdp.resources import FIFO_DESTINATION_TYPES
+
+# Destination types that store membership as a contact property: they need every audience
+# the profile is in, not only the one that changed.
+NEEDS_MEMBERSHIPS = frozenset({"hubspot"})
+
+
+class ProfileSource(Protocol):
+    """``cdp.aws.activation_profiles.ActivationProfiles``."""
+
+    def profiles(self, profile_ids: Iterable[str]) -> dict[str, UserProfile | None]: ...
+
+    def audiences_of(self, profile_id: str) -> list[str]: ...
+
+    def memberships_of(self, wanted: Mapping[str, Iterable[str]]) -> dict[str, dict[str, bool]]: ...
+
+
+class DeliveryLogWriter(Protocol):
+    def record(self, destination_id: str, counts: DeliveryCounts, now: datetime | None = None) -> None: ...
+
+
+class _WithProfiles:
+    """The destination, with each message's ``profile`` set from the batch's views; it
+    remembers what was delivered (for the latency figures)."""
+
+    def __init__(self, destination: Destination, views: Mapping[str, dict[str, Any] | None]) -> None:
+        self._destination = destination
+        self._views = views
+        self.delivered: list[Mapping[str, Any]] = []
+
+    def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+        enriched = [with_profile(m, self._views.get(str(m.body.get("profile_id") or ""))) for m in messages]
+        outcomes = self._destination.send(enriched)
+        self.delivered += [m.body for m, o in zip(messages, outcomes, strict=True) if o.delivered]
+        return outcomes
+
+
+def _profile_ids(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    ids: set[str] = set()
+    for record in records:
+        try:
+            body = json.loads(record["body"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(body, dict) and isinstance(body.get("profile_id"), str) and body["profile_id"]:
+            ids.add(body["profile_id"])
+    return sorted(ids)
+
+
+class DestinationWorker:
+    def __init__(self, config: DestinationConfig, destination: Destination, queues: QueueOperations,
+                 profiles: ProfileSource, log: DeliveryLogWriter | None = None) -> None:
+        self.config = config
+        self._destination = destination
+        self._queues = queues
+        self._profiles = profiles
+        self._log = log
+        self.policy = RetryPolicy(window=timedelta(hours=config.retry_window_hours))
+
+    def views(self, profile_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """Each profile id's view (keyed by the id the message names, merged or not)."""
+        found = self._profiles.profiles(profile_ids)
+        views: dict[str, dict[str, Any] | None] = {}
+        for pid in profile_ids:
+            profile = found.get(pid)
+            memberships = self._profiles.audiences_of(profile.profile_id) \
+                if profile is not None and self.config.type in NEEDS_MEMBERSHIPS else None
+            views[pid] = profile_view(profile, self.config, memberships)
+        return views
+
+    def handle(self, records: Sequence[Mapping[str, Any]], now: datetime | None = None) -> BatchResult:
+        moment = now or datetime.now(UTC)
+        destination = _WithProfiles(self._destination, self.views(_profile_ids(records)))
+        if self.config.type in FIFO_DESTINATION_TYPES:
+            result = deliver_records(records, destination, self._queues, self.policy, now=moment)
+        else:
+            result = deliver_batch_records(records, destination, self._queues, self.policy,
+                                           self._profiles.memberships_of, now=moment)
+        if self._log is not None:
+            counts = DeliveryCounts(attempts=len(records) - result.held, delivered=result.delivered,
+                                    retried=result.retried, dead_lettered=result.dead_lettered, held=result.held,
+                                    last_error=result.last_error)
+            counts.observe(destination.delivered, moment)
+            self._log.record(self.config.id, counts, moment)
+        return result

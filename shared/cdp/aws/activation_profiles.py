@@ -1,0 +1,55 @@
+"""Profile reads for activation: an event's person for the router, profile views for the
+destination Lambdas (``cdp.activation.enrichment``).
+
+Reads only: ``BatchGetItem`` of identity-table items (an identifier's item, then its
+profile's, following merges: ``cdp.profiles.ProfileReader``) and a consistent ``Query``
+of a profile's memberships.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cdp.activation.dispatch import Person
+from cdp.aws.membership_store import MembershipStore
+from cdp.aws.profile_tables import DynamoProfileTables
+from cdp.identity.identifiers import Identifier, IdentifierRefused, normalise_id
+from cdp.profiles import ProfileReader, UserProfile
+
+
+class ActivationProfiles:
+    def __init__(self, dynamodb: Any, identity_table: str, events_table: str, memberships_table: str) -> None:
+        self._reader = ProfileReader(DynamoProfileTables(dynamodb, identity_table, events_table))
+        self._memberships = MembershipStore(dynamodb, memberships_table)
+
+    def person_of(self, event: Mapping[str, Any], need_audiences: bool) -> Person:
+        """The event's profile (by its userId, else its anonymousId) and, if asked, the
+        audiences it is in. An event of someone the stream consumer has not recorded yet
+        has no profile: its messages are grouped by its own ids, and it is in no audience."""
+        for kind, field in (("user_id", "userId"), ("anonymous_id", "anonymousId")):
+            raw = event.get(field)
+            if raw in (None, ""):
+                continue
+            try:
+                identifier = Identifier(kind, normalise_id(raw))
+            except IdentifierRefused:
+                continue
+            profile = self._reader.profile_by_identifier(identifier)
+            if profile is not None:
+                audiences = frozenset(self._memberships.audiences_of(profile.profile_id)) if need_audiences \
+                    else frozenset()
+                return Person(profile.profile_id, audiences)
+        return Person(None)
+
+    def profiles(self, profile_ids: Iterable[str]) -> dict[str, UserProfile | None]:
+        """Each id's live profile (following merges), None where there is none."""
+        return self._reader.live_profiles(profile_ids)
+
+    def audiences_of(self, profile_id: str) -> list[str]:
+        return self._memberships.audiences_of(profile_id)
+
+    def memberships_of(self, wanted: Mapping[str, Iterable[str]]) -> dict[str, dict[str, bool]]:
+        """Current membership of (profile, audience) pairs (consistent): profile -> audience -> member."""
+        found = self._memberships.some_of_profiles(wanted)
+        return {pid: {aid: m.member for aid, m in audiences.items()} for pid, audiences in found.items()}
