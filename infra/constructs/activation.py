@@ -128,7 +128,7 @@ class Activation(Construct):
             kinesis_esm = resources.ACTIVATION_EVENTS_ESM
             router.function.add_event_source(event_sources.KinesisEventSource(
                 stream,
-                starting_position=lambda_.StartingPosition.LATEST,  # triggers are about what happens now
+                starting_position=lambda_.StartingPosition[kinesis_esm.starting_position],
                 batch_size=kinesis_esm.batch_size,
                 max_batching_window=Duration.seconds(kinesis_esm.max_batching_window_s),
                 bisect_batch_on_error=kinesis_esm.bisect_batch_on_error,

@@ -532,7 +532,8 @@ ACTIVATION_MEMBERSHIPS_ESM = DynamoDbStreamEventSourceSpec(filter_patterns=())
 # The event stream into the router, for trigger rules: the CDK construct filters on the
 # triggers' event types and names, so only candidate events invoke it (Lambda's event
 # filtering is free). 100 per invocation: a matching event costs a profile lookup.
-ACTIVATION_EVENTS_ESM = KinesisEventSourceSpec(batch_size=100)
+# From the newest record: a trigger is about what happens now, not the stream's last day.
+ACTIVATION_EVENTS_ESM = KinesisEventSourceSpec(batch_size=100, starting_position="LATEST")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ class ProfileSource(Protocol):
 
     def memberships_of(self, wanted: Mapping[str, Iterable[str]]) -> dict[str, dict[str, bool]]: ...
 
+    def person_of(self, event: Mapping[str, Any], need_audiences: bool) -> Any: ...
+
 
 class DeliveryLogWriter(Protocol):
     def record(self, destination_id: str, counts: DeliveryCounts, now: datetime | None = None) -> None: ...
@@ -55,23 +57,35 @@ class _WithProfiles:
         self._views = views
         self.delivered: list[Mapping[str, Any]] = []
 
+    def _view(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        if body.get("profile_id"):
+            return self._views.get(str(body["profile_id"]))
+        event = body.get("event")
+        return self._views.get(person_key(event)) if isinstance(event, Mapping) else None
+
     def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
-        enriched = [with_profile(m, self._views.get(str(m.body.get("profile_id") or ""))) for m in messages]
+        enriched = [with_profile(m, self._view(m.body)) for m in messages]
         outcomes = self._destination.send(enriched)
         self.delivered += [m.body for m, o in zip(messages, outcomes, strict=True) if o.delivered]
         return outcomes
 
 
-def _profile_ids(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    ids: set[str] = set()
+def _bodies(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    bodies = []
     for record in records:
         try:
             body = json.loads(record["body"])
         except (ValueError, KeyError, TypeError):
             continue
-        if isinstance(body, dict) and isinstance(body.get("profile_id"), str) and body["profile_id"]:
-            ids.add(body["profile_id"])
-    return sorted(ids)
+        if isinstance(body, dict):
+            bodies.append(body)
+    return bodies
+
+
+def person_key(event: Mapping[str, Any]) -> str:
+    """The key of an event's view when the router did not know its profile (a first event:
+    the router and the stream consumer read the stream side by side)."""
+    return f"event-person:{event.get('userId') or ''}:{event.get('anonymousId') or ''}"
 
 
 class DestinationWorker:
@@ -97,7 +111,16 @@ class DestinationWorker:
 
     def handle(self, records: Sequence[Mapping[str, Any]], now: datetime | None = None) -> BatchResult:
         moment = now or datetime.now(UTC)
-        destination = _WithProfiles(self._destination, self.views(_profile_ids(records)))
+        bodies = _bodies(records)
+        views = self.views(sorted({str(b["profile_id"]) for b in bodies
+                                   if isinstance(b.get("profile_id"), str) and b["profile_id"]}))
+        for body in bodies:
+            event = body.get("event")
+            if not body.get("profile_id") and isinstance(event, Mapping) and person_key(event) not in views:
+                person = self._profiles.person_of(event, need_audiences=False)
+                views[person_key(event)] = self.views([person.profile_id])[person.profile_id] \
+                    if person.profile_id else None
+        destination = _WithProfiles(self._destination, views)
         if self.config.type in FIFO_DESTINATION_TYPES:
             result = deliver_records(records, destination, self._queues, self.policy, now=moment)
         else:

@@ -150,8 +150,9 @@ class LocalFunction:
 
     @classmethod
     def from_spec(cls, spec: FunctionSpec, directory: str | Path | None = None,
-                  max_concurrency: int = 8) -> LocalFunction:
-        """The function of ``spec``, its handler loaded from ``<functions dir>/<folder>/handler.py``."""
+                  max_concurrency: int = 8, name: str | None = None) -> LocalFunction:
+        """The function of ``spec``, its handler loaded from ``<functions dir>/<folder>/handler.py``
+        (``name``: when several functions share the code, as destinations do)."""
         path = functions_dir(directory) / spec.folder / "handler.py"
         if not path.is_file():
             raise FileNotFoundError(
@@ -161,7 +162,7 @@ class LocalFunction:
         def factory(index: int) -> Handler:
             return load_handler(path, _free_module_name(base if index == 0 else f"{base}_{index}"))
 
-        return cls(local_function_name(spec), factory, memory_mb=spec.memory_mb,
+        return cls(name or local_function_name(spec), factory, memory_mb=spec.memory_mb,
                    timeout_s=spec.timeout_s, max_concurrency=max_concurrency)
 
     def warm_up(self) -> None:

@@ -26,9 +26,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,9 @@ import boto3
 
 from cdp import config, resources
 from cdp.access_tokens import AccessTokenRegistry, access_token_key, valid_space_id
+from cdp.activation.destinations import DestinationConfig
 from cdp.local import moto_speedups
+from cdp.local.activation import LocalActivation
 from cdp.local.dynamodb_esm import (
     DynamoDbEventSourceMapping,
     DynamoDbEventSourceSpec,
@@ -108,6 +112,8 @@ class EmbeddedStack:
         scheduler_period_s: float = 60.0,
         backfill_timeout_s: int = 5,
         moto_process: bool = True,
+        destinations: Sequence[DestinationConfig] = (),
+        destination_secrets: Mapping[str, str] | None = None,
     ) -> None:
         if shards < 1:
             raise ValueError("shards must be at least 1")
@@ -125,6 +131,12 @@ class EmbeddedStack:
         self._retry_backoff = retry_backoff_s
         self._poll_interval = poll_interval_s
         self._extra_env = dict(extra_env or {})
+        self._destinations = list(destinations)
+        self._destination_secrets = dict(destination_secrets or {})
+        self.activation: LocalActivation | None = None
+        # The destinations' configuration file the functions read (CDP_DESTINATIONS_FILE).
+        self._destinations_dir = tempfile.TemporaryDirectory(prefix="cdp-destinations-")
+        self._destinations_file = Path(self._destinations_dir.name) / resources.DESTINATIONS_FILE
         # Locally the backfill gets a short timeout: each invocation then works a few
         # seconds and checkpoints (as the deployed one does every few minutes), so stop()
         # never waits long for it.
@@ -198,6 +210,11 @@ class EmbeddedStack:
 
         session = self.session()
         self.provisioned = provision(session, shards=self.shards)
+        self.activation = LocalActivation(session, self._destinations, functions_dir=self._functions_dir,
+                                          secrets=self._destination_secrets, retry_backoff_s=self._retry_backoff,
+                                          poll_interval_s=self._poll_interval,
+                                          destinations_file=self._destinations_file)
+        self.activation.provision()
         self._seed_source(session)
         self._seed_access_token(session)
         self.collector.warm_up()
@@ -217,6 +234,7 @@ class EmbeddedStack:
         mapping.start()
         self._mapping = mapping
         self._profile_mapping = self._start_profile_mapping(session)
+        self.activation.start()
         self._start_schedules()
         self._ready.set()
         log.debug("local stack ready: API %s, AWS %s", self.api_url, self.aws_endpoint_url)
@@ -263,6 +281,9 @@ class EmbeddedStack:
         for schedule in self._schedules:
             schedule.stop(timeout=self._backfill_timeout + 5)
         self._schedules = []
+        if self.activation is not None:
+            self.activation.stop()
+            self.activation = None
         if self._profile_mapping is not None:
             self._profile_mapping.stop()
             self._profile_mapping = None
@@ -313,6 +334,9 @@ class EmbeddedStack:
             *resources.TABLES, *resources.STREAMS, *resources.BUCKETS, *resources.QUEUES]
         for spec in specs:
             env[spec.env] = spec.local_name
+        env[resources.ACTIVATION_ROUTER_DLQ.env] = resources.ACTIVATION_ROUTER_DLQ.local_name
+        env[resources.DESTINATIONS_FILE_ENV] = str(self._destinations_file)
+        env[resources.DESTINATION_QUEUE_PREFIX_ENV] = resources.LOCAL_DESTINATION_QUEUE_PREFIX
         env.update(self._extra_env)
         return env
 
@@ -402,12 +426,20 @@ class EmbeddedStack:
         profiles), so both are drained until a round in which neither delivered anything.
         """
         deadline = time.monotonic() + timeout
+        activation = self.activation
+
+        def counts() -> tuple[int, int, int]:
+            return (self.mapping.stats.invocations, self.profile_mapping.stats.invocations,
+                    activation.invocations() if activation is not None else 0)
+
         while True:
-            before = (self.mapping.stats.invocations, self.profile_mapping.stats.invocations)
+            before = counts()
             for mapping in (self.mapping, self.profile_mapping):
                 if not mapping.wait_idle(max(0.0, deadline - time.monotonic())):
                     return False
-            if (self.mapping.stats.invocations, self.profile_mapping.stats.invocations) == before:
+            if activation is not None and not activation.wait_idle(max(0.0, deadline - time.monotonic())):
+                return False
+            if counts() == before:
                 return True
             if time.monotonic() >= deadline:
                 return False
