@@ -72,7 +72,8 @@ API_URL_ENV = "CDP_GOOGLE_ADS_API_URL"
 OAUTH_URL_ENV = "CDP_GOOGLE_OAUTH_URL"
 USER_LIST_IDS_ENV = "CDP_GOOGLE_USER_LIST_IDS"
 USER_AGENT = "cdp-google-customer-match/1"
-MAX_ANSWER = 16_384  # bytes of an answer read (a partial failure lists its operations)
+MAX_ERROR_ANSWER = 16_384  # bytes of a refusal read for its reason
+MAX_ANSWER = 16 * 1024 * 1024  # bytes of a success read: a partial failure lists every failed operation
 TOKEN_MARGIN_S = 60.0  # refresh this long before Google's expiry
 
 RETRY_STATUSES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED", "ABORTED"})
@@ -205,6 +206,10 @@ class GoogleCustomerMatchDestination:
             except _Failed as failed:
                 results.update((n, failed.outcome) for n, _ in chunk)
                 continue
+            if not isinstance(answer.data, dict):  # unreadable: which operations failed is unknown
+                results.update((n, Outcome("retry", "Google Ads API: unreadable addOperations answer"))
+                               for n, _ in chunk)
+                continue
             rejected = _rejected_operations(answer.data, len(chunk))
             for index, (n, _) in enumerate(chunk):
                 if index in rejected:
@@ -258,7 +263,8 @@ class GoogleCustomerMatchDestination:
         except urllib3.exceptions.HTTPError as exc:  # timeouts, refused connections, TLS errors
             raise _Failed(classify(None, error=failure_name(exc))) from None
         try:
-            raw = response.read(MAX_ANSWER, decode_content=True)
+            raw = response.read(MAX_ANSWER if 200 <= response.status < 300 else MAX_ERROR_ANSWER,
+                                decode_content=True)
         finally:
             response.release_conn()
         try:

@@ -496,3 +496,19 @@ def test_a_transient_partial_failure_retries_that_operation_only(google: FakeGoo
                     ({"offlineUserDataJobError": "INVALID_SHA256_FORMAT"}, 2))]}})
     outcomes = destination(google).send([change(f"p{n}", emails=[f"u{n}@example.com"]) for n in range(3)])
     assert [o.verdict for o in outcomes] == ["retry", "delivered", "permanent"]
+
+
+def test_a_large_partial_failure_answer_is_read_whole(google: FakeGoogle) -> None:
+    # 3,000 failed operations: an answer far over a small read buffer must not pass for "no failures".
+    failed = [({"offlineUserDataJobError": "INVALID_SHA256_FORMAT"}, n) for n in range(0, 6_000, 2)]
+    google.script("addOperations", 200, {"partialFailureError": {"code": 3, "message": "x",
+                                                                 "details": [ads_failure(*failed)]}})
+    outcomes = destination(google).send([change(f"p{n}", emails=[f"u{n}@example.com"]) for n in range(6_000)])
+    assert [o.verdict for o in outcomes[:4]] == ["permanent", "delivered", "permanent", "delivered"]
+    assert sum(o.verdict == "permanent" for o in outcomes) == 3_000
+
+
+def test_an_unreadable_add_answer_is_retried_and_the_job_not_run(google: FakeGoogle) -> None:
+    google.script("addOperations", 200, b"<html>proxy</html>")
+    (outcome,) = destination(google).send([change("p1", emails=["a@example.com"])])
+    assert outcome.verdict == "retry" and not google.of("run")
