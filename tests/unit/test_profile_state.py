@@ -18,9 +18,11 @@ from cdp.identity.profile_state import (
 )
 
 
-def identify(n: int, at: str, **traits) -> dict:
-    return {"type": "identify", "messageId": f"m{n}", "timestamp": at, "traits": traits,
-            "context": {"locale": f"l{n}", "ip": "203.0.113.9"}}
+def identify(n: int, at: str, consent: dict | None = None, **traits) -> dict:
+    context: dict = {"locale": f"l{n}", "ip": "203.0.113.9"}
+    if consent is not None:
+        context["consent"] = {"categoryPreferences": consent}
+    return {"type": "identify", "messageId": f"m{n}", "timestamp": at, "traits": traits, "context": context}
 
 
 def test_latest_event_timestamp_wins_not_arrival_order():
@@ -43,8 +45,10 @@ def test_track_context_traits_count_but_group_traits_are_the_accounts():
 
 events = st.lists(
     st.builds(
-        lambda n, day, plan, city: identify(n, f"2026-01-{day:02d}T00:00:00.000Z", plan=plan, city=city),
+        lambda n, day, plan, city, consent: identify(n, f"2026-01-{day:02d}T00:00:00.000Z", consent, plan=plan,
+                                                     city=city),
         st.integers(0, 50), st.integers(1, 28), st.sampled_from(["free", "pro", None]), st.sampled_from(["a", "b"]),
+        st.sampled_from([None, {"Advertising": True}, {"Advertising": False, "Analytics": True}]),
     ),
     min_size=1, max_size=12, unique_by=lambda e: e["messageId"],
 )
@@ -61,6 +65,15 @@ def test_any_order_and_any_merge_split_give_the_same_state(events, data):
     left = reduce(fold_event, shuffled[:cut], ProfileState())
     right = reduce(fold_event, shuffled[cut:], ProfileState())
     assert merge_states(left, right) == in_order == merge_states(right, left)
+
+
+def test_consent_is_the_latest_preferences_an_event_carried():
+    opted_in = identify(1, "2026-01-01T00:00:00.000Z", {"Advertising": True})
+    opted_out = identify(2, "2026-01-02T00:00:00.000Z", {"Advertising": False})
+    silent = identify(3, "2026-01-03T00:00:00.000Z", plan="pro")  # carries no consent: changes none
+    state = reduce(fold_event, [silent, opted_out, opted_in], ProfileState())
+    assert state.consent is not None and state.consent.value == {"Advertising": False}
+    assert state_from_json(state_to_json(state)) == state
 
 
 def test_state_round_trips_through_its_stored_json():

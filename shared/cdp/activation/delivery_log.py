@@ -3,7 +3,8 @@
 Each destination invocation adds its counts to the hour's item (one ``UpdateItem`` with
 ``ADD``, so concurrent invocations and retries of the log write only add): attempts,
 delivered, retried, dead-lettered, held (waiting behind a retried message of the same
-profile), the last error (its kind and the destination's short answer, never personal
+profile), not sent (kept back by consent; counted as delivered too: the message is
+done), the last error (its kind and the destination's short answer, never personal
 data), and a latency histogram: seconds from the change or event (``at`` of an audience
 change, ``receivedAt`` of an event) to its delivery, in fixed buckets, from which
 percentiles are read back (the bucket's upper bound: an overestimate of at most one
@@ -20,7 +21,7 @@ from typing import Any
 
 # Upper bounds (seconds) of the latency buckets; the last bucket is everything above.
 LATENCY_BOUNDS_S: tuple[float, ...] = (0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
-COUNTERS = ("attempts", "delivered", "retried", "dead_lettered", "held")
+COUNTERS = ("attempts", "delivered", "retried", "dead_lettered", "held", "not_sent")
 
 
 def bucket_of(seconds: float) -> int:
@@ -59,6 +60,7 @@ class DeliveryCounts:
     retried: int = 0
     dead_lettered: int = 0
     held: int = 0
+    not_sent: int = 0  # kept back by consent (counted in delivered too: the message is done)
     last_error: str = ""
     latencies: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_S) + 1))
 

@@ -15,10 +15,12 @@ outcomes settled, the delivery log written.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from cdp.activation.consent import ConsentPolicy, allowed
 from cdp.activation.delivery import Destination, OutboundMessage, Outcome, RetryPolicy
 from cdp.activation.delivery_log import DeliveryCounts
 from cdp.activation.destinations import DestinationConfig
@@ -48,14 +50,35 @@ class DeliveryLogWriter(Protocol):
     def record(self, destination_id: str, counts: DeliveryCounts, now: datetime | None = None) -> None: ...
 
 
-class _WithProfiles:
-    """The destination, with each message's ``profile`` set from the batch's views; it
-    remembers what was delivered (for the latency figures)."""
+NOT_SENT = "not sent: "
 
-    def __init__(self, destination: Destination, views: Mapping[str, dict[str, Any] | None]) -> None:
+
+class _WithProfiles:
+    """The destination, with each message's ``profile`` set from the batch's views and
+    the profile's stored consent checked first; it remembers what was delivered (for the
+    latency figures) and what consent kept back.
+
+    Consent (``cdp.activation.consent``, Unify semantics: a profile that never gave
+    preferences has not consented) applies to audience entries. An exit is always sent,
+    with the profile's identifiers only (no traits, no mapped fields): removing a person
+    from a list elsewhere is what a withdrawal of consent should lead to."""
+
+    def __init__(self, destination: Destination, views: Mapping[str, dict[str, Any] | None],
+                 config: DestinationConfig, consent: Mapping[str, Mapping[str, Any] | None]) -> None:
         self._destination = destination
         self._views = views
+        self._config = config
+        self._consent = consent
         self.delivered: list[Mapping[str, Any]] = []
+        self.refused: Counter[str] = Counter()
+
+    def _refusal(self, body: Mapping[str, Any]) -> str | None:
+        if body.get("kind") != "audience_membership" or body.get("transition") != "entered" \
+                or not self._config.consent_categories:
+            return None
+        pid = str(body.get("profile_id") or "")
+        decision = allowed(self._config.consent_categories, self._consent.get(pid), ConsentPolicy.UNIFY)
+        return None if decision.allowed else decision.reason
 
     def _view(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         if body.get("profile_id"):
@@ -64,10 +87,26 @@ class _WithProfiles:
         return self._views.get(person_key(event)) if isinstance(event, Mapping) else None
 
     def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
-        enriched = [with_profile(m, self._view(m.body)) for m in messages]
-        outcomes = self._destination.send(enriched)
-        self.delivered += [m.body for m, o in zip(messages, outcomes, strict=True) if o.delivered]
-        return outcomes
+        outcomes: list[Outcome | None] = [None] * len(messages)
+        sending: list[tuple[int, OutboundMessage]] = []
+        for n, message in enumerate(messages):
+            refusal = self._refusal(message.body)
+            if refusal is not None:
+                self.refused[refusal] += 1
+                outcomes[n] = Outcome("delivered", NOT_SENT + refusal)
+                continue
+            view = self._view(message.body)
+            if view is not None and message.body.get("transition") == "exited" \
+                    and message.body.get("kind") == "audience_membership":
+                view = {"profile_id": view["profile_id"], "identifiers": view["identifiers"], "traits": {},
+                        "fields": {}}
+            sending.append((n, with_profile(message, view)))
+        if sending:
+            for (n, message), outcome in zip(sending, self._destination.send([m for _, m in sending]), strict=True):
+                outcomes[n] = outcome
+                if outcome.delivered:
+                    self.delivered.append(message.body)
+        return [o for o in outcomes if o is not None]
 
 
 def _bodies(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -97,13 +136,18 @@ class DestinationWorker:
         self._profiles = profiles
         self._log = log
         self.policy = RetryPolicy(window=timedelta(hours=config.retry_window_hours))
+        self.consent: dict[str, Mapping[str, Any] | None] = {}  # the batch's profiles' stored preferences
+        self.refused: Counter[str] = Counter()  # the last batch's consent refusals, by reason
 
     def views(self, profile_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
-        """Each profile id's view (keyed by the id the message names, merged or not)."""
+        """Each profile id's view (keyed by the id the message names, merged or not); the
+        profiles' stored consent preferences are kept aside in ``consent``."""
         found = self._profiles.profiles(profile_ids)
         views: dict[str, dict[str, Any] | None] = {}
         for pid in profile_ids:
             profile = found.get(pid)
+            stored = profile.state.consent if profile is not None else None
+            self.consent[pid] = stored.value if stored is not None and isinstance(stored.value, dict) else None
             memberships = self._profiles.audiences_of(profile.profile_id) \
                 if profile is not None and self.config.type in NEEDS_MEMBERSHIPS else None
             views[pid] = profile_view(profile, self.config, memberships)
@@ -111,6 +155,7 @@ class DestinationWorker:
 
     def handle(self, records: Sequence[Mapping[str, Any]], now: datetime | None = None) -> BatchResult:
         moment = now or datetime.now(UTC)
+        self.consent = {}
         bodies = _bodies(records)
         views = self.views(sorted({str(b["profile_id"]) for b in bodies
                                    if isinstance(b.get("profile_id"), str) and b["profile_id"]}))
@@ -120,7 +165,7 @@ class DestinationWorker:
                 person = self._profiles.person_of(event, need_audiences=False)
                 views[person_key(event)] = self.views([person.profile_id])[person.profile_id] \
                     if person.profile_id else None
-        destination = _WithProfiles(self._destination, views)
+        destination = _WithProfiles(self._destination, views, self.config, self.consent)
         if self.config.type in FIFO_DESTINATION_TYPES:
             result = deliver_records(records, destination, self._queues, self.policy, now=moment)
         else:
@@ -131,5 +176,7 @@ class DestinationWorker:
                                     retried=result.retried, dead_lettered=result.dead_lettered, held=result.held,
                                     last_error=result.last_error)
             counts.observe(destination.delivered, moment)
+            counts.not_sent = sum(destination.refused.values())
             self._log.record(self.config.id, counts, moment)
+        self.refused = destination.refused
         return result

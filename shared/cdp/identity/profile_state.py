@@ -43,6 +43,12 @@ class ProfileState:
     # The accounts (group ids) the profile belongs to: a set union, so a ``group`` call
     # changes the profile item once, which re-evaluates its account-based audiences.
     accounts: frozenset[str] = frozenset()
+    # The person's consent: ``context.consent.categoryPreferences`` of their latest event
+    # that carried it (latest-wins like a trait). Activation checks it before delivering
+    # audience changes (cdp.activation.consent). Sites that stamp every event with consent
+    # (Segment's consent wrappers do) write the profile on each event: the price of
+    # knowing the latest choice in any arrival order.
+    consent: TraitValue | None = None
 
 
 def merge_traits(a: dict[str, TraitValue], b: dict[str, TraitValue]) -> dict[str, TraitValue]:
@@ -89,6 +95,23 @@ def last_context_of(event: dict[str, Any], keep_ip: bool = False) -> dict[str, A
     return {k: context[k] for k in kept if k in context}
 
 
+def consent_of(event: dict[str, Any]) -> TraitValue | None:
+    """The consent preferences an event carries (``context.consent.categoryPreferences``)."""
+    consent = _context(event).get("consent")
+    preferences = consent.get("categoryPreferences") if isinstance(consent, dict) else None
+    if not isinstance(preferences, dict):
+        return None
+    return TraitValue(preferences, event["timestamp"], event["messageId"])
+
+
+def _newer(a: TraitValue | None, b: TraitValue | None) -> TraitValue | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if b.newer_than(a) else a
+
+
 def fold_event(state: ProfileState, event: dict[str, Any]) -> ProfileState:
     """The state after one event of this profile (applying it twice changes nothing)."""
     at = event["timestamp"]
@@ -99,6 +122,7 @@ def fold_event(state: ProfileState, event: dict[str, Any]) -> ProfileState:
         first_seen=_min(state.first_seen, at),
         last_seen_day=_max(state.last_seen_day, at[:10]),
         accounts=state.accounts | {str(group)} if group else state.accounts,
+        consent=_newer(state.consent, consent_of(event)),
     )
 
 
@@ -122,6 +146,7 @@ def merge_states(a: ProfileState, b: ProfileState) -> ProfileState:
         first_seen=_min(a.first_seen, b.first_seen),
         last_seen_day=_max(a.last_seen_day, b.last_seen_day),
         accounts=a.accounts | b.accounts,
+        consent=_newer(a.consent, b.consent),
     )
 
 
@@ -134,6 +159,8 @@ def state_to_json(state: ProfileState) -> str:
     }
     if state.accounts:
         data["accounts"] = sorted(state.accounts)
+    if state.consent is not None:
+        data["consent"] = [state.consent.value, state.consent.at, state.consent.message_id]
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
@@ -146,4 +173,5 @@ def state_from_json(text: str | None) -> ProfileState:
         first_seen=data.get("first_seen"),
         last_seen_day=data.get("last_seen_day"),
         accounts=frozenset(data.get("accounts") or ()),
+        consent=TraitValue(*data["consent"]) if data.get("consent") else None,
     )
