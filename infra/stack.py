@@ -192,4 +192,7 @@ class CdpStack(Stack):
             value=self.segmentation.dlq.queue_url,
             description=resources.SEGMENT_EVALUATOR_DLQ.purpose,
         )
+        if self.activation.destinations:
+            CfnOutput(self, "DestinationQueuePrefix", value=self.activation.queue_prefix,
+                      description="Destination queues are named <prefix><destination id>[-dlq][.fifo]")
         CfnOutput(self, "DashboardName", value=self.monitoring.dashboard.dashboard_name)

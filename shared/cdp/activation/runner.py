@@ -55,8 +55,11 @@ def _attribute(record: Mapping[str, Any], name: str, default: str = "") -> str:
 
 
 def outbound(record: Mapping[str, Any]) -> OutboundMessage:
-    """The message a record carries (its body is the router's JSON)."""
-    dedup = _attribute(record, "MessageDeduplicationId") or str(record["messageId"])
+    """The message a record carries (its body is the router's JSON); its id for the
+    destination (``Idempotency-Key``): a redriven message's original id
+    (``idempotency_key`` attribute), else the deduplication id, else the SQS message id."""
+    redriven = ((record.get("messageAttributes") or {}).get("idempotency_key") or {}).get("stringValue")
+    dedup = redriven or _attribute(record, "MessageDeduplicationId") or str(record["messageId"])
     return OutboundMessage(dedup, json.loads(record["body"]))
 
 

@@ -26,13 +26,13 @@ def main(ctx: click.Context, stack: str | None, aws_url: str, api_url: str) -> N
 
 
 def _register() -> None:
+    from cdp.cli import destinations, operate, profiles, segments
     from cdp.cli import local as local_cmd
-    from cdp.cli import operate, profiles, segments
 
     main.add_command(local_cmd.local)
     for command in (operate.sources, operate.quarantine, operate.dlq, operate.import_file,
                     profiles.profile, profiles.tokens, segments.audiences, segments.traits,
-                    segments.backfills):
+                    segments.backfills, destinations.destinations):
         main.add_command(command)
 
 

@@ -27,6 +27,8 @@ OUTPUTS = {
     "IdentityTableName": "identity_table",
     "MembershipsTableName": "memberships_table",
     "SpaceId": "space_id",
+    "DeliveryLogTableName": "delivery_log_table",
+    "DestinationQueuePrefix": "destination_queue_prefix",
 }
 
 
@@ -46,6 +48,8 @@ class Deployment:
     identity_table: str = _LOCAL.identity_table
     memberships_table: str = _LOCAL.memberships_table
     space_id: str = _LOCAL.space_id
+    delivery_log_table: str = _LOCAL.delivery_log_table
+    destination_queue_prefix: str = _LOCAL.destination_queue_prefix
     # The embedded local stack (fake credentials, the printed local access token).
     is_local: bool = False
 
