@@ -100,7 +100,9 @@ class ActivationRouter:
         """Events from the event stream (the records' ``event`` objects)."""
         stats = RoutingStats()
         routings: list[Routing] = []
-        people: dict[tuple[Any, Any], Person] = {}
+        # person key -> (the person, whether their audiences were read): a person in no
+        # audience has empty ``audiences`` either way, so the flag is what says it was read.
+        people: dict[tuple[Any, Any], tuple[Person, bool]] = {}
         for event in events:
             stats.inputs += 1
             wanted, needs_audiences = _wants_event(self.destinations, event)
@@ -110,10 +112,10 @@ class ActivationRouter:
             if self._people is not None:
                 key = (event.get("userId"), event.get("anonymousId"))
                 known = people.get(key)
-                if known is None or (needs_audiences and not known.audiences and known.profile_id):
-                    known = self._people.person_of(event, needs_audiences)
+                if known is None or (needs_audiences and not known[1] and known[0].profile_id):
+                    known = (self._people.person_of(event, needs_audiences), needs_audiences)
                     people[key] = known
-                person = known
+                person = known[0]
             routing = route_event(event, self.destinations, person.audiences, profile_id=person.profile_id)
             if routing.messages or routing.skipped:
                 stats.events += 1

@@ -60,7 +60,10 @@ def outbound(record: Mapping[str, Any]) -> OutboundMessage:
     (``idempotency_key`` attribute), else the deduplication id, else the SQS message id."""
     redriven = ((record.get("messageAttributes") or {}).get("idempotency_key") or {}).get("stringValue")
     dedup = redriven or _attribute(record, "MessageDeduplicationId") or str(record["messageId"])
-    return OutboundMessage(dedup, json.loads(record["body"]))
+    body = json.loads(record["body"])
+    if not isinstance(body, dict):  # JSON, but not a router message: it would fail on every attempt
+        raise ValueError("message body is not a JSON object")
+    return OutboundMessage(dedup, body)
 
 
 def deliver_records(records: Sequence[Mapping[str, Any]], destination: Destination, queue: QueueOperations,
@@ -94,6 +97,15 @@ def deliver_records(records: Sequence[Mapping[str, Any]], destination: Destinati
 CurrentMemberships = Callable[[Mapping[str, Iterable[str]]], Mapping[str, Mapping[str, bool]]]
 
 
+def _version(body: Mapping[str, Any]) -> int:
+    """A change's version; 0 when it has none readable (never raising: one odd message must
+    not fail its whole batch)."""
+    version = body.get("version")
+    if isinstance(version, str) and version.isascii() and version.isdigit():
+        return int(version)
+    return version if isinstance(version, int) and not isinstance(version, bool) else 0
+
+
 def _collapse(messages: Sequence[tuple[Mapping[str, Any], OutboundMessage]]
               ) -> tuple[list[tuple[Mapping[str, Any], OutboundMessage]], list[Mapping[str, Any]]]:
     """At most one audience change per (profile, audience): the newest version (the last
@@ -107,7 +119,7 @@ def _collapse(messages: Sequence[tuple[Mapping[str, Any], OutboundMessage]]
             continue
         key = (body.get("profile_id"), body.get("audience_id"))
         before = kept.get(key)
-        if before is not None and int(before[1].body.get("version") or 0) > int(body.get("version") or 0):
+        if before is not None and _version(before[1].body) > _version(body):
             superseded.append(record)
             continue
         if before is not None:
@@ -133,10 +145,18 @@ def deliver_batch_records(records: Sequence[Mapping[str, Any]], destination: Des
     readable: list[tuple[Mapping[str, Any], OutboundMessage]] = []
     for record in records:
         try:
-            readable.append((record, outbound(record)))
+            message = outbound(record)
+            if message.body.get("kind") == "audience_membership" and not all(
+                    isinstance(message.body.get(name), str) and message.body[name]
+                    for name in ("profile_id", "audience_id")):
+                # without its pair it can be neither collapsed nor looked up: it would fail
+                # the whole batch on every attempt
+                raise KeyError("profile_id or audience_id")
         except (ValueError, KeyError) as exc:
             queue.dead_letter(record, f"unreadable message: {type(exc).__name__}")
             result.dead_lettered += 1
+            continue
+        readable.append((record, message))
     kept, superseded = _collapse(readable)
     result.delivered += len(superseded)  # deleted with the batch: the kept message carries their state
     wanted: dict[str, set[str]] = {}

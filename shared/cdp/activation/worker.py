@@ -51,6 +51,9 @@ class DeliveryLogWriter(Protocol):
 
 
 NOT_SENT = "not sent: "
+# What an exit carries of the profile: who it is, and (for destinations that store membership
+# as a property) the audiences it is still in, so an exit does not drop the others.
+_EXIT_VIEW = ("profile_id", "identifiers", "memberships")
 
 
 class _WithProfiles:
@@ -89,23 +92,26 @@ class _WithProfiles:
     def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(messages)
         sending: list[tuple[int, OutboundMessage]] = []
+        refused: Counter[str] = Counter()
         for n, message in enumerate(messages):
             refusal = self._refusal(message.body)
             if refusal is not None:
-                self.refused[refusal] += 1
+                refused[refusal] += 1
                 outcomes[n] = Outcome("delivered", NOT_SENT + refusal)
                 continue
             view = self._view(message.body)
             if view is not None and message.body.get("transition") == "exited" \
                     and message.body.get("kind") == "audience_membership":
-                view = {"profile_id": view["profile_id"], "identifiers": view["identifiers"], "traits": {},
-                        "fields": {}}
+                view = {**{k: v for k, v in view.items() if k in _EXIT_VIEW}, "traits": {}, "fields": {}}
             sending.append((n, with_profile(message, view)))
         if sending:
             for (n, message), outcome in zip(sending, self._destination.send([m for _, m in sending]), strict=True):
                 outcomes[n] = outcome
                 if outcome.delivered:
                     self.delivered.append(message.body)
+        # counted once the request is answered: a request that raises is retried whole, the
+        # kept-back messages with it, and they are counted when they are done
+        self.refused.update(refused)
         return [o for o in outcomes if o is not None]
 
 
