@@ -127,10 +127,13 @@ class CdpStack(Stack):
             settings=self.settings,
             router_code_dir=assets.function_dirs[resources.ACTIVATION_ROUTER_FUNCTION.folder],
             destination_code_dir=assets.function_dirs[resources.DESTINATION_FUNCTION.folder],
+            sync_code_dir=assets.function_dirs[resources.DESTINATION_SYNC_FUNCTION.folder],
+            access_log_bucket=self.pipeline.access_log_bucket,
             layer=self.dependencies_layer,
             identity_table=self.pipeline.identity_table,
             events_table=self.pipeline.events_table,
             memberships_table=self.segmentation.memberships_table,
+            segments_table=self.admin_api.tables[resources.SEGMENTS_TABLE.logical_id],
             stream=self.ingestion.stream,
         )
         self.monitoring = Monitoring(

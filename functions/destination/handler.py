@@ -17,17 +17,11 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from cdp.activation.destinations import load_destinations_file
-from cdp.activation.registry import build_destination
 from cdp.activation.worker import DestinationWorker
-from cdp.aws.activation_profiles import ActivationProfiles
-from cdp.aws.clients import client
-from cdp.aws.delivery_log import DeliveryLog
-from cdp.aws.destination_queues import DestinationQueues
-from cdp.aws.secrets import SecretReader
+from cdp.aws.destination_runtime import destination_worker
 from cdp.config import get_settings
 from cdp.observability import logger, metrics, tracer
-from cdp.resources import destination_of_queue, destination_queue_name
+from cdp.resources import destination_of_queue
 
 
 def destination_id(records: list[dict[str, Any]]) -> str:
@@ -42,24 +36,7 @@ def destination_id(records: list[dict[str, Any]]) -> str:
 
 @cache
 def worker(destination: str) -> DestinationWorker:
-    settings = get_settings()
-    by_id = {d.id: d for d in load_destinations_file(settings.destinations_file)}
-    config = by_id.get(destination)
-    if config is None:
-        raise RuntimeError(f"destination {destination!r} is not in the deployment's destinations")
-    sqs = client("sqs")
-    prefix = settings.destination_queue_prefix
-    queue_url = sqs.get_queue_url(QueueName=destination_queue_name(prefix, config.id, config.type))["QueueUrl"]
-    dlq_url = sqs.get_queue_url(
-        QueueName=destination_queue_name(prefix, config.id, config.type, dead_letter=True))["QueueUrl"]
-    ddb = client("dynamodb")
-    return DestinationWorker(
-        config,
-        build_destination(config, SecretReader(), client),
-        DestinationQueues(sqs, queue_url, dlq_url),
-        ActivationProfiles(ddb, settings.identity_table, settings.events_table, settings.memberships_table),
-        DeliveryLog(ddb, settings.delivery_log_table),
-    )
+    return destination_worker(get_settings(), destination)
 
 
 @logger.inject_lambda_context(log_event=False)

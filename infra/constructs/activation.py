@@ -13,12 +13,15 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aws_cdk import Arn, ArnFormat, Duration, Stack
+from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kinesis as kinesis
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_lambda_event_sources as event_sources
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
 from cdk_nag import NagSuppressions
 from constructs import Construct
@@ -56,22 +59,29 @@ class Activation(Construct):
         settings: DeploymentSettings,
         router_code_dir: Path,
         destination_code_dir: Path,
+        sync_code_dir: Path,
+        access_log_bucket: s3.IBucket,
         layer: lambda_.ILayerVersion,
         identity_table: dynamodb.ITable,
         events_table: dynamodb.ITable,
         memberships_table: dynamodb.ITable,
+        segments_table: dynamodb.ITable,
         stream: kinesis.IStream,
     ) -> None:
         super().__init__(scope, construct_id)
         self.tables: dict[str, dynamodb.Table] = {
             resources.DELIVERY_LOG_TABLE.logical_id: build_table(self, resources.DELIVERY_LOG_TABLE)}
         self.delivery_log = self.tables[resources.DELIVERY_LOG_TABLE.logical_id]
+        self.snapshot_bucket = self._snapshot_bucket(access_log_bucket)
+        self._segments_table = segments_table
+        self._memberships_table = memberships_table
         self.destinations = settings.destinations
         self.router: CdpFunction | None = None
         self.router_dlq: sqs.Queue | None = None
         self.queues: dict[str, sqs.Queue] = {}
         self.dead_letter_queues: dict[str, sqs.Queue] = {}
         self.functions: dict[str, CdpFunction] = {}
+        self.sync_functions: dict[str, CdpFunction] = {}
         if not self.destinations:
             return
 
@@ -86,10 +96,15 @@ class Activation(Construct):
             resources.MEMBERSHIPS_TABLE.env: memberships_table.table_name,
             resources.DELIVERY_LOG_TABLE.env: self.delivery_log.table_name,
             resources.DESTINATION_QUEUE_PREFIX_ENV: self.queue_prefix,
+            resources.SEGMENTS_TABLE.env: segments_table.table_name,
+            resources.SYNC_SNAPSHOT_BUCKET.env: self.snapshot_bucket.bucket_name,
         }
         destination_code = packaging.with_files(destination_code_dir, document)
+        sync_code = packaging.with_files(sync_code_dir, document)
         for destination in self.destinations:
             self._destination(destination, destination_code, layer, settings)
+            if destination.sync_schedule:
+                self._sync(destination, sync_code, layer, settings)
         self._router(packaging.with_files(router_code_dir, document), layer, settings, memberships_table, stream)
 
     # --- the router ------------------------------------------------------------------
@@ -252,13 +267,16 @@ class Activation(Construct):
             iam.Grant.add_to_principal(grantee=role, actions=["sqs:SendMessage"],
                                        resource_arns=[_queue_arn_of_url(settings.queue_url)])
         elif settings.type == "s3":
-            prefix = re.sub(r"\*", "", settings.prefix)
+            # Objects only, under the destination's own folder, keyed as cdp.activation.s3_export
+            # keys them: "<prefix>/<destination id>/..." (a "/" added to a prefix without one).
+            # IAM wildcards in a prefix are refused by the settings; stripped here as well.
+            prefix = re.sub(r"[*?]", "", settings.prefix)
+            folder = prefix if not prefix or prefix.endswith("/") else prefix + "/"
             iam.Grant.add_to_principal(
                 grantee=role,
                 actions=["s3:PutObject", "s3:AbortMultipartUpload"],
-                resource_arns=[Arn.format(components={"service": "s3", "region": "", "account": "",
-                                                      "resource": settings.bucket,
-                                                      "resource_name": f"{prefix}{destination.id}/*"}, stack=stack)])
+                resource_arns=[stack.format_arn(service="s3", region="", account="", resource=settings.bucket,
+                                                resource_name=f"{folder}{destination.id}/*")])
             NagSuppressions.add_resource_suppressions(role, [{
                 "id": "AwsSolutions-IAM5",
                 "reason": "Export files are written under the destination's own prefix of the configured bucket "
@@ -266,5 +284,69 @@ class Activation(Construct):
                 "appliesTo": [{"regex": "/^Resource::arn:<AWS::Partition>:s3:::.*/\\*$/"}],
             }], apply_to_children=True)
 
-    def members_index_arn(self, memberships_table: dynamodb.ITable) -> str:
-        return f"{memberships_table.table_arn}/index/{MEMBERS_INDEX}"
+    # --- batch syncs ----------------------------------------------------------------------
+
+    def _snapshot_bucket(self, access_log_bucket: s3.IBucket) -> s3.Bucket:
+        """Batch syncs' snapshots: profile ids only (no traits), kept while syncs need them
+        (each sync deletes all but the last two); encrypted, private, TLS only, logged."""
+        bucket = s3.Bucket(
+            self, resources.SYNC_SNAPSHOT_BUCKET.logical_id,
+            encryption=s3.BucketEncryption.S3_MANAGED, enforce_ssl=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            server_access_logs_bucket=access_log_bucket, server_access_logs_prefix="sync-snapshots/",
+            lifecycle_rules=[s3.LifecycleRule(id="abort-uploads",
+                                              abort_incomplete_multipart_upload_after=Duration.days(7))],
+            removal_policy=RemovalPolicy.RETAIN)
+        cfn_bucket = bucket.node.default_child
+        assert isinstance(cfn_bucket, s3.CfnBucket)
+        cfn_bucket.override_logical_id(resources.SYNC_SNAPSHOT_BUCKET.logical_id)
+        return bucket
+
+    def _sync(self, destination: DestinationConfig, code_dir: Path, layer: lambda_.ILayerVersion,
+              settings: DeploymentSettings) -> None:
+        """The destination's sync function (its role: the destination's), its schedule, and
+        what a sync reads and writes: the audience's members (``members`` index), its state
+        items (``sync#<destination>#...`` in the segments table), its snapshots."""
+        logical = resources.destination_logical_id(destination.id)
+        role = self.functions[destination.id].role
+        assert isinstance(role, iam.Role)
+        spec = resources.DESTINATION_SYNC_FUNCTION
+        function = CdpFunction(
+            self, f"{logical}Sync",
+            spec=resources.FunctionSpec(logical_id=f"{logical}SyncFunction", folder=spec.folder,
+                                        memory_mb=spec.memory_mb, timeout_s=spec.timeout_s,
+                                        purpose=f"Destination {destination.id}: {spec.purpose}"),
+            code_dir=code_dir, layer=layer, log_retention=settings.log_retention,
+            environment={**self._environment, resources.DESTINATION_ID_ENV: destination.id}, role=role)
+        self.sync_functions[destination.id] = function
+        iam.Grant.add_to_principal(grantee=role, actions=["dynamodb:Query"],
+                                   resource_arns=[f"{self._memberships_table.table_arn}/index/{MEMBERS_INDEX}"])
+        iam.Grant.add_to_principal(
+            grantee=role, actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+            resource_arns=[self._segments_table.table_arn],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"sync#{destination.id}#*"]}})
+        prefix = f"snapshots/{destination.id}/"
+        iam.Grant.add_to_principal(grantee=role, actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                                   resource_arns=[self.snapshot_bucket.arn_for_objects(f"{prefix}*")])
+        iam.Grant.add_to_principal(grantee=role, actions=["s3:ListBucket"],
+                                   resource_arns=[self.snapshot_bucket.bucket_arn],
+                                   conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}})
+        # A sync its deadline stops invokes the function again to continue (a separate
+        # policy: the function itself depends on the role's default policy).
+        iam.Policy(self, f"{logical}SyncContinue", roles=[role], statements=[iam.PolicyStatement(
+            actions=["lambda:InvokeFunction"], resources=[function.function.function_arn])])
+        rule = events.Rule(self, f"{logical}SyncSchedule",
+                           description=f"Batch sync of destination {destination.id}"[:512],
+                           schedule=events.Schedule.expression(str(destination.sync_schedule)))
+        rule.add_target(targets.LambdaFunction(
+            function.function, event=events.RuleTargetInput.from_object({"destination_id": destination.id}),
+            retry_attempts=0))  # the next tick resumes from the checkpoint
+        NagSuppressions.add_resource_suppressions(role, [{
+            "id": "AwsSolutions-IAM5",
+            "reason": "A destination's sync reads and writes the snapshot objects under its own prefix, and "
+            "its state items whose keys start with sync#<destination>#: objects and items are named per "
+            "sync, so they cannot be listed in advance.",
+            "appliesTo": [{"regex": "/^Resource::<ActivationSyncSnapshotBucket.*\\.Arn>/snapshots/.*\\*$/"},
+                          {"regex": "/^Resource::.*snapshots/.*\\*$/"}],
+        }], apply_to_children=True)

@@ -44,6 +44,7 @@ class CdpFunction(Construct):
         layer: lambda_.ILayerVersion,
         environment: Mapping[str, str],
         log_retention: logs.RetentionDays,
+        role: iam.Role | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
 
@@ -54,7 +55,9 @@ class CdpFunction(Construct):
         )
         # Own role instead of the default one: no AWSLambdaBasicExecutionRole managed
         # policy (which may write to any log group), nothing shared between functions.
-        self.role = iam.Role(
+        # (``role``: a role shared on purpose, e.g. a destination's queue and sync functions,
+        # which must reach exactly the same secret and API.)
+        self.role = role or iam.Role(
             self,
             "Role",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),

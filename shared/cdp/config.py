@@ -28,6 +28,7 @@ class Settings(BaseModel):
     destination_id: str = ""
     event_stream: str = resources.EVENT_STREAM.local_name
     archive_bucket: str = resources.ARCHIVE_BUCKET.local_name
+    sync_snapshot_bucket: str = resources.SYNC_SNAPSHOT_BUCKET.local_name
     event_retention_days: int = Field(default=90, ge=1)
     quarantine_retention_days: int = Field(default=30, ge=1)
     # How long a positive / negative write-key lookup is cached in a warm function.
@@ -66,6 +67,7 @@ ENV_VARS: dict[str, str] = {
     "destination_id": resources.DESTINATION_ID_ENV,
     "event_stream": resources.EVENT_STREAM.env,
     "archive_bucket": resources.ARCHIVE_BUCKET.env,
+    "sync_snapshot_bucket": resources.SYNC_SNAPSHOT_BUCKET.env,
     "event_retention_days": "CDP_EVENT_RETENTION_DAYS",
     "quarantine_retention_days": "CDP_QUARANTINE_RETENTION_DAYS",
     "source_cache_seconds": "CDP_SOURCE_CACHE_SECONDS",

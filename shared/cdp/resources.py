@@ -177,7 +177,14 @@ ARCHIVE_BUCKET = BucketSpec(
     purpose="gzip JSONL of every accepted event, partitioned by date, for replay.",
 )
 
-BUCKETS: tuple[BucketSpec, ...] = (ARCHIVE_BUCKET,)
+SYNC_SNAPSHOT_BUCKET = BucketSpec(
+    logical_id="SyncSnapshotBucket",
+    local_name="cdp-sync-snapshots",
+    env="CDP_SYNC_SNAPSHOT_BUCKET",
+    purpose="Batch syncs' snapshots: the profile ids each destination was last told an audience holds.",
+)
+
+BUCKETS: tuple[BucketSpec, ...] = (ARCHIVE_BUCKET, SYNC_SNAPSHOT_BUCKET)
 
 # --- SQS ---------------------------------------------------------------------------
 
@@ -307,7 +314,19 @@ DESTINATION_FUNCTION = FunctionSpec(
     purpose="Destination: delivers its queue's messages to one destination (retries, dead letters).",
 )
 
-ACTIVATION_FUNCTIONS: tuple[FunctionSpec, ...] = (ACTIVATION_ROUTER_FUNCTION, DESTINATION_FUNCTION)
+# A destination's scheduled batch sync (cdp.activation.sync): it runs with its
+# destination's role. Up to 15 minutes per invocation; a sync that needs longer
+# checkpoints and invokes itself again to continue.
+DESTINATION_SYNC_FUNCTION = FunctionSpec(
+    logical_id="DestinationSyncFunction",
+    folder="destination_sync",
+    memory_mb=1024,
+    timeout_s=900,
+    purpose="Batch sync: sends one destination's audiences' adds and removes since the last sync.",
+)
+
+ACTIVATION_FUNCTIONS: tuple[FunctionSpec, ...] = (ACTIVATION_ROUTER_FUNCTION, DESTINATION_FUNCTION,
+                                                  DESTINATION_SYNC_FUNCTION)
 
 ACTIVATION_ROUTER_DLQ = QueueSpec(
     logical_id="ActivationRouterDlq",

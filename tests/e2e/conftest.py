@@ -20,6 +20,7 @@ WRITE_KEY = "e2e-write-key"
 # Activation: the audiences and bucket the destinations below use (tests/e2e/test_e2e_activation.py).
 ACTIVATION_AUDIENCE = "e2e-activation"
 FLAKY_AUDIENCE = "e2e-flaky"
+SYNC_AUDIENCE = "e2e-synced"
 EXPORT_BUCKET = "cdp-e2e-exports"
 WEBHOOK_SECRET = "e2e-signing-secret"
 
@@ -32,6 +33,9 @@ def destinations(receiver: Receiver) -> list:
                       "headers": {"X-Team": "growth"}}},
         {"id": "e2e-flaky", "name": "Flaky webhook", "type": "webhook", "audiences": [FLAKY_AUDIENCE],
          "settings": {"url": receiver.url("/flaky"), "secret_name": "cdp/e2e/hooks"}},
+        {"id": "e2e-sync", "name": "Daily sync", "type": "webhook", "audiences": [SYNC_AUDIENCE],
+         "sync_schedule": "rate(1 day)", "batch_size": 50,
+         "settings": {"url": receiver.url("/sync"), "secret_name": "cdp/e2e/hooks"}},
         {"id": "e2e-exports", "name": "Audience files", "type": "s3", "audiences": [ACTIVATION_AUDIENCE],
          "field_mapping": {"email": "email"},
          "settings": {"bucket": EXPORT_BUCKET, "prefix": "cdp/", "format": "csv"}},

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import segment.analytics as segment_analytics
-from conftest import ACTIVATION_AUDIENCE, EXPORT_BUCKET, FLAKY_AUDIENCE, WEBHOOK_SECRET
+from conftest import ACTIVATION_AUDIENCE, EXPORT_BUCKET, FLAKY_AUDIENCE, SYNC_AUDIENCE, WEBHOOK_SECRET
 from e2e_pipeline import Pipeline
 from receivers import Received, Receiver
 from test_e2e_operations import cdp
@@ -40,6 +40,8 @@ def audiences(pipeline: Pipeline) -> Iterator[None]:
          "condition": {"type": "trait", "trait": "activation_tier", "op": "equals", "value": "gold"}},
         {"id": FLAKY_AUDIENCE, "name": "Flaky",
          "condition": {"type": "trait", "trait": "flaky_marker", "op": "exists"}},
+        {"id": SYNC_AUDIENCE, "name": "Synced",
+         "condition": {"type": "trait", "trait": "sync_tier", "op": "equals", "value": "in"}},
     ]
     for definition in definitions:
         admin(pipeline, "POST", "/audiences", definition)
@@ -177,3 +179,41 @@ def test_a_failing_webhook_is_retried_until_it_recovers_and_a_refused_change_is_
     listed = cdp(pipeline, "destinations", "list")
     flaky = next(json.loads(line) for line in listed.stdout.splitlines() if "e2e-flaky" in line)
     assert flaky["dead_letters"] == 0
+
+
+def synced(receiver: Receiver) -> list[dict[str, Any]]:
+    """The batch sync's messages to /sync (the real-time ones have other ids)."""
+    return [r.body for r in receiver.received("/sync") if str(r.body.get("message_id", "")).startswith("sync:")]
+
+
+def test_the_scheduled_sync_sends_everyone_first_and_only_the_difference_on_its_second_run(
+        pipeline: Pipeline, receiver: Receiver, audiences: None) -> None:
+    client = sdk(pipeline)
+    users = [f"sync-{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    for user in users[:3]:
+        client.identify(user, {"sync_tier": "in"})
+    client.flush()
+    wait_for(lambda: len([r for r in receiver.received("/sync") if r.body.get("kind")]) >= 3)  # real time
+    pipeline.drain(timeout=120)
+    schedule = pipeline.stack.activation.syncs["e2e-sync"]
+
+    first = schedule.tick()
+    assert not first.failed, first
+    assert first.result["audiences"][SYNC_AUDIENCE]["outcome"] == "done", first.result
+    full = synced(receiver)
+    assert sorted(m["transition"] for m in full) == ["entered"] * 3
+    assert all(m["audience_id"] == SYNC_AUDIENCE and m["profile"]["identifiers"]["user_id"][0] in users
+               for m in full)
+
+    client.identify(users[0], {"sync_tier": "out"})  # leaves
+    client.identify(users[3], {"sync_tier": "in"})  # joins
+    client.flush()
+    wait_for(lambda: len([r for r in receiver.received("/sync") if r.body.get("kind")]) >= 3 + 3 + 2)
+    pipeline.drain(timeout=120)
+    second = schedule.tick()
+    assert second.result["audiences"][SYNC_AUDIENCE]["outcome"] == "done", second.result
+    diff = synced(receiver)[len(full):]
+    changes = sorted((m["profile"]["identifiers"]["user_id"][0], m["transition"]) for m in diff)
+    assert changes == sorted([(users[0], "exited"), (users[3], "entered")]), changes
+    third = schedule.tick()  # nothing changed since
+    assert synced(receiver)[len(full) + len(diff):] == [] and third.result["audiences"][SYNC_AUDIENCE]["adds"] == 0

@@ -159,6 +159,27 @@ class DestinationWorker:
             views[pid] = profile_view(profile, self.config, memberships)
         return views
 
+    def send_messages(self, messages: Sequence[OutboundMessage], now: datetime | None = None) -> list[Outcome]:
+        """Messages that come from no queue (a batch sync's chunk): profiles read, consent
+        checked, sent in one call, the outcomes logged and returned (the caller decides)."""
+        moment = now or datetime.now(UTC)
+        self.consent = {}
+        views = self.views(sorted({str(m.body["profile_id"]) for m in messages if m.body.get("profile_id")}))
+        destination = _WithProfiles(self._destination, views, self.config, self.consent)
+        try:
+            outcomes = destination.send(messages)
+        except Exception as exc:  # the destination's own failure: the sync stops and retries later
+            outcomes = [Outcome("retry", f"destination error: {type(exc).__name__}")] * len(messages)
+        if self._log is not None:
+            counts = DeliveryCounts(attempts=len(messages), delivered=sum(o.delivered for o in outcomes),
+                                    retried=sum(o.verdict == "retry" for o in outcomes),
+                                    dead_lettered=sum(o.verdict == "permanent" for o in outcomes),
+                                    not_sent=sum(destination.refused.values()),
+                                    last_error=next((o.reason for o in outcomes if not o.delivered), ""))
+            self._log.record(self.config.id, counts, moment)
+        self.refused = destination.refused
+        return outcomes
+
     def handle(self, records: Sequence[Mapping[str, Any]], now: datetime | None = None) -> BatchResult:
         moment = now or datetime.now(UTC)
         self.consent = {}

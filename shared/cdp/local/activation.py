@@ -10,7 +10,11 @@ settings hold):
 * the router function on the memberships table's stream (filtered to the destinations'
   audiences, as deployed) and, when a destination has triggers, on the event stream;
 * one destination function per destination (the same handler code, its own execution
-  environments) on its queue, with the deployed batch size, window and concurrency.
+  environments) on its queue, with the deployed batch size, window and concurrency;
+* for a destination with a ``sync_schedule``, its sync function on a local schedule
+  (every ``sync_period_s``; ``syncs[id].tick()`` runs one at once). A sync that reaches
+  its invocation's deadline invokes itself through Lambda's API in AWS; locally that
+  call is not emulated (the local timeout is 15 minutes: the demos never reach it).
 
 The destinations are written to a JSON file whose path the functions read from
 ``CDP_DESTINATIONS_FILE`` (in AWS the file sits beside the handler).
@@ -33,6 +37,7 @@ from cdp.aws.secrets import is_ssm_parameter
 from cdp.local.dynamodb_esm import DynamoDbEventSourceMapping, dynamodb_streams_client, latest_stream_arn
 from cdp.local.functions import LocalFunction
 from cdp.local.kinesis_esm import KinesisEventSourceMapping, SqsDestination
+from cdp.local.schedules import LocalSchedule
 from cdp.local.sqs_esm import SqsEventSourceMapping, SqsEventSourceSpec
 
 log = logging.getLogger(__name__)
@@ -71,7 +76,7 @@ class LocalActivation:
     def __init__(self, session: Any, destinations: Sequence[DestinationConfig], *, destinations_file: Path,
                  functions_dir: str | Path | None = None, secrets: Mapping[str, str] | None = None,
                  retry_backoff_s: float = 0.5, poll_interval_s: float = 0.1,
-                 prefix: str = resources.LOCAL_DESTINATION_QUEUE_PREFIX) -> None:
+                 prefix: str = resources.LOCAL_DESTINATION_QUEUE_PREFIX, sync_period_s: float = 300.0) -> None:
         self.destinations = list(destinations)
         self._session = session
         self._functions_dir = functions_dir
@@ -88,6 +93,10 @@ class LocalActivation:
         self.change_mapping: DynamoDbEventSourceMapping | None = None
         self.event_mapping: KinesisEventSourceMapping | None = None
         self.queue_mappings: dict[str, SqsEventSourceMapping] = {}
+        # Batch syncs: the destinations with a sync_schedule, every sync_period_s locally
+        # (whatever their expression; ``syncs[id].tick()`` runs one now).
+        self._sync_period = sync_period_s
+        self.syncs: dict[str, LocalSchedule] = {}
 
     # --- resources ------------------------------------------------------------------------
 
@@ -153,8 +162,20 @@ class LocalActivation:
                 poll_interval_s=self._poll_interval)
             mapping.start()
             self.queue_mappings[destination.id] = mapping
+            if destination.sync_schedule:
+                sync_function = LocalFunction.from_spec(resources.DESTINATION_SYNC_FUNCTION, self._functions_dir,
+                                                        max_concurrency=1,
+                                                        name=f"cdp-destination-sync-{destination.id}")
+                sync_function.warm_up()
+                schedule = LocalSchedule(f"{resources.destination_logical_id(destination.id)}Sync", sync_function,
+                                         self._sync_period, target_input={"destination_id": destination.id})
+                schedule.start()
+                self.syncs[destination.id] = schedule
 
     def stop(self) -> None:
+        for schedule in self.syncs.values():
+            schedule.stop()
+        self.syncs.clear()
         for mapping in self.queue_mappings.values():
             mapping.stop()
         self.queue_mappings.clear()

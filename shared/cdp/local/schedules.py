@@ -34,13 +34,15 @@ class LocalSchedule:
     """Invokes ``function`` every ``period_s`` seconds (the first time after ``first_after_s``)."""
 
     def __init__(self, rule_name: str, function: Invocable, period_s: float,
-                 first_after_s: float | None = None) -> None:
+                 first_after_s: float | None = None, target_input: dict[str, Any] | None = None) -> None:
         if period_s <= 0:
             raise ValueError("period_s must be positive")
         self.rule_name = rule_name
         self.period_s = period_s
         self._function = function
         self._first_after = period_s if first_after_s is None else first_after_s
+        # A target's constant input (RuleTargetInput) replaces the scheduled event, as in EventBridge.
+        self._input = target_input
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = ScheduleStats()
@@ -58,8 +60,8 @@ class LocalSchedule:
 
     def tick(self) -> Any:
         """One invocation now, as the rule would make it."""
-        event = eventbridge_scheduled_event(rule_name=self.rule_name, event_id=str(uuid.uuid4()),
-                                            time=datetime.now(UTC))
+        event = dict(self._input) if self._input is not None else eventbridge_scheduled_event(
+            rule_name=self.rule_name, event_id=str(uuid.uuid4()), time=datetime.now(UTC))
         outcome = self._function.invoke(event)
         self.stats.invocations += 1
         if getattr(outcome, "failed", False):

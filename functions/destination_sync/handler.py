@@ -1,0 +1,60 @@
+"""Destination sync: a destination's scheduled batch sync (EventBridge rule, input
+``{"destination_id": ...}``), with the destination's own role.
+
+``cdp.activation.sync_job.sync_destination`` syncs each of the destination's audiences
+while the invocation has time; when its deadline stops a sync, the function invokes
+itself (asynchronously, same input, the audiences still to do) to continue from the
+checkpoint, so a sync longer than 15 minutes needs no schedule tick to go on.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from cdp.activation.sync import BatchSync
+from cdp.activation.sync_job import sync_destination
+from cdp.activation.worker import DestinationWorker
+from cdp.aws.clients import client
+from cdp.aws.destination_runtime import destination_worker
+from cdp.aws.sync_store import batch_sync
+from cdp.config import get_settings
+from cdp.observability import logger, metrics, tracer
+
+
+@cache
+def parts(destination_id: str) -> tuple[DestinationWorker, BatchSync]:
+    settings = get_settings()
+    return (destination_worker(settings, destination_id),
+            batch_sync(client("dynamodb"), client("s3"), settings.memberships_table, settings.segments_table,
+                       settings.sync_snapshot_bucket))
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    destination_id = str(event["destination_id"])
+    worker, sync = parts(destination_id)
+    audiences = event.get("audiences")
+    outcome = sync_destination(worker.config, sync, worker.send_messages,
+                               lambda: context.get_remaining_time_in_millis() / 1000,
+                               list(audiences) if isinstance(audiences, list) else None)
+    summary = outcome.summary()
+    if outcome.continue_now:
+        remaining = outcome.not_started + [aid for aid, r in outcome.results.items()
+                                           if r.outcome == "stopped" and r.reason == "deadline"]
+        client("lambda").invoke(FunctionName=context.invoked_function_arn, InvocationType="Event",
+                                Payload=json.dumps({"destination_id": destination_id, "audiences": remaining}))
+    metrics.add_dimension(name="destination", value=destination_id)
+    for audience_id, result in outcome.results.items():
+        counts = result.counts.as_dict()
+        metrics.add_metric(name="SyncAdds", unit=MetricUnit.Count, value=counts.get("adds", 0))
+        metrics.add_metric(name="SyncRemoves", unit=MetricUnit.Count, value=counts.get("removes", 0))
+        logger.info("audience synced", extra={"destination": destination_id, "audience": audience_id,
+                                              "outcome": result.outcome, "reason": result.reason, **counts})
+    return summary
