@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from aws_cdk import aws_logs as logs
 from constructs import Node
+from pydantic import ValidationError
 
+from cdp import resources
 from cdp.access_tokens import valid_space_id
-from cdp.activation.destinations import DestinationConfig, parse_destinations
+from cdp.activation.destinations import DestinationConfig, parse_destinations, problems
 from cdp.identity.config import IdentityConfig
 
 KinesisCapacity = Literal["on-demand", "provisioned"]
@@ -81,6 +84,7 @@ class DeploymentSettings:
             )
         if not valid_space_id(self.space_id):
             raise ValueError(f"space_id must be 1-64 letters, digits, '-' or '_', not {self.space_id!r}")
+        _check_destinations(self.destinations)
 
     @property
     def log_retention(self) -> logs.RetentionDays:
@@ -129,4 +133,43 @@ def _destinations(found: Any, file: Any) -> tuple[DestinationConfig, ...]:
         return ()
     if isinstance(found, str):
         found = json.loads(found)
+    if not isinstance(found, list):
+        raise ValueError("destinations: expected a list of destinations")
+    for index, item in enumerate(found):
+        try:
+            DestinationConfig.model_validate(item)
+        except ValidationError as error:
+            # problems() leaves the input values out (one may be a pasted secret); `from
+            # None` keeps pydantic's own message, which quotes them, out of the traceback.
+            reasons = "; ".join(f"{p['field']}: {p['reason']}" for p in problems(error))
+            raise ValueError(f"destinations[{index}]{_label(item)} is invalid: {reasons}") from None
     return tuple(parse_destinations(found))
+
+
+def _label(item: Any) -> str:
+    """`` (id 'x')`` when the item has a well-formed id, to say which destination failed."""
+    found = item.get("id") if isinstance(item, dict) else None
+    return f" (id {found!r})" if isinstance(found, str) and re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", found) else ""
+
+
+def _check_destinations(destinations: tuple[DestinationConfig, ...]) -> None:
+    """What the configuration model accepts but a deployment could not run or build: said
+    at synth time, naming the destination, rather than by a failing function or CloudFormation."""
+    logical_ids: dict[str, str] = {}
+    for destination in destinations:
+        settings = destination.settings
+        if settings.type == "webhook" and not settings.secret_name:
+            raise ValueError(
+                f"destination {destination.id!r} (webhook) has no settings.secret_name: webhook requests are "
+                "always signed (X-CDP-Signature), so give the name of the Secrets Manager secret or SSM "
+                "SecureString parameter holding the signing secret")
+        if settings.type == "s3" and re.search(r"[*?]", settings.prefix):
+            raise ValueError(
+                f"destination {destination.id!r} (s3): settings.prefix must not contain '*' or '?': they are "
+                "IAM wildcards, and the function's write permission is scoped to the prefix")
+        # Construct ids: "a-b" and "a_b" would both be DestinationAB.
+        logical = resources.destination_logical_id(destination.id)
+        if logical in logical_ids:
+            raise ValueError(f"destinations {logical_ids[logical]!r} and {destination.id!r} differ only in "
+                             f"'-' versus '_' (both would be {logical}): rename one")
+        logical_ids[logical] = destination.id

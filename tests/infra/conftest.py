@@ -76,3 +76,40 @@ def cdp_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynthesizedS
 def cdp_stack_non_default(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynthesizedStack]:
     """The stack with every deployment setting overridden (like `cdk synth -c key=value`)."""
     yield synthesize({**cdk_json_context(), **NON_DEFAULT_CONTEXT}, tmp_path_factory.mktemp("cdk-custom"))
+
+
+# Every destination type, as a deployment's `destinations` context would declare them:
+# secrets by name only (Secrets Manager and SSM), audiences and triggers of each kind, a
+# disabled destination, consent categories and a raised concurrency.
+ACTIVATION_DESTINATIONS: list[dict[str, Any]] = [
+    {"id": "crm-webhook", "name": "CRM webhook", "type": "webhook", "audiences": ["vip", "churn-risk"],
+     "settings": {"url": "https://hooks.example.com/cdp", "secret_name": "cdp/webhooks/crm",
+                  "headers": {"X-Team": "growth"}},
+     "max_concurrency": 5},
+    {"id": "sales-slack", "name": "Sales alerts", "type": "slack",
+     "settings": {"webhook_url_secret_name": "/cdp/slack/sales"},
+     "triggers": [{"name": "big order", "event_type": "track", "event": "Order Completed",
+                   "where": [{"path": "properties.total", "op": "exists"}]}]},
+    {"id": "ops-bus", "name": "Ops bus", "type": "eventbridge", "audiences": ["vip"],
+     "settings": {"event_bus": "customer-events"},
+     "triggers": [{"name": "pricing views", "event_type": "page", "event": "Pricing"}]},
+    {"id": "partner-queue", "name": "Partner queue", "type": "sqs",
+     "settings": {"queue_url": "https://sqs.eu-west-1.amazonaws.com/210987654321/partner-inbox.fifo"},
+     "triggers": [{"name": "profile updates", "event_type": "identify"}]},
+    {"id": "lake-export", "name": "Data lake export", "type": "s3", "audiences": ["newsletter"],
+     "settings": {"bucket": "acme-data-lake", "prefix": "cdp/audiences", "format": "jsonl"}},
+    {"id": "meta-ads", "name": "Meta ads", "type": "meta_custom_audiences", "audiences": ["vip"],
+     "consent_categories": ["advertising"],
+     "settings": {"ad_account_id": "act_1234567890", "access_token_secret_name": "cdp/meta/token"}},
+    {"id": "google-ads", "name": "Google Ads", "type": "google_customer_match", "audiences": ["churn-risk"],
+     "settings": {"customer_id": "1234567890", "credentials_secret_name": "cdp/google/ads"}},
+    {"id": "hubspot-crm", "name": "HubSpot", "type": "hubspot", "audiences": ["paused-list"], "enabled": False,
+     "settings": {"access_token_secret_name": "cdp/hubspot/token"}},
+]
+
+
+@pytest.fixture(scope="session")
+def cdp_stack_activation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SynthesizedStack]:
+    """The stack with every destination type configured (`-c destinations='[...]'`)."""
+    context = {**cdk_json_context(), "destinations": json.dumps(ACTIVATION_DESTINATIONS)}
+    yield synthesize(context, tmp_path_factory.mktemp("cdk-activation"))
