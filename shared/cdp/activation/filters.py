@@ -14,14 +14,27 @@ MAX_FILTERS = 5
 MAX_PATTERN_CHARS = 4096
 
 
+def _audience_pattern(audiences: list[str]) -> str:
+    return json.dumps({"dynamodb": {"NewImage": {"audience_id": {"S": audiences}}}}, separators=(",", ":"))
+
+
 def audience_filters(destinations: tuple[DestinationConfig, ...]) -> list[str]:
     """Filters of the memberships stream: only items of audiences some enabled destination
-    lists (none: every record, when the list does not fit a pattern)."""
+    lists, in as few patterns as fit Lambda's limits (none: every record, when no enabled
+    destination lists an audience, or the list does not fit ``MAX_FILTERS`` patterns)."""
     audiences = sorted({a for d in destinations if d.enabled for a in d.audiences})
-    if not audiences:
+    patterns: list[str] = []
+    chunk: list[str] = []
+    for audience in audiences:
+        if chunk and len(_audience_pattern([*chunk, audience])) > MAX_PATTERN_CHARS:
+            patterns.append(_audience_pattern(chunk))
+            chunk = []
+        chunk.append(audience)
+    if chunk:
+        patterns.append(_audience_pattern(chunk))
+    if len(patterns) > MAX_FILTERS or any(len(p) > MAX_PATTERN_CHARS for p in patterns):
         return []
-    pattern = json.dumps({"dynamodb": {"NewImage": {"audience_id": {"S": audiences}}}}, separators=(",", ":"))
-    return [pattern] if len(pattern) <= MAX_PATTERN_CHARS else []
+    return patterns
 
 
 def trigger_filters(destinations: tuple[DestinationConfig, ...]) -> list[str]:

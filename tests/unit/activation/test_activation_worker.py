@@ -17,6 +17,7 @@ from cdp.activation.delivery import OutboundMessage, Outcome, RetryPolicy
 from cdp.activation.delivery_log import DeliveryCounts, bucket_of
 from cdp.activation.destinations import DestinationConfig
 from cdp.activation.dispatch import Person
+from cdp.activation.enrichment import profile_view, with_profile
 from cdp.activation.runner import _collapse, deliver_batch_records
 from cdp.activation.worker import DestinationWorker, person_key
 from cdp.identity.identifiers import Identifier
@@ -544,3 +545,28 @@ def test_without_a_log_the_worker_still_delivers() -> None:
     result = DestinationWorker(config(), destination, FakeQueues(), FakeProfiles({})).handle(
         [record(event_message("e1", None), "m1", group="u1")], now=NOW)
     assert result.delivered == 1
+
+
+# --- enrichment ----------------------------------------------------------------------------
+
+def test_a_profile_view_holds_traits_identifiers_by_type_and_mapped_fields() -> None:
+    person = UserProfile("p1", AT, AT, (Identifier("email", "b@example.com"), Identifier("email", "a@example.com"),
+                                        Identifier("phone", "+33612345678")), ("p0",),
+                         ProfileState(traits={"plan": TraitValue("pro", AT, "m"),
+                                              "address": TraitValue({"city": "Lyon"}, AT, "m")}))
+    mapped = config(field_mapping={"address.city": "City", "plan": "Plan", "missing": "Nope"})
+
+    view = profile_view(person, mapped, memberships=["vip", "pro"])
+
+    assert view == {"profile_id": "p1", "traits": {"address": {"city": "Lyon"}, "plan": "pro"},
+                    "identifiers": {"email": ["a@example.com", "b@example.com"], "phone": ["+33612345678"]},
+                    "fields": {"City": "Lyon", "Plan": "pro"}, "memberships": ["pro", "vip"]}
+    assert "memberships" not in (profile_view(person, mapped) or {})
+    assert profile_view(None, mapped) is None
+
+
+def test_with_profile_sets_the_view_and_keeps_the_message_id() -> None:
+    message = OutboundMessage("dedup-1", {"kind": "event", "profile": "stale"})
+    enriched = with_profile(message, {"profile_id": "p1"})
+    assert enriched == OutboundMessage("dedup-1", {"kind": "event", "profile": {"profile_id": "p1"}})
+    assert message.body["profile"] == "stale"
