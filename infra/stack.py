@@ -136,6 +136,7 @@ class CdpStack(Stack):
             segments_table=self.admin_api.tables[resources.SEGMENTS_TABLE.logical_id],
             stream=self.ingestion.stream,
         )
+        self.activation.grant_status_reads(self.admin_api.function)
         self.monitoring = Monitoring(
             self,
             "Monitoring",

@@ -23,6 +23,8 @@ from cdp.aws.audience_preview import AudiencePreview
 from cdp.aws.backfill_store import backfill_status
 from cdp.aws.clients import client, table
 from cdp.aws.definition_store import DefinitionStore
+from cdp.aws.delivery_log import DeliveryLog
+from cdp.aws.destination_admin import deployed_destinations, destination_status, queues_of
 from cdp.aws.identity_config_store import IdentityConfigStore
 from cdp.aws.membership_store import MembershipStore
 from cdp.config import get_settings, identity_config
@@ -43,9 +45,20 @@ def dependencies() -> AdminApi:
     catalog = CatalogStore(ddb, settings.segments_table, cache_seconds=settings.segments_cache_seconds)
     accounts = AccountTraits(ddb, settings.events_table, settings.identity_table)
     previews = AudiencePreview(ddb, settings.identity_table, settings.events_table, memberships, accounts.of_groups)
+    log = DeliveryLog(ddb, settings.delivery_log_table)
+
+    def destinations(destination_id: str | None, hours: int) -> list[dict[str, Any]] | None:
+        sqs = client("sqs")
+        known = queues_of(sqs, settings.destination_queue_prefix, deployed_destinations(settings.destination_types))
+        if destination_id is not None and destination_id not in known:
+            return None
+        return [destination_status(sqs, log, queues, hours) for did, queues in known.items()
+                if destination_id in (None, did)]
+
     return AdminApi(tokens.find, settings.space_id, store, DefinitionStore(ddb, settings.segments_table), specs,
                     memberships, lambda: backfill_status(ddb, settings.segments_table),
-                    preview=lambda draft: previews.preview(draft, catalog.current()).as_dict())
+                    preview=lambda draft: previews.preview(draft, catalog.current()).as_dict(),
+                    destinations=destinations)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)

@@ -29,6 +29,7 @@ from constructs import Construct
 from cdp import resources
 from cdp.activation.destinations import DestinationConfig, destinations_document
 from cdp.activation.filters import audience_filters, trigger_filters
+from cdp.aws.destination_admin import destination_types_text
 from cdp.aws.membership_store import MEMBERS_INDEX
 from cdp.aws.secrets import is_ssm_parameter
 from infra import packaging
@@ -283,6 +284,18 @@ class Activation(Construct):
                 "(one object per batch, named by its content): the objects cannot be named in advance.",
                 "appliesTo": [{"regex": "/^Resource::arn:<AWS::Partition>:s3:::.*/\\*$/"}],
             }], apply_to_children=True)
+
+    def grant_status_reads(self, function: CdpFunction) -> None:
+        """The admin API's destination pages: the delivery log, the queues' depths."""
+        function.function.add_environment(resources.DELIVERY_LOG_TABLE.env, self.delivery_log.table_name)
+        grant_item_actions(self.delivery_log, function.role, "dynamodb:Query")
+        if not self.destinations:
+            return
+        function.function.add_environment("CDP_DESTINATION_TYPES", destination_types_text(self.destinations))
+        function.function.add_environment(resources.DESTINATION_QUEUE_PREFIX_ENV, self.queue_prefix)
+        queues = [*self.queues.values(), *self.dead_letter_queues.values()]
+        iam.Grant.add_to_principal(grantee=function.role, actions=["sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
+                                   resource_arns=[q.queue_arn for q in queues])
 
     # --- batch syncs ----------------------------------------------------------------------
 

@@ -16,6 +16,9 @@
     GET    /v1/admin/profiles/<profile id>/audiences   a profile's memberships, current and former
     GET    /v1/admin/backfills                 every backfill run, the latest first: its specs,
                                                status and progress (``cdp backfills``)
+    GET    /v1/admin/destinations              every activation destination's delivery log totals
+                                               (``hours``, default 24) and queue depths
+    GET    /v1/admin/destinations/<id>         one (``cdp destinations status``)
 
 Definitions are validated by ``cdp.segmentation.definitions``; an invalid one gets a 400
 whose ``problems`` point at the offending part. Every change registers the aggregate
@@ -58,6 +61,7 @@ PREVIEW_PATH = "/v1/admin/audiences/preview"
 MEMBERSHIP_PATH = re.compile(r"/v1/admin/audiences/(?P<audience>[^/]+)/members|"
                              r"/v1/admin/profiles/(?P<profile>[^/]+)/audiences")
 BACKFILLS_PATH = "/v1/admin/backfills"
+DESTINATIONS_PATH = "/v1/admin/destinations"
 HEADERS = {"Cache-Control": "no-store"}
 WWW_AUTHENTICATE = 'Basic realm="cdp admin API"'
 
@@ -152,8 +156,10 @@ class AdminApi:
                  definitions: Definitions | None = None, specs: Specs | None = None,
                  memberships: Memberships | None = None,
                  backfills: Callable[[], list[BackfillProgress]] | None = None,
-                 preview: Callable[[AudienceDefinition], dict[str, Any]] | None = None) -> None:
+                 preview: Callable[[AudienceDefinition], dict[str, Any]] | None = None,
+                 destinations: Callable[[str | None, int], list[dict[str, Any]] | None] | None = None) -> None:
         self._preview = preview
+        self._destinations = destinations
         self._memberships = memberships
         self._backfills = backfills
         self._find_token = find_token
@@ -193,6 +199,19 @@ class AdminApi:
         return AdminResponse(200, {"profile_id": profile_id, "data": [
             {"audience_id": aid, "member": m.member, "entered_at": m.entered_at, "exited_at": m.exited_at}
             for aid, m in sorted(memberships.items())]})
+
+    def _destination_status(self, method: str, destination_id: str | None, query: dict[str, str]) -> AdminResponse:
+        assert self._destinations is not None
+        if method != "GET":
+            return AdminResponse(405, {"error": {"code": "method_not_allowed", "message": "Use GET."}},
+                                 {**HEADERS, "Allow": "GET"})
+        hours_text = query.get("hours", "24")
+        if not hours_text.isdigit() or not 1 <= int(hours_text) <= 24 * 90:
+            return _error(400, "validation_error", "hours must be a whole number from 1 to 2160 (90 days).")
+        found = self._destinations(destination_id, int(hours_text))
+        if found is None:
+            return _error(404, "not_found", "No such destination.")
+        return AdminResponse(200, found[0] if destination_id is not None else {"data": found})
 
     def _sync_specs(self) -> None:
         """Register the specs every definition reads, drop the ones none reads any more."""
@@ -235,6 +254,8 @@ class AdminApi:
                 return AdminResponse(405, {"error": {"code": "method_not_allowed", "message": "Use GET."}},
                                      {**HEADERS, "Allow": "GET"})
             return AdminResponse(200, {"data": [run.as_dict() for run in self._backfills()]})
+        if self._destinations is not None and (path == DESTINATIONS_PATH or collection == DESTINATIONS_PATH):
+            return self._destination_status(method, ident if collection == DESTINATIONS_PATH else None, query or {})
         if self._definitions is not None and path in DEFINITION_PATHS:
             return self._collection(method, DEFINITION_PATHS[path], body)
         if self._definitions is not None and collection in DEFINITION_PATHS and ident:

@@ -26,6 +26,8 @@ class Settings(BaseModel):
     destinations_file: str = resources.DESTINATIONS_FILE
     destination_queue_prefix: str = resources.LOCAL_DESTINATION_QUEUE_PREFIX
     destination_id: str = ""
+    # The deployment's destinations as "<id>:<type>,..." (the admin API's status pages).
+    destination_types: str = ""
     event_stream: str = resources.EVENT_STREAM.local_name
     archive_bucket: str = resources.ARCHIVE_BUCKET.local_name
     sync_snapshot_bucket: str = resources.SYNC_SNAPSHOT_BUCKET.local_name
@@ -65,6 +67,7 @@ ENV_VARS: dict[str, str] = {
     "destinations_file": resources.DESTINATIONS_FILE_ENV,
     "destination_queue_prefix": resources.DESTINATION_QUEUE_PREFIX_ENV,
     "destination_id": resources.DESTINATION_ID_ENV,
+    "destination_types": "CDP_DESTINATION_TYPES",
     "event_stream": resources.EVENT_STREAM.env,
     "archive_bucket": resources.ARCHIVE_BUCKET.env,
     "sync_snapshot_bucket": resources.SYNC_SNAPSHOT_BUCKET.env,

@@ -170,6 +170,10 @@ def test_a_failing_webhook_is_retried_until_it_recovers_and_a_refused_change_is_
     status = json.loads(cdp(pipeline, "destinations", "status", "e2e-flaky").stdout)
     assert status["dead_letters"] == 1 and status["dead_lettered"] >= 1 and status["delivered"] >= 1
     assert status["retried"] >= 2 and status["last_error"].startswith("HTTP 400")
+    through_api = admin(pipeline, "GET", "/destinations/e2e-flaky?hours=2")
+    assert through_api["dead_letters"] == 1 and through_api["delivered"] == status["delivered"]
+    assert {d["destination"] for d in admin(pipeline, "GET", "/destinations")["data"]} >= {
+        "e2e-hooks", "e2e-flaky", "e2e-exports", "e2e-slack", "e2e-sync"}
 
     redriven = cdp(pipeline, "destinations", "redrive", "e2e-flaky")
     assert redriven.returncode == 0 and "redrove 1 message" in redriven.stdout, redriven

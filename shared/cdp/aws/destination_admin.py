@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cdp.resources import destination_of_queue
+from cdp.resources import destination_of_queue, destination_queue_name
 
 IDEMPOTENCY_ATTRIBUTE = "idempotency_key"
 _DEPTHS = ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
@@ -153,3 +153,41 @@ def _batches(sqs: Any, url: str, stop_at: float) -> Iterator[list[dict[str, Any]
         if not messages:
             return
         yield messages
+
+
+def queues_of(sqs: Any, prefix: str, destinations: Mapping[str, str]) -> dict[str, DestinationQueuesOf]:
+    """The queues of known destinations (id -> type), by name (``GetQueueUrl``): what a
+    function without ``ListQueues`` (the admin API) uses."""
+    found: dict[str, DestinationQueuesOf] = {}
+    for destination_id, destination_type in sorted(destinations.items()):
+        try:
+            url = sqs.get_queue_url(QueueName=destination_queue_name(prefix, destination_id, destination_type))
+            dead = sqs.get_queue_url(QueueName=destination_queue_name(prefix, destination_id, destination_type,
+                                                                      dead_letter=True))
+        except sqs.exceptions.QueueDoesNotExist:
+            continue
+        found[destination_id] = DestinationQueuesOf(destination_id, str(url["QueueUrl"]), str(dead["QueueUrl"]))
+    return found
+
+
+def destination_status(sqs: Any, log: Any, queues: DestinationQueuesOf, hours: int = 24,
+                       now: datetime | None = None) -> dict[str, Any]:
+    """One destination's delivery log totals over ``hours`` with its queues' depths."""
+    return {"destination": queues.destination_id, **log.status(queues.destination_id, hours, now),
+            "queue": depths(sqs, queues.queue_url),
+            "dead_letters": depths(sqs, queues.dead_letter_url).get("waiting", 0)}
+
+
+def deployed_destinations(text: str) -> dict[str, str]:
+    """``CDP_DESTINATION_TYPES`` (``"<id>:<type>,..."``) as id -> type."""
+    found: dict[str, str] = {}
+    for part in text.split(","):
+        destination_id, _, destination_type = part.strip().partition(":")
+        if destination_id and destination_type:
+            found[destination_id] = destination_type
+    return found
+
+
+def destination_types_text(destinations: Any) -> str:
+    """The inverse of ``deployed_destinations`` for a list of ``DestinationConfig``."""
+    return ",".join(f"{d.id}:{d.type}" for d in destinations)

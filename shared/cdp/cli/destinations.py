@@ -9,7 +9,13 @@ from datetime import UTC, datetime
 import click
 
 from cdp.aws.delivery_log import DeliveryLog
-from cdp.aws.destination_admin import depths, destination_queues, peek_dead_letters, redrive
+from cdp.aws.destination_admin import (
+    depths,
+    destination_queues,
+    destination_status,
+    peek_dead_letters,
+    redrive,
+)
 from cdp.cli.deployment import Deployment
 
 
@@ -52,9 +58,7 @@ def destinations_status(ctx: click.Context, destination_id: str | None, hours: i
     for current, queues in found.items():
         if destination_id is not None and current != destination_id:
             continue
-        click.echo(json.dumps({"destination": current, **log.status(current, hours, now),
-                               "queue": depths(sqs, queues.queue_url),
-                               "dead_letters": depths(sqs, queues.dead_letter_url).get("waiting", 0)}))
+        click.echo(json.dumps(destination_status(sqs, log, queues, hours, now)))
 
 
 @destinations.command("dead-letters")

@@ -39,6 +39,7 @@ import boto3
 from cdp import config, resources
 from cdp.access_tokens import AccessTokenRegistry, access_token_key, valid_space_id
 from cdp.activation.destinations import DestinationConfig
+from cdp.aws.destination_admin import destination_types_text
 from cdp.local import moto_speedups
 from cdp.local.activation import LocalActivation
 from cdp.local.dynamodb_esm import (
@@ -337,6 +338,7 @@ class EmbeddedStack:
         env[resources.ACTIVATION_ROUTER_DLQ.env] = resources.ACTIVATION_ROUTER_DLQ.local_name
         env[resources.DESTINATIONS_FILE_ENV] = str(self._destinations_file)
         env[resources.DESTINATION_QUEUE_PREFIX_ENV] = resources.LOCAL_DESTINATION_QUEUE_PREFIX
+        env[config.ENV_VARS["destination_types"]] = destination_types_text(self._destinations)
         env.update(self._extra_env)
         return env
 
