@@ -135,6 +135,15 @@ def _person_fields(event: Mapping[str, Any]) -> dict[str, Any]:
             "timestamp": event.get("timestamp")}
 
 
+def _event_name(event: Mapping[str, Any]) -> Any:
+    """A track call's event name; a page or screen view as "viewed <name>"; else the call's type."""
+    if event.get("event"):
+        return event["event"]
+    if event.get("type") in ("page", "screen") and event.get("name"):
+        return f"viewed {event['name']}"
+    return event.get("type")
+
+
 def _mrkdwn(text: str) -> dict[str, str]:
     return {"type": "mrkdwn", "text": text}
 
@@ -195,7 +204,7 @@ def trigger_message(rule_name: str, event: Mapping[str, Any], profile_summary: M
     """The alert for an event that matched a trigger rule: the template's line, the
     profile summary (trait name -> value, in the given order) as section fields, and a
     context line with the event and when it happened."""
-    values = {**_person_fields(event), "rule_name": rule_name, "event": event.get("event") or event.get("type")}
+    values = {**_person_fields(event), "rule_name": rule_name, "event": _event_name(event)}
     headline = _template(template, _TRIGGER_DEFAULT, TRIGGER_FIELDS).render(values)
     blocks: list[dict[str, Any]] = []
     context: list[tuple[str, Any]] = [("Event", values["event"]), ("At", values["timestamp"])]

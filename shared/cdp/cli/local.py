@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -11,10 +12,13 @@ from pathlib import Path
 from types import FrameType
 
 import click
+from pydantic import ValidationError
 
 from cdp import resources
+from cdp.activation.destinations import DestinationConfig, parse_destinations, problems
 from cdp.cli.deployment import LOCAL_API_URL
 from cdp.local import DEFAULT_ACCESS_TOKEN, DEFAULT_SPACE, DEFAULT_WRITE_KEY, LOCAL_SOURCE_ID, EmbeddedStack
+from cdp.local.demo_inbox import DEMO_BUCKET, DemoInbox, demo_destinations
 
 
 def banner(stack: EmbeddedStack) -> str:
@@ -59,6 +63,10 @@ Look at the result:
   aws sqs receive-message --queue-url {aws}/123456789012/{dlq} --endpoint-url {aws}
   (any AWS credentials work, e.g. AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing)
 
+Activation ({len(stack.activation.destinations) if stack.activation else 0} destination(s)):
+  {cli} destinations status
+  {cli} destinations dead-letters <destination id>
+
 Press Ctrl-C to stop; all data lives in memory and is gone after that.
 """
 
@@ -79,10 +87,17 @@ Press Ctrl-C to stop; all data lives in memory and is gone after that.
               help="Shards of the Kinesis event stream (one poller each).")
 @click.option("--functions-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder holding <function>/handler.py (default: the checkout's functions/).")
+@click.option("--destinations", "destinations_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Activation destinations (a JSON list, as the deployment's `destinations`); "
+              "default with --demo: examples/destinations/demo.json, delivering to a demo inbox.")
+@click.option("--secret", "secrets", multiple=True, metavar="NAME=VALUE",
+              help="A destination secret to store in the local Secrets Manager (or SSM for names "
+              "starting with /); repeatable.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show the handlers' INFO logs and metrics (EMF) and what the local stack does.")
 def local(host: str, port: int, aws_port: int, write_key: str, access_token: str, space: str, demo: bool,
-          shards: int, functions_dir: Path | None, verbose: bool) -> None:
+          shards: int, functions_dir: Path | None, destinations_file: Path | None, secrets: tuple[str, ...],
+          verbose: bool) -> None:
     """Run the CDP locally: moto for AWS, the real Lambda handlers, an HTTP API and a stream poller."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -99,11 +114,20 @@ def local(host: str, port: int, aws_port: int, write_key: str, access_token: str
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     quiet_env = {} if verbose else _quiet_handlers_env()
+    inbox: DemoInbox | None = None
     try:
+        destinations, destination_secrets = _destinations(destinations_file, secrets)
+        if destinations_file is None and demo:
+            inbox = DemoInbox(host, echo=lambda line: click.echo(line, err=True)).start()
+            destinations, demo_secrets = demo_destinations(inbox.url)
+            destination_secrets = {**demo_secrets, **destination_secrets}
         stack = EmbeddedStack(host=host, port=port, aws_port=aws_port, write_key=write_key,
                               access_token=access_token, space=space, shards=shards,
-                              functions_dir=functions_dir, extra_env=quiet_env)
-    except ValueError as exc:
+                              functions_dir=functions_dir, extra_env=quiet_env, destinations=destinations,
+                              destination_secrets=destination_secrets)
+    except (ValueError, OSError) as exc:
+        if inbox is not None:
+            inbox.stop()
         raise click.BadParameter(str(exc)) from exc
     click.echo(f"Starting moto on {host}:{aws_port} and the HTTP API on {host}:{port} ...", err=True)
     try:
@@ -111,15 +135,35 @@ def local(host: str, port: int, aws_port: int, write_key: str, access_token: str
             stack.start()
         except (OSError, FileNotFoundError, ImportError) as exc:
             raise click.ClickException(str(exc)) from exc
+        if inbox is not None:
+            stack.session().client("s3").create_bucket(Bucket=DEMO_BUCKET)
         click.echo(banner(stack))
         if demo and not stop.is_set():
             _send_demo(stack, stop)
         stop.wait()
     finally:
         stack.stop()
+        if inbox is not None:
+            inbox.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     click.echo("Stopped.", err=True)
+
+
+def _destinations(path: Path | None, secrets: tuple[str, ...]) -> tuple[list[DestinationConfig], dict[str, str]]:
+    """The --destinations file and the --secret values (names checked like the configuration's)."""
+    stored: dict[str, str] = {}
+    for entry in secrets:
+        name, sep, value = entry.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--secret takes NAME=VALUE, not {entry.split('=')[0]!r}...")
+        stored[name] = value
+    if path is None:
+        return [], stored
+    try:
+        return parse_destinations(json.loads(path.read_text(encoding="utf-8"))), stored
+    except ValidationError as exc:
+        raise ValueError("; ".join(f"{p['field']}: {p['reason']}" for p in problems(exc))) from exc
 
 
 def _quiet_handlers_env() -> dict[str, str]:

@@ -220,3 +220,24 @@ def test_the_backfill_schedule_ticks_on_its_local_period(tmp_path: Path) -> None
     time.sleep(0.1)
     assert count >= 3 and len(calls) == count  # none after stop()
     assert {c["source"] for c in calls} == {"aws.events"}
+
+
+def test_the_demo_destinations_point_at_the_demo_inbox_and_are_valid() -> None:
+    from cdp.local.demo_inbox import DemoInbox, demo_destinations, describe
+
+    inbox = DemoInbox(echo=lambda line: None).start()
+    try:
+        destinations, secrets = demo_destinations(inbox.url)
+        by_id = {d.id: d for d in destinations}
+        assert by_id["demo-webhook"].settings.url == f"{inbox.url}/webhook"  # type: ignore[union-attr]
+        assert secrets["/cdp/demo/slack-webhook-url"] == f"{inbox.url}/slack"
+        assert by_id["demo-exports"].sync_schedule == "rate(1 day)"
+        request = urllib.request.Request(f"{inbox.url}/webhook", method="POST", data=json.dumps(
+            {"kind": "audience_membership", "event": "Audience Entered", "audience_id": "vip",
+             "profile": {"identifiers": {"user_id": ["u1"]}}}).encode())
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+        assert inbox.received[0][0] == "/webhook"
+        assert describe(*inbox.received[0]) == "webhook: Audience Entered vip (u1)"
+    finally:
+        inbox.stop()
