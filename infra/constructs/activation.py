@@ -125,21 +125,26 @@ class Activation(Construct):
             if queue.encryption_master_key is not None:  # pragma: no cover - SQS-managed keys here
                 queue.encryption_master_key.grant_encrypt(router.role)
 
-        esm = resources.ACTIVATION_MEMBERSHIPS_ESM
-        filters = audience_filters(self.destinations)
-        router.function.add_event_source(event_sources.DynamoEventSource(
-            memberships_table,
-            starting_position=lambda_.StartingPosition[esm.starting_position],
-            batch_size=esm.batch_size,
-            max_batching_window=Duration.seconds(esm.max_batching_window_s),
-            bisect_batch_on_error=esm.bisect_batch_on_error,
-            retry_attempts=esm.retry_attempts,
-            max_record_age=Duration.seconds(esm.max_record_age_s),
-            parallelization_factor=esm.parallelization_factor,
-            report_batch_item_failures=False,  # the router fails or succeeds a batch as a whole
-            on_failure=event_sources.SqsDlq(self.router_dlq),
-            filters=[{"pattern": p} for p in filters] or None,
-        ))
+        # Membership changes only when an enabled destination lists an audience: with none,
+        # audience_filters() is empty, which on a mapping means every record, and every
+        # membership change would invoke the router for nothing.
+        if any(d.audiences for d in self.destinations if d.enabled):
+            esm = resources.ACTIVATION_MEMBERSHIPS_ESM
+            filters = audience_filters(self.destinations)
+            router.function.add_event_source(event_sources.DynamoEventSource(
+                memberships_table,
+                starting_position=lambda_.StartingPosition[esm.starting_position],
+                batch_size=esm.batch_size,
+                max_batching_window=Duration.seconds(esm.max_batching_window_s),
+                bisect_batch_on_error=esm.bisect_batch_on_error,
+                retry_attempts=esm.retry_attempts,
+                max_record_age=Duration.seconds(esm.max_record_age_s),
+                parallelization_factor=esm.parallelization_factor,
+                report_batch_item_failures=False,  # the router fails or succeeds a batch as a whole
+                on_failure=event_sources.SqsDlq(self.router_dlq),
+                # none: the audiences do not fit Lambda's filter limits, every record goes in
+                filters=[{"pattern": p} for p in filters] or None,
+            ))
         if any(d.triggers for d in self.destinations if d.enabled):
             kinesis_esm = resources.ACTIVATION_EVENTS_ESM
             router.function.add_event_source(event_sources.KinesisEventSource(

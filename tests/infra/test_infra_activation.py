@@ -541,20 +541,42 @@ def test_cfn_lint_finds_nothing_in_the_activation_template(cdp_stack_activation:
 
 # --- synth-time validation -------------------------------------------------------------------
 
-def _create(context: dict[str, Any], tmp_path: Path, stack_name: str | None = None) -> None:
+def _create(context: dict[str, Any], tmp_path: Path, stack_name: str | None = None) -> Stack:
     """Build (not synthesize) the app with cdk.json's context and ``context``."""
     from infra.app import create_app
     from infra.stack import CdpStack
 
     full = {**json.loads((REPO_ROOT / "cdk.json").read_text())["context"], **context}
     if stack_name is None:
-        create_app(full, outdir=str(tmp_path))
-    else:
-        CdpStack(App(context=full, outdir=str(tmp_path)), stack_name)
+        return create_app(full, outdir=str(tmp_path))[1]
+    return CdpStack(App(context=full, outdir=str(tmp_path)), stack_name)
 
 
 WEBHOOK = {"id": "hook", "name": "Hook", "type": "webhook", "audiences": ["vip"],
            "settings": {"url": "https://hooks.example.com/cdp", "secret_name": "cdp/hook"}}
+SIGNUP_TRIGGER = {"name": "signups", "event_type": "track", "event": "Signed Up"}
+
+
+@pytest.mark.parametrize(("destinations", "sources"), [
+    # triggers only (the audience destination is disabled): no mapping on the memberships
+    # stream, which unfiltered would invoke the router for every membership change
+    ([{**WEBHOOK, "audiences": [], "triggers": [SIGNUP_TRIGGER]}, {**WEBHOOK, "id": "off", "enabled": False}],
+     {resources.EVENT_STREAM.logical_id}),
+    # audiences only: no mapping on the event stream
+    ([WEBHOOK], {resources.MEMBERSHIPS_TABLE.logical_id}),
+    ([{**WEBHOOK, "triggers": [SIGNUP_TRIGGER]}], {resources.EVENT_STREAM.logical_id,
+                                                   resources.MEMBERSHIPS_TABLE.logical_id}),
+])
+def test_router_reads_only_the_streams_its_destinations_need(
+    tmp_path: Path, destinations: list[dict[str, Any]], sources: set[str],
+) -> None:
+    from aws_cdk import aws_lambda as lambda_
+
+    stack = _create({"destinations": json.dumps(destinations)}, tmp_path)
+    router = stack.resolve(stack.activation.router.function.function_name)  # type: ignore[attr-defined]
+    found = {stack.resolve(c.event_source_arn)["Fn::GetAtt"][0] for c in stack.node.find_all()
+             if isinstance(c, lambda_.CfnEventSourceMapping) and stack.resolve(c.function_name) == router}
+    assert found == sources
 
 
 @pytest.mark.parametrize(("destination", "message"), [
