@@ -26,6 +26,7 @@ from cdp.activation.delivery_log import DeliveryCounts
 from cdp.activation.destinations import DestinationConfig
 from cdp.activation.enrichment import profile_view, with_profile
 from cdp.activation.runner import BatchResult, QueueOperations, deliver_batch_records, deliver_records
+from cdp.observability import logger
 from cdp.profiles import UserProfile
 from cdp.resources import FIFO_DESTINATION_TYPES
 
@@ -186,12 +187,14 @@ class DestinationWorker:
         bodies = _bodies(records)
         views = self.views(sorted({str(b["profile_id"]) for b in bodies
                                    if isinstance(b.get("profile_id"), str) and b["profile_id"]}))
+        # Events the router could not place: their person now, all their profiles in one read.
+        people: dict[str, str | None] = {}
         for body in bodies:
             event = body.get("event")
-            if not body.get("profile_id") and isinstance(event, Mapping) and person_key(event) not in views:
-                person = self._profiles.person_of(event, need_audiences=False)
-                views[person_key(event)] = self.views([person.profile_id])[person.profile_id] \
-                    if person.profile_id else None
+            if not body.get("profile_id") and isinstance(event, Mapping) and person_key(event) not in people:
+                people[person_key(event)] = self._profiles.person_of(event, need_audiences=False).profile_id
+        found = self.views(sorted({pid for pid in people.values() if pid})) if any(people.values()) else {}
+        views.update({key: found.get(pid) if pid else None for key, pid in people.items()})
         destination = _WithProfiles(self._destination, views, self.config, self.consent)
         if self.config.type in FIFO_DESTINATION_TYPES:
             result = deliver_records(records, destination, self._queues, self.policy, now=moment)
@@ -204,6 +207,10 @@ class DestinationWorker:
                                     last_error=result.last_error)
             counts.observe(destination.delivered, moment)
             counts.not_sent = sum(destination.refused.values())
-            self._log.record(self.config.id, counts, moment)
+            try:
+                self._log.record(self.config.id, counts, moment)
+            except Exception as exc:  # the batch is settled: failing now would deliver it all again
+                logger.warning("delivery log not written", extra={"destination": self.config.id,
+                                                                  "error": type(exc).__name__})
         self.refused = destination.refused
         return result

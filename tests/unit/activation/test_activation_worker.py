@@ -393,16 +393,19 @@ def test_profiles_are_read_once_per_batch_and_each_message_gets_its_view() -> No
 
 
 def test_an_event_the_router_could_not_place_is_looked_up_at_delivery() -> None:
-    profiles = FakeProfiles({"p9": profile("p9", "new@example.com")}, people={"u-new": "p9"})
+    profiles = FakeProfiles({"p9": profile("p9", "new@example.com"), "p8": profile("p8", "other@example.com")},
+                            people={"u-new": "p9", "u-other": "p8"})
     destination = RecordingDestination()
     worker = DestinationWorker(config(), destination, FakeQueues(), profiles)
 
     worker.handle([record(event_message("e1", None, user="u-new"), "m1", group="u-new"),
                    record(event_message("e2", None, user="u-new"), "m2", group="u-new"),
-                   record(event_message("e3", None, user="u-unknown"), "m3", group="u-unknown")], now=NOW)
+                   record(event_message("e3", None, user="u-unknown"), "m3", group="u-unknown"),
+                   record(event_message("e4", None, user="u-other"), "m4", group="u-other")], now=NOW)
 
-    assert profiles.person_reads == ["u-new", "u-unknown"]  # once per person
-    assert [b["profile"] and b["profile"]["profile_id"] for b in destination.sent] == ["p9", "p9", None]
+    assert profiles.person_reads == ["u-new", "u-unknown", "u-other"]  # once per person
+    assert [ids for ids in profiles.profile_reads if ids] == [["p8", "p9"]]  # their profiles in one read
+    assert [b["profile"] and b["profile"]["profile_id"] for b in destination.sent] == ["p9", "p9", None, "p8"]
     assert person_key({"userId": "u-new"}) == "event-person:u-new:"
 
 
@@ -538,6 +541,20 @@ def test_the_delivery_log_gets_the_batchs_counts_and_latencies() -> None:
     expected[bucket_of(3600)] += 1  # p2's entry, an hour old
     expected[bucket_of(2)] += 1  # the event, received two seconds ago
     assert counts.latencies == expected
+
+
+def test_a_failed_log_write_does_not_fail_the_settled_batch() -> None:
+    class BrokenLog:
+        def record(self, destination_id: str, counts: DeliveryCounts, now: datetime | None = None) -> None:
+            raise ConnectionError("dynamodb unreachable")
+
+    destination = RecordingDestination()
+    worker = DestinationWorker(config(), destination, FakeQueues(), FakeProfiles({}), BrokenLog())
+
+    result = worker.handle([record(event_message("e1", None), "m1", group="u1")], now=NOW)
+
+    # raising would make Lambda deliver the whole batch again
+    assert result.delivered == 1 and result.failures == [] and len(destination.sent) == 1
 
 
 def test_without_a_log_the_worker_still_delivers() -> None:
