@@ -78,6 +78,9 @@ class UserProfile:
     merged_from: tuple[str, ...]
     state: ProfileState
     tallies: str | None = None  # the ``agg`` JSON: aggregate states (cdp.segmentation.tallies)
+    # Suppressed: no destination may receive this person's data (the item's ``suppressed``
+    # attribute; activation checks it before every delivery).
+    suppressed: bool = False
 
     def history_partitions(self) -> list[str]:
         """The events table partitions of this person: one per user id and anonymous id."""
@@ -216,6 +219,7 @@ def _user_profile(profile_id: str, item: dict[str, Any]) -> UserProfile:
         merged_from=_strings(item, "merged_from"),
         state=state_from_json(item.get("state")),
         tallies=item.get("agg"),
+        suppressed=item.get("suppressed") is True,
     )
 
 

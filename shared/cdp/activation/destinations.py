@@ -344,6 +344,10 @@ class DestinationConfig(_Strict):
     triggers: list[Trigger] = Field(default_factory=list, max_length=MAX_TRIGGERS)
     consent_categories: list[Annotated[StrictStr, Field(min_length=1, max_length=100)]] = Field(
         default_factory=list, max_length=50)
+    # Tests of the profile a message is about (``traits.country equals PT``,
+    # ``identifiers.email exists``): entries and events of profiles that fail one are not
+    # sent (exits always are). Checked by the destination function, on the profile as it is then.
+    filters: list[TriggerFilter] = Field(default_factory=list, max_length=MAX_FILTERS)
     field_mapping: dict[Annotated[str, Field(min_length=1, max_length=200)],
                         Annotated[StrictStr, Field(min_length=1, max_length=200)]] = Field(
         default_factory=dict, max_length=200)

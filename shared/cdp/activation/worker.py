@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ from cdp.activation.runner import BatchResult, QueueOperations, deliver_batch_re
 from cdp.observability import logger
 from cdp.profiles import UserProfile
 from cdp.resources import FIFO_DESTINATION_TYPES
+from cdp.segmentation.predicates import lookup, passes
 
 # Destination types that store membership as a contact property: they need every audience
 # the profile is in, not only the one that changed.
@@ -62,23 +63,38 @@ class _WithProfiles:
     the profile's stored consent checked first; it remembers what was delivered (for the
     latency figures) and what consent kept back.
 
-    Consent (``cdp.activation.consent``, Unify semantics: a profile that never gave
-    preferences has not consented) applies to audience entries. An exit is always sent,
-    with the profile's identifiers only (no traits, no mapped fields): removing a person
-    from a list elsewhere is what a withdrawal of consent should lead to."""
+    In order, for everything but exits: a suppressed profile is never sent; the
+    destination's ``filters`` (tests of the profile view: ``traits.country``,
+    ``identifiers.email``) must pass; and for audience entries, consent
+    (``cdp.activation.consent``, Unify semantics: a profile that never gave preferences
+    has not consented). An exit is always sent, with the profile's identifiers only (no
+    traits, no mapped fields): removing a person from a list elsewhere is what a
+    withdrawal of consent, or a suppression, should lead to. Reasons name configuration
+    only, never the person."""
 
     def __init__(self, destination: Destination, views: Mapping[str, dict[str, Any] | None],
-                 config: DestinationConfig, consent: Mapping[str, Mapping[str, Any] | None]) -> None:
+                 config: DestinationConfig, consent: Mapping[str, Mapping[str, Any] | None],
+                 suppressed: Container[str] = frozenset()) -> None:
         self._destination = destination
         self._views = views
         self._config = config
         self._consent = consent
+        self._suppressed = suppressed
         self.delivered: list[Mapping[str, Any]] = []
         self.refused: Counter[str] = Counter()
 
-    def _refusal(self, body: Mapping[str, Any]) -> str | None:
-        if body.get("kind") != "audience_membership" or body.get("transition") != "entered" \
-                or not self._config.consent_categories:
+    def _refusal(self, body: Mapping[str, Any], view: Mapping[str, Any] | None) -> str | None:
+        change = body.get("kind") == "audience_membership"
+        if change and body.get("transition") == "exited":
+            return None
+        if view is not None and view.get("profile_id") in self._suppressed:
+            return "profile is suppressed"
+        if self._config.filters:
+            subject = dict(view or {})
+            failed = [f.path for f in self._config.filters if not passes(f, lookup(subject, f.path))]
+            if failed:
+                return f"destination filter not matched: {', '.join(failed)}"
+        if not change or not self._config.consent_categories:
             return None
         pid = str(body.get("profile_id") or "")
         decision = allowed(self._config.consent_categories, self._consent.get(pid), ConsentPolicy.UNIFY)
@@ -95,12 +111,12 @@ class _WithProfiles:
         sending: list[tuple[int, OutboundMessage]] = []
         refused: Counter[str] = Counter()
         for n, message in enumerate(messages):
-            refusal = self._refusal(message.body)
+            view = self._view(message.body)
+            refusal = self._refusal(message.body, view)
             if refusal is not None:
                 refused[refusal] += 1
                 outcomes[n] = Outcome("delivered", NOT_SENT + refusal)
                 continue
-            view = self._view(message.body)
             if view is not None and message.body.get("transition") == "exited" \
                     and message.body.get("kind") == "audience_membership":
                 view = {**{k: v for k, v in view.items() if k in _EXIT_VIEW}, "traits": {}, "fields": {}}
@@ -144,6 +160,7 @@ class DestinationWorker:
         self._log = log
         self.policy = RetryPolicy(window=timedelta(hours=config.retry_window_hours))
         self.consent: dict[str, Mapping[str, Any] | None] = {}  # the batch's profiles' stored preferences
+        self.suppressed: set[str] = set()  # the batch's suppressed (live) profile ids
         self.refused: Counter[str] = Counter()  # the last batch's consent refusals, by reason
 
     def views(self, profile_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
@@ -155,6 +172,8 @@ class DestinationWorker:
             profile = found.get(pid)
             stored = profile.state.consent if profile is not None else None
             self.consent[pid] = stored.value if stored is not None and isinstance(stored.value, dict) else None
+            if profile is not None and profile.suppressed:
+                self.suppressed.add(profile.profile_id)
             memberships = self._profiles.audiences_of(profile.profile_id) \
                 if profile is not None and self.config.type in NEEDS_MEMBERSHIPS else None
             views[pid] = profile_view(profile, self.config, memberships)
@@ -165,8 +184,9 @@ class DestinationWorker:
         checked, sent in one call, the outcomes logged and returned (the caller decides)."""
         moment = now or datetime.now(UTC)
         self.consent = {}
+        self.suppressed = set()
         views = self.views(sorted({str(m.body["profile_id"]) for m in messages if m.body.get("profile_id")}))
-        destination = _WithProfiles(self._destination, views, self.config, self.consent)
+        destination = _WithProfiles(self._destination, views, self.config, self.consent, self.suppressed)
         try:
             outcomes = destination.send(messages)
         except Exception as exc:  # the destination's own failure: the sync stops and retries later
@@ -184,6 +204,7 @@ class DestinationWorker:
     def handle(self, records: Sequence[Mapping[str, Any]], now: datetime | None = None) -> BatchResult:
         moment = now or datetime.now(UTC)
         self.consent = {}
+        self.suppressed = set()
         bodies = _bodies(records)
         views = self.views(sorted({str(b["profile_id"]) for b in bodies
                                    if isinstance(b.get("profile_id"), str) and b["profile_id"]}))
@@ -195,7 +216,7 @@ class DestinationWorker:
                 people[person_key(event)] = self._profiles.person_of(event, need_audiences=False).profile_id
         found = self.views(sorted({pid for pid in people.values() if pid})) if any(people.values()) else {}
         views.update({key: found.get(pid) if pid else None for key, pid in people.items()})
-        destination = _WithProfiles(self._destination, views, self.config, self.consent)
+        destination = _WithProfiles(self._destination, views, self.config, self.consent, self.suppressed)
         if self.config.type in FIFO_DESTINATION_TYPES:
             result = deliver_records(records, destination, self._queues, self.policy, now=moment)
         else:
