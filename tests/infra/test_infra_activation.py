@@ -622,6 +622,28 @@ def test_destinations_and_destinations_file_are_exclusive(tmp_path: Path) -> Non
         _create({"destinations": json.dumps([WEBHOOK]), "destinations_file": str(file)}, tmp_path)
 
 
+@pytest.mark.parametrize("form", ["list", "json", "file"])
+def test_destinations_come_from_a_list_a_json_string_or_a_file(tmp_path: Path, form: str) -> None:
+    from infra.settings import DeploymentSettings
+
+    file = tmp_path / "destinations.json"
+    file.write_text(json.dumps([WEBHOOK]), encoding="utf-8")
+    context: dict[str, Any] = {"list": {"destinations": [WEBHOOK]},  # as cdk.json holds it
+                               "json": {"destinations": json.dumps([WEBHOOK])},  # as `-c destinations=...`
+                               "file": {"destinations_file": str(file)}}[form]
+    settings = DeploymentSettings.from_node(App(context=context).node)
+    assert settings.destinations == (DestinationConfig.model_validate(WEBHOOK),)
+
+
+def test_a_bad_destinations_file_fails_naming_the_destination(tmp_path: Path) -> None:
+    from infra.settings import DeploymentSettings
+
+    file = tmp_path / "destinations.json"
+    file.write_text(json.dumps([WEBHOOK, {**WEBHOOK, "id": "slack", "type": "slack"}]), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"destinations\[1\] \(id 'slack'\) is invalid: .*settings"):
+        DeploymentSettings.from_node(App(context={"destinations_file": str(file)}).node)
+
+
 def test_queue_names_over_80_characters_fail_synthesis(tmp_path: Path) -> None:
     long_id = "a" * 63  # CdpStack- + 63 + -dlq.fifo = 81
     with pytest.raises(ValueError, match=r"is over 80 characters: shorten the destination id or the stack name"):
