@@ -156,6 +156,7 @@ def _check_destinations(destinations: tuple[DestinationConfig, ...]) -> None:
     """What the configuration model accepts but a deployment could not run or build: said
     at synth time, naming the destination, rather than by a failing function or CloudFormation."""
     logical_ids: dict[str, str] = {}
+    queue_names: dict[str, str] = {}
     for destination in destinations:
         settings = destination.settings
         if settings.type == "webhook" and not settings.secret_name:
@@ -173,3 +174,11 @@ def _check_destinations(destinations: tuple[DestinationConfig, ...]) -> None:
             raise ValueError(f"destinations {logical_ids[logical]!r} and {destination.id!r} differ only in "
                              f"'-' versus '_' (both would be {logical}): rename one")
         logical_ids[logical] = destination.id
+        # Queue names (the stack's prefix aside): "x-dlq" is both the queue of a destination
+        # "x-dlq" and the dead-letter queue of "x"; CloudFormation would fail on the second.
+        for dead_letter in (False, True):
+            name = resources.destination_queue_name("", destination.id, destination.type, dead_letter)
+            if name in queue_names:
+                raise ValueError(f"destinations {queue_names[name]!r} and {destination.id!r} would both have a "
+                                 f"queue named <stack>-{name}: rename one (ids ending in '-dlq' clash)")
+            queue_names[name] = destination.id

@@ -610,6 +610,15 @@ def test_destination_ids_that_would_share_a_construct_id_fail_synthesis(tmp_path
         _create({"destinations": json.dumps(destinations)}, tmp_path)
 
 
+@pytest.mark.parametrize("order", [("hook", "hook-dlq"), ("hook-dlq", "hook")])
+def test_a_destination_named_like_anothers_dead_letter_queue_fails_synthesis(
+    tmp_path: Path, order: tuple[str, str],
+) -> None:
+    destinations = [{**WEBHOOK, "id": destination_id} for destination_id in order]
+    with pytest.raises(ValueError, match=r"would both have a queue named <stack>-hook-dlq\.fifo: rename one"):
+        _create({"destinations": json.dumps(destinations)}, tmp_path)
+
+
 def test_repeated_destination_id_fails_synthesis(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"id 'hook' is used twice"):
         _create({"destinations": json.dumps([WEBHOOK, WEBHOOK])}, tmp_path)
