@@ -190,11 +190,18 @@ def test_the_router_puts_entries_and_trigger_events_on_the_destinations_queues(
     router = load_handler("activation_router")
 
     assert router.handler(memberships_stream_event(), lambda_context) == {"routed": 3}
-    assert router.handler(kinesis_event(
+    events = kinesis_event(
         {"type": "track", "event": "Order Completed", "userId": "ana", "messageId": "evt-1",
          "writeKey": "secret-write-key", "receivedAt": "2026-12-06T12:00:00.000Z"},
         {"type": "track", "event": "Page Scrolled", "userId": "ana", "messageId": "evt-2"},
-    ), lambda_context) == {"routed": 1}
+        {"type": "track", "event": "Order Completed", "userId": "ana", "messageId": "evt-3"},
+        {"type": "track", "event": "Order Completed", "userId": "ana", "messageId": "evt-4"},
+    )
+    # a record the collector rejected, and one that is not JSON: the consumer's business, not the router's
+    events["Records"][2]["kinesis"]["data"] = base64.b64encode(json.dumps(
+        {"v": 1, "kind": "rejected", "source_id": "src_web", "event": {"type": "track"}}).encode()).decode()
+    events["Records"][3]["kinesis"]["data"] = base64.b64encode(b"\xff not json").decode()
+    assert router.handler(events, lambda_context) == {"routed": 1}
 
     webhook = queue_messages(activation.queue_urls["crm-webhook"])
     bodies = [json.loads(m["Body"]) for m in webhook]
