@@ -247,7 +247,7 @@ class MetaCustomAudiencesSettings(_Settings):
     type: Literal["meta_custom_audiences"] = "meta_custom_audiences"
     ad_account_id: Annotated[StrictStr, Field(pattern=r"^(act_)?\d{1,30}$")]
     access_token_secret_name: SecretName
-    api_version: Annotated[StrictStr, Field(pattern=r"^v\d{1,3}\.\d{1,2}$")] = "v21.0"
+    api_version: Annotated[StrictStr, Field(pattern=r"^v\d{1,3}\.\d{1,2}$")] = "v26.0"
     # CDP audience id -> Meta custom audience id (an audience not listed: its own id)
     audience_ids: dict[Slug, Annotated[StrictStr, Field(pattern=r"^\d{1,30}$")]] = Field(
         default_factory=dict, max_length=MAX_AUDIENCES)
@@ -258,7 +258,7 @@ class GoogleCustomerMatchSettings(_Settings):
     customer_id: Annotated[StrictStr, Field(pattern=r"^\d{10}$")]
     login_customer_id: Annotated[StrictStr, Field(pattern=r"^\d{10}$")] | None = None
     credentials_secret_name: SecretName
-    api_version: Annotated[StrictStr, Field(pattern=r"^v\d{1,3}$")] = "v18"
+    api_version: Annotated[StrictStr, Field(pattern=r"^v\d{1,3}$")] = "v24"
     # CDP audience id -> Customer Match user list id (an audience not listed: its own id)
     user_list_ids: dict[Slug, Annotated[StrictStr, Field(pattern=r"^\d{1,30}$")]] = Field(
         default_factory=dict, max_length=MAX_AUDIENCES)

@@ -132,7 +132,7 @@ class GoogleCustomerMatchDestination:
     customer_id: str
     credentials: GoogleCredentials
     login_customer_id: str | None = None
-    api_version: str = "v18"
+    api_version: str = "v24"
     # CDP audience id -> user list id; an audience not listed uses its own id.
     user_list_ids: Mapping[str, str] = field(default_factory=dict)
     # Customer Match consent for every user of a job ({"adUserData": "GRANTED", ...}); omitted when None.

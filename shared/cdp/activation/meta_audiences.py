@@ -146,7 +146,7 @@ class MetaCustomAudiencesDestination:
     """Adds and removes people in Meta custom audiences (see the module docstring)."""
 
     access_token: str
-    api_version: str = "v21.0"
+    api_version: str = "v26.0"
     # CDP audience id -> Meta custom audience id; an audience not listed uses its own id.
     audience_ids: Mapping[str, str] = field(default_factory=dict)
     schema: Sequence[str] = META_DEFAULT_SCHEMA

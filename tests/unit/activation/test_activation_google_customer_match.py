@@ -30,7 +30,7 @@ ACCESS_TOKEN = re.compile(r"^ya29\.token-(\d+)$")
 
 
 class FakeGoogle:
-    """One server for both Google hosts: ``/token`` (OAuth 2.0) and ``/v18/...`` (Ads API).
+    """One server for both Google hosts: ``/token`` (OAuth 2.0) and ``/v24/...`` (Ads API).
     Records every request; answers what the test scripts per kind of call, else success."""
 
     def __init__(self) -> None:
@@ -91,7 +91,7 @@ class FakeGoogle:
         if kind == "addOperations":
             return 200, {}, {}
         if kind == "run":
-            job = path.split("/v18/")[1].removesuffix(":run")
+            job = path.split("/v24/")[1].removesuffix(":run")
             return 200, {}, {"name": f"{job.replace('offlineUserDataJobs', 'operations')}"}
         return 404, {}, {"error": {"code": 404, "message": "Not found", "status": "NOT_FOUND"}}
 
@@ -126,7 +126,7 @@ def ads_failure(*errors: tuple[dict[str, str], int | None]) -> dict[str, Any]:
             error["location"] = {"fieldPathElements": [{"fieldName": "operations", "index": index},
                                                        {"fieldName": "create"}]}
         found.append(error)
-    return {"@type": "type.googleapis.com/google.ads.googleads.v18.errors.GoogleAdsFailure",
+    return {"@type": "type.googleapis.com/google.ads.googleads.v24.errors.GoogleAdsFailure",
             "errors": found, "requestId": "abc123"}
 
 
@@ -184,17 +184,17 @@ def test_an_entry_is_a_customer_match_job_created_filled_and_run(google: FakeGoo
         assert request["headers"]["developer-token"] == "dev-token-abc"
         assert request["headers"]["login-customer-id"] == MANAGER
         assert request["headers"]["Content-Type"] == "application/json"
-    assert create["path"] == f"/v18/customers/{CUSTOMER}/offlineUserDataJobs:create"
+    assert create["path"] == f"/v24/customers/{CUSTOMER}/offlineUserDataJobs:create"
     assert create["body"] == {"job": {"type": "CUSTOMER_MATCH_USER_LIST", "customerMatchUserListMetadata": {
         "userList": f"customers/{CUSTOMER}/userLists/555"}}}
-    assert add["path"] == f"/v18/customers/{CUSTOMER}/offlineUserDataJobs/1001:addOperations"
+    assert add["path"] == f"/v24/customers/{CUSTOMER}/offlineUserDataJobs/1001:addOperations"
     assert add["body"] == {"enablePartialFailure": True, "operations": [{"create": {"userIdentifiers": [
         {"hashedEmail": TEST_AT_EXAMPLE_SHA256},
         {"hashedPhoneNumber": sha("+14155550100")},  # E.164 with "+"
         {"addressInfo": {"hashedFirstName": sha("ana"), "hashedLastName": sha("silva"),
                          "countryCode": "US", "postalCode": "94105"}},
     ]}}]}
-    assert run["path"] == f"/v18/customers/{CUSTOMER}/offlineUserDataJobs/1001:run"
+    assert run["path"] == f"/v24/customers/{CUSTOMER}/offlineUserDataJobs/1001:run"
     assert run["body"] == {}
 
 
@@ -341,7 +341,7 @@ def test_rpc_statuses_decide_retry_or_dead_letter(google: FakeGoogle, status: in
 
 
 def test_a_quota_error_keeps_googles_retry_delay(google: FakeGoogle) -> None:
-    failure = {"@type": "type.googleapis.com/google.ads.googleads.v18.errors.GoogleAdsFailure",
+    failure = {"@type": "type.googleapis.com/google.ads.googleads.v24.errors.GoogleAdsFailure",
                "errors": [{"errorCode": {"quotaError": "RESOURCE_TEMPORARILY_EXHAUSTED"},
                            "message": "Too many requests. Retry in 30 seconds.",
                            "details": {"quotaErrorDetails": {"rateScope": "DEVELOPER", "rateName": "Requests",
@@ -465,7 +465,7 @@ def test_build_defaults_to_googles_hosts(monkeypatch: pytest.MonkeyPatch) -> Non
     dest = build(config(), lambda name: secret_json(), lambda service: None)
     assert isinstance(dest, GoogleCustomerMatchDestination)
     assert dest.base_url == "https://googleads.googleapis.com" and dest.oauth_url == "https://oauth2.googleapis.com"
-    assert dest.api_version == "v18" and dest.login_customer_id is None and dict(dest.user_list_ids) == {}
+    assert dest.api_version == "v24" and dest.login_customer_id is None and dict(dest.user_list_ids) == {}
 
 
 def test_build_refuses_an_incomplete_credentials_secret() -> None:

@@ -136,7 +136,7 @@ def test_an_entry_is_posted_as_metas_form_encoded_payload_with_the_token_in_the_
     assert outcome.delivered
     (request,) = graph.requests
     assert request["method"] == "POST"
-    assert request["path"] == "/v21.0/23850000000000001/users"  # no token, no data in the URL
+    assert request["path"] == "/v26.0/23850000000000001/users"  # no token, no data in the URL
     assert request["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
     assert "Authorization" not in request["headers"]
     assert set(request["form"]) == {"payload", "access_token"}
@@ -169,7 +169,7 @@ def test_an_exit_is_a_delete_with_the_same_payload_shape(graph: FakeGraph) -> No
     assert outcome.delivered
     (request,) = graph.requests
     assert request["method"] == "DELETE"
-    assert request["path"] == "/v21.0/pro/users"  # no mapping: the CDP audience id is used
+    assert request["path"] == "/v26.0/pro/users"  # no mapping: the CDP audience id is used
     assert json.loads(request["form"]["payload"]) == {
         "schema": ["EMAIL"], "data": [[META_REFERENCE_EMAIL_HASHES["test2@example.com"]]]}
     assert request["form"]["access_token"] == TOKEN
@@ -344,7 +344,7 @@ def test_build_defaults_to_metas_host_and_a_flat_audience_map(monkeypatch: pytes
     dest = build(config(), lambda name: TOKEN, lambda service: None)
     assert isinstance(dest, MetaCustomAudiencesDestination)
     assert dest.base_url == "https://graph.facebook.com" == meta_audiences.GRAPH_URL
-    assert dict(dest.audience_ids) == {"pro": "777"} and dest.api_version == "v21.0"
+    assert dict(dest.audience_ids) == {"pro": "777"} and dest.api_version == "v26.0"
     assert urlsplit(dest.base_url).scheme == "https"
 
 
