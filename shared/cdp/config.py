@@ -26,6 +26,9 @@ class Settings(BaseModel):
     destinations_file: str = resources.DESTINATIONS_FILE
     destination_queue_prefix: str = resources.LOCAL_DESTINATION_QUEUE_PREFIX
     destination_id: str = ""
+    # The first retry's backoff ceiling (doubling per attempt, full jitter, at most 15 min
+    # between attempts): lower locally and in tests, so retries without Retry-After are quick.
+    retry_base_seconds: float = Field(default=5.0, gt=0)
     # The deployment's destinations as "<id>:<type>,..." (the admin API's status pages).
     destination_types: str = ""
     event_stream: str = resources.EVENT_STREAM.local_name
@@ -68,6 +71,7 @@ ENV_VARS: dict[str, str] = {
     "destination_queue_prefix": resources.DESTINATION_QUEUE_PREFIX_ENV,
     "destination_id": resources.DESTINATION_ID_ENV,
     "destination_types": "CDP_DESTINATION_TYPES",
+    "retry_base_seconds": "CDP_RETRY_BASE_SECONDS",
     "event_stream": resources.EVENT_STREAM.env,
     "archive_bucket": resources.ARCHIVE_BUCKET.env,
     "sync_snapshot_bucket": resources.SYNC_SNAPSHOT_BUCKET.env,

@@ -152,13 +152,13 @@ def person_key(event: Mapping[str, Any]) -> str:
 
 class DestinationWorker:
     def __init__(self, config: DestinationConfig, destination: Destination, queues: QueueOperations,
-                 profiles: ProfileSource, log: DeliveryLogWriter | None = None) -> None:
+                 profiles: ProfileSource, log: DeliveryLogWriter | None = None, retry_base_s: float = 5.0) -> None:
         self.config = config
         self._destination = destination
         self._queues = queues
         self._profiles = profiles
         self._log = log
-        self.policy = RetryPolicy(window=timedelta(hours=config.retry_window_hours))
+        self.policy = RetryPolicy(window=timedelta(hours=config.retry_window_hours), base_s=retry_base_s)
         self.consent: dict[str, Mapping[str, Any] | None] = {}  # the batch's profiles' stored preferences
         self.suppressed: set[str] = set()  # the batch's suppressed (live) profile ids
         self.refused: Counter[str] = Counter()  # the last batch's consent refusals, by reason

@@ -41,4 +41,5 @@ def destination_worker(settings: Settings, destination_id: str, aws: Any = clien
         DestinationQueues(sqs, queue_url, dlq_url),
         ActivationProfiles(ddb, settings.identity_table, settings.events_table, settings.memberships_table),
         DeliveryLog(ddb, settings.delivery_log_table),
+        retry_base_s=settings.retry_base_seconds,
     )

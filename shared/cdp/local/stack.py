@@ -330,6 +330,8 @@ class EmbeddedStack:
             # The backfill starts 3 s after a spec's live_from (the local consumer is
             # never minutes behind; 15 minutes in the cloud).
             config.ENV_VARS["backfill_settle_seconds"]: "3",
+            # Destination retries without a Retry-After back off from 1 s (5 s in the cloud).
+            config.ENV_VARS["retry_base_seconds"]: "1",
         }
         specs: list[TableSpec | StreamSpec | BucketSpec | QueueSpec] = [
             *resources.TABLES, *resources.STREAMS, *resources.BUCKETS, *resources.QUEUES]
