@@ -74,8 +74,10 @@ class _WithProfiles:
 
     def __init__(self, destination: Destination, views: Mapping[str, dict[str, Any] | None],
                  config: DestinationConfig, consent: Mapping[str, Mapping[str, Any] | None],
-                 suppressed: Container[str] = frozenset()) -> None:
+                 suppressed: Container[str] = frozenset(),
+                 merged_members: Container[tuple[str, str]] = frozenset()) -> None:
         self._destination = destination
+        self._merged_members = merged_members
         self._views = views
         self._config = config
         self._consent = consent
@@ -100,6 +102,16 @@ class _WithProfiles:
         decision = allowed(self._config.consent_categories, self._consent.get(pid), ConsentPolicy.UNIFY)
         return None if decision.allowed else decision.reason
 
+    def _merged_into_member(self, body: Mapping[str, Any], view: Mapping[str, Any] | None) -> str | None:
+        """An exit of a merged-away profile reaches the destination with its survivor's
+        identifiers: sent while the survivor is a member, it would remove the survivor."""
+        if body.get("kind") != "audience_membership" or body.get("transition") != "exited" or view is None \
+                or view.get("profile_id") == body.get("profile_id"):
+            return None
+        if (view.get("profile_id"), body.get("audience_id")) in self._merged_members:
+            return "profile merged into a member of the audience"
+        return None
+
     def _view(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         if body.get("profile_id"):
             return self._views.get(str(body["profile_id"]))
@@ -112,7 +124,7 @@ class _WithProfiles:
         refused: Counter[str] = Counter()
         for n, message in enumerate(messages):
             view = self._view(message.body)
-            refusal = self._refusal(message.body, view)
+            refusal = self._refusal(message.body, view) or self._merged_into_member(message.body, view)
             if refusal is not None:
                 refused[refusal] += 1
                 outcomes[n] = Outcome("delivered", NOT_SENT + refusal)
@@ -179,6 +191,22 @@ class DestinationWorker:
             views[pid] = profile_view(profile, self.config, memberships)
         return views
 
+    def merged_members(self, bodies: Iterable[Mapping[str, Any]], views: Mapping[str, dict[str, Any] | None]
+                       ) -> set[tuple[str, str]]:
+        """(survivor, audience) pairs where an audience change names a merged-away profile
+        whose survivor is a member now (one consistent read for the batch): the exits of
+        the merged-away profile are not sent (``_WithProfiles._merged_into_member``)."""
+        wanted: dict[str, set[str]] = {}
+        for body in bodies:
+            view = views.get(str(body.get("profile_id"))) if body.get("kind") == "audience_membership" else None
+            if view is not None and view["profile_id"] != body.get("profile_id") \
+                    and isinstance(body.get("audience_id"), str):
+                wanted.setdefault(view["profile_id"], set()).add(body["audience_id"])
+        if not wanted:
+            return set()
+        found = self._profiles.memberships_of(wanted)
+        return {(pid, aid) for pid, audiences in found.items() for aid, member in audiences.items() if member}
+
     def send_messages(self, messages: Sequence[OutboundMessage], now: datetime | None = None) -> list[Outcome]:
         """Messages that come from no queue (a batch sync's chunk): profiles read, consent
         checked, sent in one call, the outcomes logged and returned (the caller decides)."""
@@ -186,7 +214,8 @@ class DestinationWorker:
         self.consent = {}
         self.suppressed = set()
         views = self.views(sorted({str(m.body["profile_id"]) for m in messages if m.body.get("profile_id")}))
-        destination = _WithProfiles(self._destination, views, self.config, self.consent, self.suppressed)
+        destination = _WithProfiles(self._destination, views, self.config, self.consent, self.suppressed,
+                                    self.merged_members([m.body for m in messages], views))
         try:
             outcomes = destination.send(messages)
         except Exception as exc:  # the destination's own failure: the sync stops and retries later
@@ -216,7 +245,8 @@ class DestinationWorker:
                 people[person_key(event)] = self._profiles.person_of(event, need_audiences=False).profile_id
         found = self.views(sorted({pid for pid in people.values() if pid})) if any(people.values()) else {}
         views.update({key: found.get(pid) if pid else None for key, pid in people.items()})
-        destination = _WithProfiles(self._destination, views, self.config, self.consent, self.suppressed)
+        destination = _WithProfiles(self._destination, views, self.config, self.consent, self.suppressed,
+                                    self.merged_members(bodies, views))
         if self.config.type in FIFO_DESTINATION_TYPES:
             result = deliver_records(records, destination, self._queues, self.policy, now=moment)
         else:

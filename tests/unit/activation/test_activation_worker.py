@@ -472,6 +472,37 @@ def test_membership_property_destinations_get_the_profiles_audiences_on_entries_
     assert body["profile"]["traits"] == {} and body["profile"]["fields"] == {}
 
 
+def test_an_exit_of_a_merged_away_profile_does_not_remove_its_surviving_member() -> None:
+    ana = profile("ana", "ana@example.com")
+    profiles = FakeProfiles({"old": ana, "ana": ana}, memberships={"ana": {"vip": True, "pro": False}})
+    destination = RecordingDestination()
+    worker = DestinationWorker(config(), destination, FakeQueues(), profiles)
+
+    # the evaluator recorded the merged-away profile's exits; they resolve to the survivor
+    result = worker.handle([record(membership("old", "vip", "exited", 4), "m1", group="old"),
+                            record(membership("old", "pro", "exited", 4), "m2", group="old"),
+                            record(membership("ana", "vip", "exited", 9), "m3", group="ana")], now=NOW)
+
+    # vip: ana is a member, the old profile's exit would have removed ana's email; pro: ana
+    # is not, the exit goes out with ana's identifiers; ana's own exit is hers to send
+    assert [(b["profile_id"], b["audience_id"], b["profile"]["profile_id"]) for b in destination.sent] == [
+        ("old", "pro", "ana"), ("ana", "vip", "ana")]
+    assert worker.refused == {"profile merged into a member of the audience": 1}
+    assert result.delivered == 3 and profiles.membership_reads == [{"ana": ["pro", "vip"]}]
+
+
+def test_a_batch_destination_does_not_remove_a_merged_profiles_surviving_member() -> None:
+    ana = profile("ana", "ana@example.com")
+    profiles = FakeProfiles({"old": ana}, memberships={"old": {"vip": False}, "ana": {"vip": True}})
+    destination = RecordingDestination()
+    worker = DestinationWorker(config("s3"), destination, FakeQueues(), profiles)
+
+    result = worker.handle([record(membership("old", "vip", "entered", 2), "m1"),
+                            record(membership("old", "vip", "exited", 4), "m2")], now=NOW)
+
+    assert destination.sent == [] and result.delivered == 2
+
+
 def test_a_batch_destination_takes_one_request_with_current_states() -> None:
     profiles = FakeProfiles({"p1": profile("p1", "a@example.com"), "p2": profile("p2", "b@example.com")},
                             memberships={"p1": {"pro": True}, "p2": {"pro": False}})
