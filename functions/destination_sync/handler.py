@@ -16,12 +16,14 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from cdp.activation.destinations import S3Settings
 from cdp.activation.sync import BatchSync
 from cdp.activation.sync_job import sync_destination
 from cdp.activation.worker import DestinationWorker
 from cdp.aws.clients import client
 from cdp.aws.destination_runtime import destination_worker
-from cdp.aws.sync_store import batch_sync
+from cdp.aws.full_export import write_full_export
+from cdp.aws.sync_store import DynamoMembers, batch_sync
 from cdp.config import get_settings
 from cdp.observability import logger, metrics, tracer
 
@@ -41,9 +43,21 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     destination_id = str(event["destination_id"])
     worker, sync = parts(destination_id)
     audiences = event.get("audiences")
-    outcome = sync_destination(worker.config, sync, worker.send_messages,
-                               lambda: context.get_remaining_time_in_millis() / 1000,
-                               list(audiences) if isinstance(audiences, list) else None)
+
+    def deadline() -> float:
+        return context.get_remaining_time_in_millis() / 1000
+
+    full_export = None
+    settings = worker.config.settings
+    if isinstance(settings, S3Settings) and settings.full_export:
+        members = DynamoMembers(client("dynamodb"), get_settings().memberships_table)
+
+        def full_export(audience_id: str, sync_id: str) -> dict[str, Any]:
+            written = write_full_export(worker, client("s3"), members, audience_id, sync_id, deadline)
+            return {"key": written.key, "rows": written.rows, "bytes": written.bytes}
+
+    outcome = sync_destination(worker.config, sync, worker.send_messages, deadline,
+                               list(audiences) if isinstance(audiences, list) else None, full_export)
     summary = outcome.summary()
     if outcome.continue_now:
         remaining = outcome.not_started + [aid for aid, r in outcome.results.items()

@@ -37,7 +37,7 @@ def destinations(receiver: Receiver) -> list:
          "sync_schedule": "rate(1 day)", "batch_size": 50,
          "settings": {"url": receiver.url("/sync"), "secret_name": "cdp/e2e/hooks"}},
         {"id": "e2e-exports", "name": "Audience files", "type": "s3", "audiences": [ACTIVATION_AUDIENCE],
-         "field_mapping": {"email": "email"},
+         "field_mapping": {"email": "email"}, "sync_schedule": "rate(1 day)",
          "settings": {"bucket": EXPORT_BUCKET, "prefix": "cdp/", "format": "csv"}},
         {"id": "e2e-slack", "name": "Sales alerts", "type": "slack",
          "triggers": [{"name": "pricing-by-active", "event": "Pricing Viewed", "audience": ACTIVATION_AUDIENCE,

@@ -221,3 +221,28 @@ def test_the_scheduled_sync_sends_everyone_first_and_only_the_difference_on_its_
     assert changes == sorted([(users[0], "exited"), (users[3], "entered")]), changes
     third = schedule.tick()  # nothing changed since
     assert synced(receiver)[len(full) + len(diff):] == [] and third.result["audiences"][SYNC_AUDIENCE]["adds"] == 0
+
+
+def test_the_s3_exports_sync_writes_the_audiences_full_member_file_with_its_manifest(
+        pipeline: Pipeline, receiver: Receiver, audiences: None) -> None:
+    client = sdk(pipeline)
+    user = f"full-{uuid.uuid4().hex[:8]}"
+    client.identify(user, {"activation_tier": "gold", "email": f"{user}@example.com"})
+    client.flush()
+    wait_for(lambda: changes_of(receiver, "/hooks", user))
+    pipeline.drain(timeout=120)
+    profile_id = changes_of(receiver, "/hooks", user)[0].body["profile"]["profile_id"]
+
+    ticked = pipeline.stack.activation.syncs["e2e-exports"].tick()
+    assert not ticked.failed, ticked
+    written = ticked.result["audiences"][ACTIVATION_AUDIENCE]["full_export"]
+    assert written["key"].startswith(f"cdp/e2e-exports/full/{ACTIVATION_AUDIENCE}/"), written
+    s3 = pipeline.stack.session().client("s3")
+    text = s3.get_object(Bucket=EXPORT_BUCKET, Key=written["key"])["Body"].read().decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == written["rows"] >= 1
+    mine = [row for row in rows if row["profile_id"] == profile_id]
+    assert mine and mine[0]["email"] == f"{user}@example.com" and mine[0]["action"] == "add"
+    manifest_key = written["key"].removesuffix(".csv") + ".manifest.json"
+    manifest = json.loads(s3.get_object(Bucket=EXPORT_BUCKET, Key=manifest_key)["Body"].read())
+    assert manifest["row_count"] == written["rows"] and manifest["kind"] == "full"

@@ -241,6 +241,9 @@ class S3Settings(_Settings):
     bucket: Annotated[StrictStr, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
     prefix: Annotated[StrictStr, Field(max_length=512)] = ""
     format: Literal["csv", "jsonl"] = "jsonl"
+    # With a sync_schedule: each successful sync also writes the audience's full member list
+    # (``full/<audience>/<sync id>``, with its manifest) for tools that import whole files.
+    full_export: StrictBool = True
 
 
 class MetaCustomAudiencesSettings(_Settings):

@@ -207,6 +207,23 @@ class DestinationWorker:
         found = self._profiles.memberships_of(wanted)
         return {(pid, aid) for pid, audiences in found.items() for aid, member in audiences.items() if member}
 
+    def member_views(self, audience_id: str, profile_ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+        """The views of members that may be sent as members of ``audience_id`` (a full
+        export): what an entry would be checked against (suppression, filters, consent),
+        in the given order; profiles that no longer exist are left out."""
+        self.consent = {}
+        self.suppressed = set()
+        views = self.views(profile_ids)
+        check = _WithProfiles(self._destination, views, self.config, self.consent, self.suppressed)
+        allowed_views: list[tuple[str, dict[str, Any]]] = []
+        for pid in profile_ids:
+            view = views.get(pid)
+            entry = {"kind": "audience_membership", "transition": "entered", "audience_id": audience_id,
+                     "profile_id": pid}
+            if view is not None and check._refusal(entry, view) is None:
+                allowed_views.append((pid, view))
+        return allowed_views
+
     def send_messages(self, messages: Sequence[OutboundMessage], now: datetime | None = None) -> list[Outcome]:
         """Messages that come from no queue (a batch sync's chunk): profiles read, consent
         checked, sent in one call, the outcomes logged and returned (the caller decides)."""
