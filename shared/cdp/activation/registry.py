@@ -9,10 +9,11 @@ Lambda loads only its own type's code.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from cdp.activation.delivery import Destination
+from cdp.activation.delivery import Destination, OutboundMessage, Outcome
 from cdp.activation.destinations import DestinationConfig
 
 MODULES: dict[str, str] = {
@@ -33,3 +34,27 @@ def build_destination(config: DestinationConfig, secret: Callable[[str], str],
     module = importlib.import_module(MODULES[config.type])
     destination: Destination = module.build(config, secret, aws)
     return destination
+
+
+class RefreshingDestination:
+    """A destination built again from its configuration every ``max_age_s`` seconds, so a
+    rotated secret (read when the destination is built) is in use within that time in a
+    warm function, as the secret reader's cache promises."""
+
+    def __init__(self, build: Callable[[], Destination], max_age_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._build = build
+        self._max_age = max_age_s
+        self._clock = clock
+        self._current = build()
+        self._built_at = clock()
+
+    @property
+    def current(self) -> Destination:
+        if self._clock() - self._built_at >= self._max_age:
+            self._current = self._build()
+            self._built_at = self._clock()
+        return self._current
+
+    def send(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
+        return self.current.send(messages)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from cdp.activation.destinations import DestinationConfig, load_destinations_file
-from cdp.activation.registry import build_destination
+from cdp.activation.registry import RefreshingDestination, build_destination
 from cdp.activation.worker import DestinationWorker
 from cdp.aws.activation_profiles import ActivationProfiles
 from cdp.aws.clients import client
@@ -35,9 +35,10 @@ def destination_worker(settings: Settings, destination_id: str, aws: Any = clien
     dlq_url = sqs.get_queue_url(
         QueueName=destination_queue_name(prefix, config.id, config.type, dead_letter=True))["QueueUrl"]
     ddb = aws("dynamodb")
+    secrets = SecretReader()
     return DestinationWorker(
         config,
-        build_destination(config, SecretReader(), aws),
+        RefreshingDestination(lambda: build_destination(config, secrets, aws)),
         DestinationQueues(sqs, queue_url, dlq_url),
         ActivationProfiles(ddb, settings.identity_table, settings.events_table, settings.memberships_table),
         DeliveryLog(ddb, settings.delivery_log_table),

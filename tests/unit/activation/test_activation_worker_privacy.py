@@ -58,3 +58,29 @@ def test_destination_filters_test_the_profile_as_it_is_when_sent() -> None:
 
     assert [(b["profile_id"], b["transition"]) for b in destination.sent] == [("p1", "entered"), ("p2", "exited")]
     assert dict(work.refused) == {"destination filter not matched: traits.plan": 1}
+
+
+def test_a_destination_is_built_again_after_its_max_age_so_a_rotated_secret_is_used() -> None:
+    from cdp.activation.delivery import OutboundMessage, Outcome
+    from cdp.activation.registry import RefreshingDestination
+
+    now = [0.0]
+    secrets = iter(["old", "new"])
+    built: list[str] = []
+
+    class Signed:
+        def __init__(self, secret: str) -> None:
+            self.secret = secret
+
+        def send(self, messages: list[OutboundMessage]) -> list[Outcome]:
+            built.append(self.secret)
+            return [Outcome("delivered")] * len(messages)
+
+    destination = RefreshingDestination(lambda: Signed(next(secrets)), max_age_s=300, clock=lambda: now[0])
+    message = OutboundMessage("d1", {"kind": "event"})
+    destination.send([message])
+    now[0] = 299.0
+    destination.send([message])
+    now[0] = 300.0
+    destination.send([message])
+    assert built == ["old", "old", "new"]
