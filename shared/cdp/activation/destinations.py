@@ -307,14 +307,19 @@ class TriggerFilter(Predicate):
 
 class Trigger(_Strict):
     """A real-time rule: events of ``event_type`` (named ``event``: the track event's name,
-    the page's or screen's ``name``; none: every event of the type), passing every filter,
-    of a person in ``audience`` (if given)."""
+    the page's or screen's ``name``; none: every event of the type), passing every filter
+    (``where``: the event), of a person in ``audience`` (if given) whose profile passes
+    ``profile_where``."""
 
     name: Name
     event_type: Literal["track", "page", "screen", "identify"] = "track"
     event: Name | None = None
     where: list[TriggerFilter] = Field(default_factory=list, max_length=MAX_FILTERS)
     audience: Slug | None = None
+    # Conditions on the person's profile as it is when the event arrives (paths of the
+    # profile view: ``traits.plan``, ``identifiers.email``); a person without a profile yet
+    # (a first event) fails them.
+    profile_where: list[TriggerFilter] = Field(default_factory=list, max_length=MAX_FILTERS)
 
     @model_validator(mode="after")
     def _identify_has_no_name(self) -> Trigger:
@@ -333,6 +338,8 @@ class Trigger(_Strict):
             what += " where " + " and ".join(f.summary() for f in self.where)
         if self.audience:
             what += f" by a member of {_quote(self.audience)}"
+        if self.profile_where:
+            what += " whose profile has " + " and ".join(f.summary() for f in self.profile_where)
         return f"{self.name}: {what}"
 
 

@@ -40,6 +40,8 @@ class Person:
 
     profile_id: str | None
     audiences: frozenset[str] = frozenset()
+    # ``traits`` and ``identifiers`` of the profile (trigger profile conditions); None: no profile
+    profile: Mapping[str, Any] | None = None
 
 
 class PeopleLookup(Protocol):
@@ -116,7 +118,8 @@ class ActivationRouter:
                     known = (self._people.person_of(event, needs_audiences), needs_audiences)
                     people[key] = known
                 person = known[0]
-            routing = route_event(event, self.destinations, person.audiences, profile_id=person.profile_id)
+            routing = route_event(event, self.destinations, person.audiences, profile_id=person.profile_id,
+                                  profile=person.profile)
             if routing.messages or routing.skipped:
                 stats.events += 1
             routings.append(routing)

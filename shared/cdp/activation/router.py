@@ -254,9 +254,11 @@ def integration_enabled(integrations: Any, key: str) -> bool:
     return integrations.get("All") is not False
 
 
-def trigger_matches(trigger: Trigger, event: Mapping[str, Any], memberships_of_person: Container[str]) -> bool:
-    """Whether the event is of the trigger's type and name, passes every filter, and its
-    person is in the trigger's audience (if any)."""
+def trigger_matches(trigger: Trigger, event: Mapping[str, Any], memberships_of_person: Container[str],
+                    profile: Mapping[str, Any] | None = None) -> bool:
+    """Whether the event is of the trigger's type and name, passes every filter, its
+    person is in the trigger's audience (if any) and their profile (``traits``,
+    ``identifiers``; None: no profile yet) passes the trigger's profile conditions."""
     if event.get("type") != trigger.event_type:
         return False
     if trigger.event is not None and event.get(TRIGGER_NAMES.get(trigger.event_type, "event")) != trigger.event:
@@ -264,16 +266,22 @@ def trigger_matches(trigger: Trigger, event: Mapping[str, Any], memberships_of_p
     data = dict(event)
     if not all(passes(f, lookup(data, f.path)) for f in trigger.where):
         return False
-    return trigger.audience is None or trigger.audience in memberships_of_person
+    if trigger.audience is not None and trigger.audience not in memberships_of_person:
+        return False
+    if trigger.profile_where:
+        subject = dict(profile or {})
+        return profile is not None and all(passes(f, lookup(subject, f.path)) for f in trigger.profile_where)
+    return True
 
 
 def route_event(event: Mapping[str, Any], destinations: Iterable[DestinationConfig],
                 memberships_of_person: Container[str], *, profile_id: str | None = None,
-                consent: ConsentContext | None = None) -> Routing:
+                consent: ConsentContext | None = None, profile: Mapping[str, Any] | None = None) -> Routing:
     """The messages of one incoming event: one per enabled destination with a matching
     trigger, allowed by the event's ``integrations`` object and by consent.
 
-    ``memberships_of_person``: the audience ids the person is in now. ``profile_id``: the
+    ``memberships_of_person``: the audience ids the person is in now. ``profile``: their
+    profile's ``traits`` and ``identifiers`` (for profile conditions). ``profile_id``: the
     person's profile (the message group); without it, the event's ``userId`` or
     ``anonymousId``. ``consent``: the preferences to apply (none given: the event's own
     ``context.consent.categoryPreferences``, Connections semantics). An event without a
@@ -287,7 +295,8 @@ def route_event(event: Mapping[str, Any], destinations: Iterable[DestinationConf
     routing = Routing()
     body_event: dict[str, Any] | None = None
     for destination in destinations:
-        matched = [t.name for t in destination.triggers if trigger_matches(t, event, memberships_of_person)]
+        matched = [t.name for t in destination.triggers
+                   if trigger_matches(t, event, memberships_of_person, profile)]
         if not matched:
             continue
         if not destination.enabled:

@@ -39,7 +39,12 @@ class ActivationProfiles:
             if profile is not None:
                 audiences = frozenset(self._memberships.audiences_of(profile.profile_id)) if need_audiences \
                     else frozenset()
-                return Person(profile.profile_id, audiences)
+                identifiers: dict[str, list[str]] = {}
+                for found in profile.identifiers:
+                    identifiers.setdefault(found.type, []).append(found.value)
+                view = {"traits": {name: trait.value for name, trait in profile.state.traits.items()},
+                        "identifiers": identifiers}
+                return Person(profile.profile_id, audiences, view)
         return Person(None)
 
     def profiles(self, profile_ids: Iterable[str]) -> dict[str, UserProfile | None]:
