@@ -219,6 +219,8 @@ def test_the_scheduled_sync_sends_everyone_first_and_only_the_difference_on_its_
     diff = synced(receiver)[len(full):]
     changes = sorted((m["profile"]["identifiers"]["user_id"][0], m["transition"]) for m in diff)
     assert changes == sorted([(users[0], "exited"), (users[3], "entered")]), changes
+    status = json.loads(cdp(pipeline, "destinations", "syncs", "e2e-sync", SYNC_AUDIENCE).stdout)
+    assert status["status"] == "done" and status["sync_id"] == second.result["audiences"][SYNC_AUDIENCE]["sync_id"]
     third = schedule.tick()  # nothing changed since
     assert synced(receiver)[len(full) + len(diff):] == [] and third.result["audiences"][SYNC_AUDIENCE]["adds"] == 0
 

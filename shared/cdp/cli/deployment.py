@@ -28,6 +28,7 @@ OUTPUTS = {
     "MembershipsTableName": "memberships_table",
     "SpaceId": "space_id",
     "DeliveryLogTableName": "delivery_log_table",
+    "SegmentsTableName": "segments_table",
     "DestinationQueuePrefix": "destination_queue_prefix",
 }
 
@@ -49,6 +50,7 @@ class Deployment:
     memberships_table: str = _LOCAL.memberships_table
     space_id: str = _LOCAL.space_id
     delivery_log_table: str = _LOCAL.delivery_log_table
+    segments_table: str = _LOCAL.segments_table
     destination_queue_prefix: str = _LOCAL.destination_queue_prefix
     # The embedded local stack (fake credentials, the printed local access token).
     is_local: bool = False

@@ -16,6 +16,7 @@ from cdp.aws.destination_admin import (
     peek_dead_letters,
     redrive,
 )
+from cdp.aws.sync_store import sync_status
 from cdp.cli.deployment import Deployment
 
 
@@ -95,3 +96,16 @@ def destinations_redrive(ctx: click.Context, destination_id: str, max_messages: 
         raise click.ClickException(f"no destination {destination_id!r}")
     moved = redrive(sqs, queues, max_messages)
     click.echo(f"redrove {moved} message(s) to {destination_id}")
+
+
+@destinations.command("syncs")
+@click.argument("destination_id")
+@click.argument("audience_ids", nargs=-1, required=True)
+@click.pass_context
+def destinations_syncs(ctx: click.Context, destination_id: str, audience_ids: tuple[str, ...]) -> None:
+    """The batch syncs of a destination's audiences: the running one's progress, or the
+    last one's results (adds, removes, failures and their first reasons)."""
+    deployment = _deployment(ctx)
+    ddb = deployment.client("dynamodb")
+    for audience_id in audience_ids:
+        click.echo(json.dumps(sync_status(ddb, deployment.segments_table, destination_id, audience_id)))
