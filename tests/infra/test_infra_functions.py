@@ -220,7 +220,8 @@ def test_admin_api_may_write_only_the_identity_settings_item_and_definitions(cdp
     grants = cdp_stack.grants_of_role(role)
     assert grants["dynamodb:GetItem"] >= {"SourcesTable.Arn", "SegmentsTable.Arn"}
     assert grants["dynamodb:Scan"] == {"SegmentsTable.Arn", "IdentityTable.Arn"}
-    # Queries: memberships (members, a profile's audiences) and history partitions (previews).
+    # Queries: memberships (members, a profile's audiences), history partitions (previews),
+    # the activation delivery log (destination status pages).
     assert grants["dynamodb:Query"] == {"MembershipsTable.Arn", "MembershipsTable.Arn/index/members",
-                                        "EventsTable.Arn"}
+                                        "EventsTable.Arn", "DeliveryLogTable.Arn"}
     assert not any(a in grants for a in ("dynamodb:BatchWriteItem", "dynamodb:UpdateItem"))
