@@ -15,7 +15,7 @@ from infra.constructs.activation import Activation
 from infra.constructs.admin_api import AdminApi
 from infra.constructs.function import ARCHITECTURE, RUNTIME
 from infra.constructs.ingestion import Ingestion
-from infra.constructs.monitoring import Monitoring
+from infra.constructs.monitoring import ActivationResources, Monitoring
 from infra.constructs.pipeline import Pipeline
 from infra.constructs.profile_api import ProfileApi
 from infra.constructs.segment_jobs import SegmentJobs
@@ -148,7 +148,14 @@ class CdpStack(Stack):
             evaluator=self.segmentation.evaluator.function,
             evaluator_dlq=self.segmentation.dlq,
             jobs={"SegmentBackfill": self.segment_jobs.backfill.function,
-                  "SegmentScheduler": self.segment_jobs.scheduler.function},
+                  "SegmentScheduler": self.segment_jobs.scheduler.function,
+                  **{f"{resources.destination_logical_id(d)}Sync": f.function
+                     for d, f in self.activation.sync_functions.items()}},
+            activation=ActivationResources(
+                router=self.activation.router.function if self.activation.router else None,
+                router_dlq=self.activation.router_dlq,
+                destinations={d: (f.function, self.activation.queues[d], self.activation.dead_letter_queues[d])
+                              for d, f in self.activation.functions.items()}),
             alarm_topic_arn=self.settings.alarm_topic_arn,
         )
 

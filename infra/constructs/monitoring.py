@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from aws_cdk import Duration
 from aws_cdk import aws_apigatewayv2 as apigwv2
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -22,6 +24,16 @@ ITERATOR_AGE_THRESHOLD = Duration.minutes(5)
 API_5XX_THRESHOLD = 5
 
 
+@dataclass(frozen=True)
+class ActivationResources:
+    """What the activation alarms watch (``infra.constructs.activation.Activation``)."""
+
+    router: lambda_.IFunction | None
+    router_dlq: sqs.IQueue | None
+    # destination id -> (its function, its queue, its dead-letter queue)
+    destinations: dict[str, tuple[lambda_.IFunction, sqs.IQueue, sqs.IQueue]] = field(default_factory=dict)
+
+
 class Monitoring(Construct):
     """Alarms (optionally notifying an existing SNS topic) and a dashboard."""
 
@@ -38,6 +50,7 @@ class Monitoring(Construct):
         evaluator: lambda_.IFunction | None = None,
         evaluator_dlq: sqs.IQueue | None = None,
         jobs: dict[str, lambda_.IFunction] | None = None,
+        activation: ActivationResources | None = None,
         alarm_topic_arn: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -117,6 +130,8 @@ class Monitoring(Construct):
 
         if evaluator is not None and evaluator_dlq is not None:
             self.alarms.update(self._evaluator_alarms(evaluator, evaluator_dlq))
+        if activation is not None and activation.router is not None and activation.router_dlq is not None:
+            self.alarms.update(self._activation_alarms(activation))
         for name, function in (jobs or {}).items():
             # Scheduled jobs (backfill, re-evaluation): a failed run is retried by the next
             # tick, but one failing every tick leaves definitions not ready or windows stale.
@@ -217,6 +232,9 @@ class Monitoring(Construct):
                 ),
             )
 
+        if activation is not None and activation.router is not None:
+            self._activation_widgets(activation)
+
         def cdp_metric(name: str) -> cloudwatch.Metric:
             # The consumer's EMF metrics (Powertools: namespace CDP, dimension service=cdp).
             return cloudwatch.Metric(namespace=NAMESPACE, metric_name=name, dimensions_map={"service": SERVICE},
@@ -280,3 +298,78 @@ class Monitoring(Construct):
                 treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
             ),
         }
+
+    def _activation_alarms(self, activation: ActivationResources) -> dict[str, cloudwatch.Alarm]:
+        """The router's (behind, gave up, crashed) and each destination's (dead letters
+        waiting, a queue not draining)."""
+        assert activation.router is not None and activation.router_dlq is not None
+        one_minute, five_minutes = Duration.minutes(1), Duration.minutes(5)
+        router = activation.router
+        alarms = {
+            "ActivationRouterIteratorAge": cloudwatch.Alarm(
+                self, "ActivationRouterIteratorAgeAlarm",
+                alarm_description="The activation router is falling behind the memberships table's stream or the "
+                f"event stream: deliveries lag by over {ITERATOR_AGE_THRESHOLD.to_minutes()} min.",
+                metric=router.metric("IteratorAge", statistic="Maximum", period=one_minute),
+                threshold=ITERATOR_AGE_THRESHOLD.to_milliseconds(),
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=5, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING),
+            "ActivationRouterDlqDepth": cloudwatch.Alarm(
+                self, "ActivationRouterDlqDepthAlarm",
+                alarm_description="Changes or events the activation router could not put on destination queues "
+                "are in its DLQ: those deliveries did not happen.",
+                metric=activation.router_dlq.metric_approximate_number_of_messages_visible(
+                    statistic="Maximum", period=one_minute),
+                threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=1, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING),
+            "ActivationRouterErrors": cloudwatch.Alarm(
+                self, "ActivationRouterErrorsAlarm",
+                alarm_description="The activation router failed a batch (retried, then sent to its DLQ).",
+                metric=router.metric_errors(statistic="Sum", period=five_minutes),
+                threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=1, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING),
+        }
+        for destination_id, (_function, queue, dead_letters) in sorted(activation.destinations.items()):
+            name = "".join(part.capitalize() for part in destination_id.replace("_", "-").split("-"))
+            alarms[f"Destination{name}DeadLetters"] = cloudwatch.Alarm(
+                self, f"Destination{name}DeadLettersAlarm",
+                alarm_description=f"Messages to destination {destination_id} were given up on (a refusal, or the "
+                "retry window ended): `cdp destinations dead-letters` shows why, `redrive` sends them again.",
+                metric=dead_letters.metric_approximate_number_of_messages_visible(statistic="Maximum",
+                                                                                  period=one_minute),
+                threshold=0, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=1, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING)
+            # Oldest message over an hour for 15 minutes: the destination is down or too slow
+            # for its traffic (its messages are being retried, or its concurrency is too low).
+            alarms[f"Destination{name}Backlog"] = cloudwatch.Alarm(
+                self, f"Destination{name}BacklogAlarm",
+                alarm_description=f"Destination {destination_id} is behind: its oldest message waits over an "
+                "hour (retries of a failing API, or too little max_concurrency for the traffic).",
+                metric=queue.metric_approximate_age_of_oldest_message(statistic="Maximum", period=five_minutes),
+                threshold=3600, comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                evaluation_periods=3, treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING)
+        return alarms
+
+    def _activation_widgets(self, activation: ActivationResources) -> None:
+        five_minutes = Duration.minutes(5)
+
+        def per_destination(metric_name: str, destination_id: str) -> cloudwatch.Metric:
+            return cloudwatch.Metric(namespace=NAMESPACE, metric_name=metric_name, statistic="Sum",
+                                     period=five_minutes, label=f"{destination_id} {metric_name}",
+                                     dimensions_map={"service": SERVICE, "destination": destination_id})
+
+        ids = sorted(activation.destinations)
+        self.dashboard.add_widgets(
+            cloudwatch.GraphWidget(
+                title="Activation: delivered", width=8,
+                left=[per_destination("MessagesDelivered", d) for d in ids]),
+            cloudwatch.GraphWidget(
+                title="Activation: retried / dead-lettered", width=8,
+                left=[per_destination("MessagesRetried", d) for d in ids],
+                right=[per_destination("MessagesDeadLettered", d) for d in ids]),
+            cloudwatch.GraphWidget(
+                title="Activation: oldest message age (s)", width=8,
+                left=[queue.metric_approximate_age_of_oldest_message(statistic="Maximum", period=five_minutes,
+                                                                      label=d)
+                      for d, (_f, queue, _dl) in sorted(activation.destinations.items())]),
+        )
