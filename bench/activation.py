@@ -305,7 +305,9 @@ class Harness:
         os.environ[resources.DESTINATIONS_FILE_ENV] = str(self.destinations_file)
         os.environ["CDP_META_API_URL"] = endpoint_url
         from cdp.aws import clients
+        from cdp.config import get_settings
 
+        get_settings.cache_clear()  # a new destinations file and moto endpoint per harness
         self.meter = SqsSizedMeter(resources.TABLES)
         self.meter.install()
         clients.reset()
@@ -484,7 +486,7 @@ def run_router(harness: Harness, args: argparse.Namespace) -> list[dict[str, Any
             figures = Phase(label)
             phase = "router"
             # warm-up: the configuration, the queue URLs (first records, not measured)
-            warm = _router_inputs(kind, 0, batch, f"w{count}{int(condition)}", harness)
+            warm = _router_inputs(kind, 0, 10 if args.smoke else batch, f"w{count}{int(condition)}", harness)
             figures.first_cpu_ms, _ = harness.invoke(module, warm[0], "warm")
             figures.first_cpu_ms *= 1000
             harness.purge_queues()
@@ -556,7 +558,7 @@ def run_destinations(harness: Harness, args: argparse.Namespace, endpoint: Any) 
 
     destinations = delivery_destinations(harness.url)
     by_id = {d.id: d for d in destinations}
-    batches = [100, 1000] if args.smoke else [1_000, 10_000]
+    batches = [100, 300] if args.smoke else [1_000, 10_000]
     webhook_changes = args.changes
     people = max(max(batches), webhook_changes) + 20
     harness.provision(destinations, {WEBHOOK_SECRET_NAME: "bench-signing-secret", META_SECRET_NAME: "bench-token"})
@@ -675,11 +677,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--members", type=int, default=100_000, help="batch sync: audience size")
     parser.add_argument("--events", type=int, default=200, help="latency: events per kind")
+    parser.add_argument("--interval", type=float, default=0.2, help="latency: seconds between events")
+    parser.add_argument("--no-tracemalloc", dest="tracemalloc", action="store_false",
+                        help="batch sync: skip the second, traced run (peak memory)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.changes, args.rounds, args.members, args.events = 200, 1, 3000, 5
-    print(f"machine: {os.cpu_count()} CPUs, {_cpu_model()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+        args.changes, args.rounds, args.members, args.events, args.interval = 30, 1, 3000, 4, 0.1
+    if not args.child:
+        print(f"machine: {os.cpu_count()} CPUs, {_cpu_model()}; "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
     figures: dict[str, Any] = {}
     if args.part in ("router", "all"):
         figures["router"] = _with_aws(lambda h, _e: run_router(h, args))
@@ -687,19 +695,37 @@ def main(argv: list[str] | None = None) -> int:
         figures["destination"] = _with_aws(lambda h, e: run_destinations(h, args, e))
     if args.part in ("destination", "all"):
         figures["keepalive"] = keepalive_check()
+    # Batch syncs and the local stack run in processes of their own: a clean environment
+    # (the parts above point boto3 at their moto server) and a ru_maxrss of their own.
     if args.part in ("sync", "all"):
-        from bench import batch_sync
-
         for destination in ("s3", "meta"):
-            print(f"batch sync, {args.members:,} members, destination {destination}:")
-            batch_sync.main(["--members", str(args.members), "--destination", destination, "--tracemalloc"])
-    if args.part in ("latency", "all"):
+            sync = ["--members", str(args.members), "--destination", destination]
+            print(f"batch sync, {args.members:,} members, destination {destination}:", flush=True)
+            _child(["bench.batch_sync", *sync])
+            if args.tracemalloc:
+                _child(["bench.batch_sync", *sync, "--tracemalloc"])
+    if args.part == "latency" and not args.child:
+        _child(["bench.activation", "latency", "--child", "--events", str(args.events),
+                "--interval", str(args.interval)])
+    elif args.part == "latency":
         from bench import activation_latency
 
-        figures["latency"] = activation_latency.run(args.events, smoke=args.smoke)
+        figures["latency"] = activation_latency.run(args.events, interval_s=args.interval)
+    elif args.part == "all":
+        _child(["bench.activation", "latency", "--child", "--events", str(args.events),
+                "--interval", str(args.interval)])
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1, default=str))
     return 0
+
+
+def _child(module_args: list[str]) -> None:
+    import subprocess
+
+    sys.stdout.flush()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_ENDPOINT_URL", "CDP_", "BENCH_"))}
+    subprocess.run([sys.executable, "-m", *module_args], check=True, env=env,
+                   cwd=Path(__file__).resolve().parents[1])
 
 
 def _cpu_model() -> str:

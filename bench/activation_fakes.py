@@ -16,7 +16,8 @@ of its CPU is counted as ours (it runs in another process):
 * ``GET /stats``: requests, body bytes and rows (Meta) received so far;
 * ``GET /received``: per request, its arrival time (``time.time()``, the same clock as
   the benchmark's), path and the ids a latency measure needs (``message_id``, the
-  event's ``messageId``, ``kind``, ``transition``) — kept only with ``--keep``.
+  event's ``messageId``, ``kind``, ``transition``, the person's ``userId``) — kept only with
+  ``--keep``.
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ def _summary(body: bytes) -> dict[str, Any]:
         return {}
     found = data.get("event")
     event: dict[str, Any] = found if isinstance(found, dict) else {}
+    profile = data.get("profile") if isinstance(data.get("profile"), dict) else {}
+    users = ((profile or {}).get("identifiers") or {}).get("user_id") or []
     return {"kind": data.get("kind"), "message_id": data.get("message_id"), "transition": data.get("transition"),
-            "event_message_id": event.get("messageId"), "audience_id": data.get("audience_id")}
+            "event_message_id": event.get("messageId"), "audience_id": data.get("audience_id"),
+            "user_id": event.get("userId") or (users[0] if users else None)}
 
 
 def make_server(port: int, keep: bool, answer_body: bool = False) -> ThreadingHTTPServer:
