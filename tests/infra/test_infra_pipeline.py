@@ -203,28 +203,16 @@ def test_archive_access_is_logged_to_a_separate_private_encrypted_expiring_bucke
     (lifecycle,) = props["LifecycleConfiguration"]["Rules"]
     assert lifecycle["ExpirationInDays"] > 0
     assert log_bucket["DeletionPolicy"] == "Retain"
-    # S3 log delivery may write only for the archive bucket of this account.
-    cdp_stack.template.has_resource_properties(
-        "AWS::S3::BucketPolicy",
-        {
-            "Bucket": {"Ref": log_bucket_id},
-            "PolicyDocument": {
-                "Statement": [
-                    {"Effect": "Deny", "Action": "s3:*"},
-                    {
-                        "Effect": "Allow",
-                        "Action": "s3:PutObject",
-                        "Principal": {"Service": "logging.s3.amazonaws.com"},
-                        "Condition": {
-                            "ArnLike": {
-                                "aws:SourceArn": {"Fn::GetAtt": [resources.ARCHIVE_BUCKET.logical_id, "Arn"]}
-                            },
-                        },
-                    },
-                ]
-            },
-        },
-    )
+    # S3 log delivery may write only for this stack's buckets that log here (the archive, and
+    # activation's sync snapshots), each under its own prefix, from this account.
+    (policy,) = [p for p in cdp_stack.of_type("AWS::S3::BucketPolicy").values()
+                 if p["Properties"]["Bucket"] == {"Ref": log_bucket_id}]
+    allows = [st for st in policy["Properties"]["PolicyDocument"]["Statement"] if st["Effect"] == "Allow"]
+    assert allows and all(st["Action"] == "s3:PutObject" and st["Principal"] == {"Service": "logging.s3.amazonaws.com"}
+                          and st["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+                          for st in allows)
+    sources = {st["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::GetAtt"][0] for st in allows}
+    assert sources == {resources.ARCHIVE_BUCKET.logical_id, resources.SYNC_SNAPSHOT_BUCKET.logical_id}
 
 
 # --- SQS ---------------------------------------------------------------------------

@@ -361,18 +361,24 @@ def profile_tables(moto: None) -> ActivationProfiles:
 
 
 def test_an_events_person_is_found_by_user_id_then_anonymous_id(profile_tables: ActivationProfiles) -> None:
-    people = profile_tables
-    assert people.person_of({"userId": "ana", "anonymousId": "device-2"}, need_audiences=False) == Person("prof_ana")
-    assert people.person_of({"userId": "someone-new", "anonymousId": "device-2"}, False) == Person("prof_bob")
-    assert people.person_of({"userId": "  ana "}, False) == Person("prof_ana")  # normalised as stored
-    assert people.person_of({"anonymousId": "device-old"}, False) == Person("prof_ana")  # follows the merge
-    assert people.person_of({"userId": "nobody"}, False) == Person(None)
-    assert people.person_of({"userId": "", "anonymousId": None}, False) == Person(None)
-    assert people.person_of({"userId": {"not": "an id"}, "anonymousId": "device-2"}, False) == Person("prof_bob")
+    def who(event: dict[str, object]) -> str | None:
+        return profile_tables.person_of(event, need_audiences=False).profile_id
+
+    assert who({"userId": "ana", "anonymousId": "device-2"}) == "prof_ana"
+    assert who({"userId": "someone-new", "anonymousId": "device-2"}) == "prof_bob"
+    assert who({"userId": "  ana "}) == "prof_ana"  # normalised as stored
+    assert who({"anonymousId": "device-old"}) == "prof_ana"  # follows the merge
+    assert profile_tables.person_of({"userId": "nobody"}, False) == Person(None)
+    assert profile_tables.person_of({"userId": "", "anonymousId": None}, False) == Person(None)
+    assert who({"userId": {"not": "an id"}, "anonymousId": "device-2"}) == "prof_bob"
+    # the profile's traits and identifiers come along, for triggers' profile conditions
+    found = profile_tables.person_of({"userId": "ana"}, False).profile
+    assert found is not None and "ana" in found["identifiers"]["user_id"] and "traits" in found
 
 
 def test_a_persons_audiences_are_read_only_when_asked(profile_tables: ActivationProfiles) -> None:
-    assert profile_tables.person_of({"userId": "ana"}, need_audiences=True) == Person("prof_ana", frozenset({"vip"}))
+    person = profile_tables.person_of({"userId": "ana"}, need_audiences=True)
+    assert (person.profile_id, person.audiences) == ("prof_ana", frozenset({"vip"}))
     assert profile_tables.person_of({"userId": "ana"}, need_audiences=False).audiences == frozenset()
     assert profile_tables.audiences_of("prof_ana") == ["vip"]
     assert profile_tables.audiences_of("prof_bob") == []
