@@ -57,10 +57,10 @@ from cdp.activation.ad_identifiers import (
 )
 from cdp.activation.delivery import Destination, OutboundMessage, Outcome, Verdict, classify
 from cdp.activation.destinations import DestinationConfig, GoogleCustomerMatchSettings
+from cdp.activation.http_post import failure_name
 from cdp.activation.meta_audiences import (
     NO_IDENTIFIER,
     ad_profile,
-    failure_name,
     mapping_from_env,
     membership_change,
 )

@@ -58,6 +58,7 @@ import urllib3
 
 from cdp.activation.delivery import Destination, OutboundMessage, Outcome, Verdict, classify
 from cdp.activation.destinations import DestinationConfig, HubSpotSettings
+from cdp.activation.http_post import failure_name
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
 BASE_URL_ENV = "CDP_HUBSPOT_API_URL"
@@ -193,7 +194,7 @@ class HubSpotDestination:
             response = self.http.request("POST", self.base_url + UPSERT_PATH, body=body, headers=headers,
                                          redirect=False, preload_content=False)
         except urllib3.exceptions.HTTPError as exc:  # timeouts, refused connections, TLS errors
-            return [classify(None, error=_failure_name(exc))] * len(inputs)
+            return [classify(None, error=failure_name(exc))] * len(inputs)
         try:
             answer = response.read(MAX_ANSWER, decode_content=True)
         finally:
@@ -258,12 +259,6 @@ def _context_values(error: Mapping[str, Any]) -> list[str]:
             items = value if isinstance(value, list | tuple) else [value]
             values += [item.strip().lower() for item in items if isinstance(item, str)]
     return values
-
-
-def _failure_name(exc: BaseException) -> str:
-    """The kind of failure (the exception's class), not its message."""
-    inner = getattr(exc, "reason", None)
-    return type(inner if isinstance(inner, BaseException) else exc).__name__
 
 
 def build(config: DestinationConfig, secret: Callable[[str], str], aws: Callable[[str], Any]) -> HubSpotDestination:

@@ -41,6 +41,7 @@ import urllib3
 from cdp.activation.ad_identifiers import META_DEFAULT_SCHEMA, META_MAX_ROWS_PER_REQUEST, meta_row
 from cdp.activation.delivery import Destination, OutboundMessage, Outcome, Verdict, classify
 from cdp.activation.destinations import DestinationConfig, MetaCustomAudiencesSettings
+from cdp.activation.http_post import failure_name
 
 GRAPH_URL = "https://graph.facebook.com"
 API_URL_ENV = "CDP_META_API_URL"
@@ -133,12 +134,6 @@ def membership_change(body: Mapping[str, Any]) -> tuple[str, bool] | None:
     if not isinstance(audience, str) or not audience or transition not in ("entered", "exited"):
         return None
     return audience, transition == "entered"
-
-
-def failure_name(exc: BaseException) -> str:
-    """The kind of a transport failure (its class): its text could carry the URL."""
-    inner = getattr(exc, "reason", None)
-    return type(inner if isinstance(inner, BaseException) else exc).__name__
 
 
 @dataclass

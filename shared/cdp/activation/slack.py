@@ -45,8 +45,9 @@ from urllib.parse import urlsplit
 
 import urllib3
 
-from cdp.activation.delivery import Destination, OutboundMessage, Outcome, classify
+from cdp.activation.delivery import Destination, OutboundMessage, Outcome
 from cdp.activation.destinations import DestinationConfig, SlackSettings
+from cdp.activation.http_post import post_json
 from cdp.activation.slack_message import (
     DEFAULT_AUDIENCE_TEMPLATE,
     DEFAULT_TRIGGER_TEMPLATE,
@@ -59,7 +60,6 @@ from cdp.activation.slack_message import (
 from cdp.segmentation.audience_events import EVENT_NAMES, audience_event
 
 USER_AGENT = "cdp-slack/1"
-MAX_ANSWER = 2048  # bytes of a refusal's body kept for its reason
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1"})
 
 
@@ -156,16 +156,7 @@ class SlackDestination:
             return Outcome("permanent", f"not a message Slack can show (kind {str(message.body.get('kind'))[:40]!r})")
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": USER_AGENT}
-        try:
-            response = self.http.request("POST", self.url, body=body, headers=headers, redirect=False,
-                                         preload_content=False)
-        except urllib3.exceptions.HTTPError as exc:  # timeouts, refused connections, TLS errors
-            return classify(None, error=_failure_name(exc))
-        try:
-            answer = response.read(MAX_ANSWER, decode_content=True) if response.status >= 300 else b""
-        finally:
-            response.release_conn()
-        return classify(response.status, dict(response.headers), self._scrub(answer.decode("utf-8", "replace")))
+        return post_json(self.http, self.url, body, headers, scrub=self._scrub)
 
     def _scrub(self, text: str) -> str:
         """An answer's text without the webhook URL or its path (the path holds the token)."""
@@ -174,12 +165,6 @@ class SlackDestination:
             if secret:
                 text = text.replace(secret, "[webhook]")
         return text
-
-
-def _failure_name(exc: BaseException) -> str:
-    """The kind of failure (the exception's class): its message would carry the URL."""
-    inner = getattr(exc, "reason", None)
-    return type(inner if isinstance(inner, BaseException) else exc).__name__
 
 
 def build(config: DestinationConfig, secret: Callable[[str], str], aws: Callable[[str], Any]) -> SlackDestination:

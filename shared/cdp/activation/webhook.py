@@ -30,13 +30,13 @@ from typing import Any
 
 import urllib3
 
-from cdp.activation.delivery import Destination, OutboundMessage, Outcome, classify
+from cdp.activation.delivery import Destination, OutboundMessage, Outcome
+from cdp.activation.http_post import post_json
 from cdp.activation.webhook_signing import SIGNATURE_HEADER, sign_rotation
 
 USER_AGENT = "cdp-webhook/1"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 RESERVED_HEADERS = frozenset({"content-type", SIGNATURE_HEADER.lower(), IDEMPOTENCY_HEADER.lower()})
-MAX_ANSWER = 2048  # bytes of a refusal's body kept for its reason
 
 
 @dataclass
@@ -66,24 +66,7 @@ class WebhookDestination:
         headers = {**self.headers, "Content-Type": "application/json", "User-Agent": USER_AGENT,
                    SIGNATURE_HEADER: sign_rotation(list(self.secrets), body, int(self.clock())),
                    IDEMPOTENCY_HEADER: message.deduplication_id}
-        try:
-            response = self.http.request("POST", self.url, body=body, headers=headers, redirect=False,
-                                         preload_content=False)
-        except urllib3.exceptions.HTTPError as exc:  # timeouts, refused connections, TLS errors
-            return classify(None, error=_failure_name(exc))
-        try:
-            answer = response.read(MAX_ANSWER, decode_content=True) if response.status >= 300 else b""
-        finally:
-            response.release_conn()
-        text = answer.decode("utf-8", errors="replace") if answer else ""
-        return classify(response.status, dict(response.headers), text)
-
-
-def _failure_name(exc: BaseException) -> str:
-    """The kind of failure (the exception's class): its message could carry the URL,
-    which may hold a token."""
-    inner = getattr(exc, "reason", None)
-    return type(inner if isinstance(inner, BaseException) else exc).__name__
+        return post_json(self.http, self.url, body, headers)
 
 
 __all__ = ["Destination", "OutboundMessage", "WebhookDestination"]
