@@ -269,6 +269,43 @@ def eventbridge_event() -> dict[str, Any]:
                                        time=datetime(2024, 5, 3, 2, 0, tzinfo=UTC))
 
 
+def memberships_stream_event() -> dict[str, Any]:
+    """The activation router's input: an entry and an exit on the memberships table's
+    stream (NEW_AND_OLD_IMAGES), as the segment evaluator writes them."""
+    at = datetime(2024, 5, 3, 12, 9, 4, 120000, tzinfo=UTC)
+
+    def item(audience: str, member: bool, version: int, entered: str | None, exited: str | None) -> dict[str, Any]:
+        found: dict[str, Any] = {"profile_id": "prof_7f3a9c", "audience_id": audience, "member": member,
+                                 "profile_version": version, "changed_version": version,
+                                 "updated_at": "2024-05-03T12:09:04.120Z"}
+        if entered:
+            found["entered_at"] = entered
+        if exited:
+            found["exited_at"] = exited
+        if member:
+            found["member_of"] = audience
+        return found
+
+    changes = [
+        DynamoDbChange(event_name="INSERT", keys={"profile_id": "prof_7f3a9c", "audience_id": "pricing-page-interest"},
+                       new_image=item("pricing-page-interest", True, 12, "2024-05-03T12:09:03.300Z", None),
+                       sequence_number="1300000000000000000001", created_at=at),
+        DynamoDbChange(event_name="MODIFY", keys={"profile_id": "prof_7f3a9c", "audience_id": "trial-users"},
+                       old_image=item("trial-users", True, 4, "2024-05-01T08:00:00.000Z", None),
+                       new_image=item("trial-users", False, 12, "2024-05-01T08:00:00.000Z",
+                                      "2024-05-03T12:09:03.300Z"),
+                       sequence_number="1300000000000000000002", created_at=at),
+    ]
+    table = resources.MEMBERSHIPS_TABLE.local_name
+    return dynamodb_stream_event(changes, stream_arn=dynamodb_stream_arn(table, "2024-05-01T00:00:00.000"),
+                                 view_type="NEW_AND_OLD_IMAGES")
+
+
+def destination_sync_event() -> dict[str, Any]:
+    """What a destination's sync schedule sends its sync function (the rule's constant input)."""
+    return {"destination_id": "exports"}
+
+
 def sample_files() -> dict[str, Any]:
     """Every sample, by its path relative to ``events/``."""
     files: dict[str, Any] = {
@@ -277,6 +314,8 @@ def sample_files() -> dict[str, Any]:
         "dynamodb_stream_batch.json": dynamodb_stream_batch_event(),
         "sqs_batch.json": sqs_batch_event(),
         "eventbridge_scheduled.json": eventbridge_event(),
+        "dynamodb_memberships_stream.json": memberships_stream_event(),
+        "destination_sync_schedule.json": destination_sync_event(),
     }
     for name, call in segment_calls().items():
         files[f"segment/{name}.json"] = call
