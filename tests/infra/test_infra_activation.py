@@ -132,7 +132,7 @@ def test_the_fixture_declares_every_destination_type(cdp_stack_activation: Synth
     destinations = _destinations(cdp_stack_activation)
     assert {d.type for d in destinations} == set(get_args(DestinationType))
     assert {d.id for d in destinations} == set(TARGET_GRANTS)
-    assert cdp_stack_activation.stack.settings.destinations == destinations
+    assert cdp_stack_activation.stack.settings.destinations == destinations  # type: ignore[attr-defined]
 
 
 def test_each_destination_has_its_function_queue_and_dead_letter_queue(cdp_stack_activation: SynthesizedStack) -> None:
@@ -552,8 +552,8 @@ def _create(context: dict[str, Any], tmp_path: Path, stack_name: str | None = No
     return CdpStack(App(context=full, outdir=str(tmp_path)), stack_name)
 
 
-WEBHOOK = {"id": "hook", "name": "Hook", "type": "webhook", "audiences": ["vip"],
-           "settings": {"url": "https://hooks.example.com/cdp", "secret_name": "cdp/hook"}}
+WEBHOOK: dict[str, Any] = {"id": "hook", "name": "Hook", "type": "webhook", "audiences": ["vip"],
+                           "settings": {"url": "https://hooks.example.com/cdp", "secret_name": "cdp/hook"}}
 SIGNUP_TRIGGER = {"name": "signups", "event_type": "track", "event": "Signed Up"}
 
 
@@ -637,9 +637,12 @@ def test_destinations_come_from_a_list_a_json_string_or_a_file(tmp_path: Path, f
 
     file = tmp_path / "destinations.json"
     file.write_text(json.dumps([WEBHOOK]), encoding="utf-8")
-    context: dict[str, Any] = {"list": {"destinations": [WEBHOOK]},  # as cdk.json holds it
-                               "json": {"destinations": json.dumps([WEBHOOK])},  # as `-c destinations=...`
-                               "file": {"destinations_file": str(file)}}[form]
+    contexts: dict[str, dict[str, Any]] = {
+        "list": {"destinations": [WEBHOOK]},  # as cdk.json holds it
+        "json": {"destinations": json.dumps([WEBHOOK])},  # as `-c destinations=...`
+        "file": {"destinations_file": str(file)},
+    }
+    context = contexts[form]
     settings = DeploymentSettings.from_node(App(context=context).node)
     assert settings.destinations == (DestinationConfig.model_validate(WEBHOOK),)
 
