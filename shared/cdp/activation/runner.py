@@ -7,8 +7,11 @@ queue order), sends each through the destination and decides, with the delivery 
 * delivered: nothing to do (Lambda deletes what is not reported as failed);
 * to retry: made visible again after the policy's delay (``ChangeMessageVisibility``) and
   reported as a batch item failure; the later records of the same message group (the same
-  profile) are reported too, without being sent, so a profile's messages are delivered in
-  order (an exit never before its enter), while other profiles go on;
+  profile) are reported too, without being sent, and made visible again after the same
+  delay, so a profile's messages are delivered in order (an exit never before its enter),
+  while other profiles go on. (Left in flight, a held record would come back only after
+  the queue's visibility timeout, and SQS FIFO returns none of its group until then: the
+  profile would stall for that long, its retried message included.)
 * permanent, or retried past the window: sent with its reason to the destination's
   dead-letter queue and removed from the queue (not reported).
 
@@ -71,10 +74,11 @@ def deliver_records(records: Sequence[Mapping[str, Any]], destination: Destinati
     """Deliver one batch; see the module docstring."""
     moment = now or datetime.now(UTC)
     result = BatchResult()
-    held_groups: set[str] = set()
+    held_groups: dict[str, float] = {}  # group -> the retry delay of the message holding it
     for record in records:
         group = _attribute(record, "MessageGroupId")
         if group and group in held_groups:
+            queue.retry_later(record["receiptHandle"], held_groups[group])
             result.failures.append(record["messageId"])
             result.held += 1
             continue
@@ -88,9 +92,9 @@ def deliver_records(records: Sequence[Mapping[str, Any]], destination: Destinati
             (outcome,) = destination.send([message])
         except Exception as exc:  # the destination's own failure: try again later
             outcome = Outcome("retry", f"destination error: {type(exc).__name__}")
-        _settle(record, outcome, queue, policy, moment, result)
-        if group and result.failures and result.failures[-1] == record["messageId"]:
-            held_groups.add(group)  # retried: the profile's later messages wait behind it
+        delay = _settle(record, outcome, queue, policy, moment, result)
+        if group and delay is not None:
+            held_groups[group] = delay  # retried: the profile's later messages wait behind it
     return result
 
 
@@ -187,10 +191,11 @@ def deliver_batch_records(records: Sequence[Mapping[str, Any]], destination: Des
 
 
 def _settle(record: Mapping[str, Any], outcome: Outcome, queue: QueueOperations, policy: RetryPolicy,
-            moment: datetime, result: BatchResult) -> None:
+            moment: datetime, result: BatchResult) -> float | None:
+    """Delete, retry or dead-letter one record; the retry's delay when it is retried."""
     if outcome.delivered:
         result.delivered += 1
-        return
+        return None
     attempt = max(int(_attribute(record, "ApproximateReceiveCount", "1")), 1) - 1
     first_ms = _attribute(record, "ApproximateFirstReceiveTimestamp")
     first = datetime.fromtimestamp(int(first_ms) / 1000, UTC) if first_ms.isdigit() else moment
@@ -199,8 +204,9 @@ def _settle(record: Mapping[str, Any], outcome: Outcome, queue: QueueOperations,
         queue.dead_letter(record, give_up_reason(outcome, attempt + 1, policy.window))
         result.dead_lettered += 1
         result.last_error = outcome.reason
-        return
+        return None
     queue.retry_later(record["receiptHandle"], delay)
     result.failures.append(record["messageId"])
     result.retried += 1
     result.last_error = outcome.reason
+    return delay
