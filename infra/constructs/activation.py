@@ -140,7 +140,7 @@ class Activation(Construct):
                 retry_attempts=esm.retry_attempts,
                 max_record_age=Duration.seconds(esm.max_record_age_s),
                 parallelization_factor=esm.parallelization_factor,
-                report_batch_item_failures=False,  # the router fails or succeeds a batch as a whole
+                report_batch_item_failures=esm.report_batch_item_failures,
                 on_failure=event_sources.SqsDlq(self.router_dlq),
                 # none: the audiences do not fit Lambda's filter limits, every record goes in
                 filters=[{"pattern": p} for p in filters] or None,
@@ -156,7 +156,7 @@ class Activation(Construct):
                 retry_attempts=kinesis_esm.retry_attempts,
                 max_record_age=Duration.seconds(kinesis_esm.max_record_age_s),
                 parallelization_factor=kinesis_esm.parallelization_factor,
-                report_batch_item_failures=False,
+                report_batch_item_failures=kinesis_esm.report_batch_item_failures,
                 on_failure=event_sources.SqsDlq(self.router_dlq),
                 filters=[{"pattern": p} for p in trigger_filters(self.destinations)],
             ))

@@ -546,13 +546,15 @@ SEGMENT_EVALUATOR_ESM = DynamoDbStreamEventSourceSpec()
 # The memberships table's stream into the router. 100 changes per invocation (each is a
 # decision and one SendMessageBatch entry per destination, no reads), up to 1 s to fill a
 # batch. The CDK construct adds filters: only the configured destinations' audiences.
-ACTIVATION_MEMBERSHIPS_ESM = DynamoDbStreamEventSourceSpec(filter_patterns=())
+# The router fails or succeeds a batch as a whole (no partial batch response).
+ACTIVATION_MEMBERSHIPS_ESM = DynamoDbStreamEventSourceSpec(filter_patterns=(), report_batch_item_failures=False)
 
 # The event stream into the router, for trigger rules: the CDK construct filters on the
 # triggers' event types and names, so only candidate events invoke it (Lambda's event
 # filtering is free). 100 per invocation: a matching event costs a profile lookup.
 # From the newest record: a trigger is about what happens now, not the stream's last day.
-ACTIVATION_EVENTS_ESM = KinesisEventSourceSpec(batch_size=100, starting_position="LATEST")
+ACTIVATION_EVENTS_ESM = KinesisEventSourceSpec(batch_size=100, starting_position="LATEST",
+                                               report_batch_item_failures=False)
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,6 @@ def test_local_destination_queues_have_the_deployed_attributes(
         local_dlq = attributes[stack.dead_letter_urls[destination.id]]
         assert _local_attributes(local_queue) == _template_attributes(cdp_stack_activation.props(queue)), \
             destination.id
-        # (the dead-letter queue's visibility timeout differs: see the xfail below)
         assert {**_local_attributes(local_dlq), "visibility": None} == {
             **_template_attributes(cdp_stack_activation.props(dlq)), "visibility": None}, destination.id
         # Redriven to its own dead-letter queue, as deployed.
@@ -150,10 +149,6 @@ def test_local_destination_queues_have_the_deployed_attributes(
             assert url.rsplit("/", 1)[-1].removeprefix(stack.prefix) == template_name.removeprefix("CdpStack-")
 
 
-@pytest.mark.xfail(strict=True, reason="cdp.local.activation.queue_attributes gives dead-letter queues the "
-                   "destination queue's VisibilityTimeout (720 s); the construct leaves SQS's default (30 s). "
-                   "Harmless (cdp.aws.destination_admin receives with its own visibility), but a drift: set "
-                   "VisibilityTimeout only when dead_letter_arn is given, in shared/cdp/local/activation.py.")
 def test_local_dead_letter_queues_have_the_deployed_visibility_timeout(
     cdp_stack_activation: SynthesizedStack, local: Any,
 ) -> None:
@@ -198,10 +193,6 @@ def test_local_router_reads_the_event_stream_as_deployed(
     # those no trigger wants, so only the invocation count differs.
 
 
-@pytest.mark.xfail(strict=True, reason="resources.ACTIVATION_EVENTS_ESM says report_batch_item_failures=True, "
-                   "which the local Kinesis mapping uses, while the construct deploys the router's mappings "
-                   "without ReportBatchItemFailures (the router fails or succeeds a batch whole). Set it to "
-                   "False in cdp/resources.py (and ACTIVATION_MEMBERSHIPS_ESM's, which both sides override).")
 def test_local_router_event_mapping_reports_failures_as_deployed(
     cdp_stack_activation: SynthesizedStack, local: Any,
 ) -> None:

@@ -57,7 +57,7 @@ from cdp.activation.ad_identifiers import (
 )
 from cdp.activation.delivery import Destination, OutboundMessage, Outcome, Verdict, classify
 from cdp.activation.destinations import DestinationConfig, GoogleCustomerMatchSettings
-from cdp.activation.http_post import failure_name
+from cdp.activation.http_post import failure_name, release
 from cdp.activation.meta_audiences import (
     NO_IDENTIFIER,
     ad_profile,
@@ -266,7 +266,7 @@ class GoogleCustomerMatchDestination:
             raw = response.read(MAX_ANSWER if 200 <= response.status < 300 else MAX_ERROR_ANSWER,
                                 decode_content=True)
         finally:
-            response.release_conn()
+            release(response)
         try:
             data = json.loads(raw) if raw else {}
         except ValueError:

@@ -25,6 +25,16 @@ def failure_name(exc: BaseException) -> str:
     return type(inner if isinstance(inner, BaseException) else exc).__name__
 
 
+def release(response: Any) -> None:
+    """Give a streamed response's connection back to the pool with nothing left unread: a
+    kept-alive connection with an unread body (a 2xx answer we did not need) would make
+    the next request on it fail."""
+    try:
+        response.drain_conn()
+    finally:
+        response.release_conn()
+
+
 def post_json(http: Any, url: str, body: bytes, headers: Mapping[str, str],
               scrub: Callable[[str], str] = lambda text: text, max_answer: int = MAX_ANSWER) -> Outcome:
     """POST ``body`` and classify the answer (``cdp.activation.delivery.classify``)."""
@@ -36,6 +46,6 @@ def post_json(http: Any, url: str, body: bytes, headers: Mapping[str, str],
     try:
         answer = response.read(max_answer, decode_content=True) if response.status >= 300 else b""
     finally:
-        response.release_conn()
+        release(response)
     text = scrub(answer.decode("utf-8", errors="replace")) if answer else ""
     return classify(response.status, dict(response.headers), text)

@@ -58,7 +58,7 @@ import urllib3
 
 from cdp.activation.delivery import Destination, OutboundMessage, Outcome, Verdict, classify
 from cdp.activation.destinations import DestinationConfig, HubSpotSettings
-from cdp.activation.http_post import failure_name
+from cdp.activation.http_post import failure_name, release
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
 BASE_URL_ENV = "CDP_HUBSPOT_API_URL"
@@ -198,7 +198,7 @@ class HubSpotDestination:
         try:
             answer = response.read(MAX_ANSWER, decode_content=True)
         finally:
-            response.release_conn()
+            release(response)
         parsed = _json(answer)
         if not 200 <= response.status < 300:
             description = self._describe(parsed) if isinstance(parsed, Mapping) else ""

@@ -41,7 +41,7 @@ import urllib3
 from cdp.activation.ad_identifiers import META_DEFAULT_SCHEMA, META_MAX_ROWS_PER_REQUEST, meta_row
 from cdp.activation.delivery import Destination, OutboundMessage, Outcome, Verdict, classify
 from cdp.activation.destinations import DestinationConfig, MetaCustomAudiencesSettings
-from cdp.activation.http_post import failure_name
+from cdp.activation.http_post import failure_name, release
 
 GRAPH_URL = "https://graph.facebook.com"
 API_URL_ENV = "CDP_META_API_URL"
@@ -200,7 +200,7 @@ class MetaCustomAudiencesDestination:
         try:
             answer = response.read(MAX_ANSWER, decode_content=True) if response.status >= 300 else b""
         finally:
-            response.release_conn()
+            release(response)
         if 200 <= response.status < 300:
             return Outcome("delivered")
         return meta_error_outcome(response.status, dict(response.headers), answer.decode("utf-8", errors="replace"))

@@ -131,7 +131,8 @@ def slack_payload(body: Mapping[str, Any], audience: MessageTemplate | None = No
 class SlackDestination:
     url: str = field(repr=False)  # the incoming-webhook URL: a secret
     template: str | None = None  # SlackSettings.template
-    timeout_s: float = 10.0
+    # 5 s: ten slow answers of a FIFO batch (one request each) fit the function's 120 s
+    timeout_s: float = 5.0
     http: Any = None  # a urllib3.PoolManager (one per warm function)
     audience: MessageTemplate = field(init=False, repr=False)
     trigger: MessageTemplate = field(init=False, repr=False)

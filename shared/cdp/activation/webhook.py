@@ -44,7 +44,8 @@ class WebhookDestination:
     url: str
     secrets: Sequence[bytes]
     headers: Mapping[str, str] = field(default_factory=dict)
-    timeout_s: float = 10.0
+    # 5 s: ten slow answers of a FIFO batch (one request each) fit the function's 120 s
+    timeout_s: float = 5.0
     clock: Callable[[], float] = time.time
     http: Any = None  # a urllib3.PoolManager (one per warm function)
 

@@ -46,11 +46,12 @@ log = logging.getLogger(__name__)
 def queue_attributes(destination: DestinationConfig, dead_letter_arn: str | None) -> dict[str, str]:
     """The deployed queue's attributes (``infra.constructs.activation``)."""
     fifo = destination.type in resources.FIFO_DESTINATION_TYPES
-    attributes = {"VisibilityTimeout": str(resources.DESTINATION_VISIBILITY_S),
-                  "MessageRetentionPeriod": str(resources.DESTINATION_RETENTION_S)}
-    if dead_letter_arn is None:
+    attributes: dict[str, str] = {}
+    if dead_letter_arn is None:  # a dead-letter queue: SQS's default visibility, 14 days
         attributes["MessageRetentionPeriod"] = str(resources.DEAD_LETTER_RETENTION_S)
     else:
+        attributes["VisibilityTimeout"] = str(resources.DESTINATION_VISIBILITY_S)
+        attributes["MessageRetentionPeriod"] = str(resources.DESTINATION_RETENTION_S)
         attributes["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": 1000})
     if fifo:
         attributes["FifoQueue"] = "true"
@@ -128,14 +129,17 @@ class LocalActivation:
         esm = resources.ACTIVATION_MEMBERSHIPS_ESM
         from cdp.local.stack import local_dynamodb_spec  # the stack's conversion of the deployed spec
 
-        spec = dataclasses.replace(local_dynamodb_spec(esm), report_batch_item_failures=False,
-                                   filter_patterns=tuple(audience_filters(tuple(self.destinations))))
-        self.change_mapping = DynamoDbEventSourceMapping(
-            streams=dynamodb_streams_client(self._session),
-            stream_arn=latest_stream_arn(self._session.client("dynamodb"), resources.MEMBERSHIPS_TABLE.local_name),
-            function=self.router, spec=spec, on_failure=on_failure,
-            retry_backoff_s=self._retry_backoff, poll_interval_s=self._poll_interval)
-        self.change_mapping.start()
+        filters = tuple(audience_filters(tuple(self.destinations)))
+        spec = dataclasses.replace(local_dynamodb_spec(esm), filter_patterns=filters)
+        # As deployed: no mapping of the memberships stream when no enabled destination lists
+        # an audience (an empty filter would mean every record).
+        if any(d.audiences for d in self.destinations if d.enabled):
+            self.change_mapping = DynamoDbEventSourceMapping(
+                streams=dynamodb_streams_client(self._session),
+                stream_arn=latest_stream_arn(self._session.client("dynamodb"), resources.MEMBERSHIPS_TABLE.local_name),
+                function=self.router, spec=spec, on_failure=on_failure,
+                retry_backoff_s=self._retry_backoff, poll_interval_s=self._poll_interval)
+            self.change_mapping.start()
         if any(d.triggers for d in self.destinations if d.enabled):
             # Lambda's filters on the event stream are not emulated for Kinesis: the router
             # sees every event locally and drops the ones no trigger wants.
