@@ -397,3 +397,18 @@ def test_profiles_are_read_following_merges(profile_tables: ActivationProfiles) 
 def test_current_memberships_of_pairs(profile_tables: ActivationProfiles) -> None:
     assert profile_tables.memberships_of({"prof_ana": ["vip", "pro", "never"], "prof_bob": ["vip"]}) == {
         "prof_ana": {"vip": True, "pro": False}}
+
+
+def test_a_batchs_people_are_read_together_and_match_one_by_one_lookups(profile_tables: ActivationProfiles) -> None:
+    events = [{"userId": "ana", "anonymousId": "device-2"}, {"userId": "someone-new", "anonymousId": "device-2"},
+              {"anonymousId": "device-old"}, {"userId": "nobody"}, {"userId": "", "anonymousId": None}]
+    calls: list[str] = []
+    client = profile_tables._tables._ddb
+    client.meta.events.register("before-call.dynamodb.*", lambda model, **_: calls.append(model.name))
+    batch = profile_tables.persons_of(events, {"vip", "pro"})
+    batch_calls = list(calls)
+    assert [p.profile_id for p in batch] == [profile_tables.person_of(e, False).profile_id for e in events]
+    assert batch[0].audiences == frozenset({"vip"}) and batch[0].profile is not None
+    # identifier items, profiles (a home profile's item and a merge pointer take a second
+    # round each), memberships: batched reads, whatever the batch's size
+    assert batch_calls.count("Query") == 0 and len(batch_calls) <= 5, batch_calls

@@ -102,22 +102,14 @@ class ActivationRouter:
         """Events from the event stream (the records' ``event`` objects)."""
         stats = RoutingStats()
         routings: list[Routing] = []
-        # person key -> (the person, whether their audiences were read): a person in no
-        # audience has empty ``audiences`` either way, so the flag is what says it was read.
-        people: dict[tuple[Any, Any], tuple[Person, bool]] = {}
+        candidates: list[tuple[Mapping[str, Any], bool]] = []
         for event in events:
             stats.inputs += 1
             wanted, needs_audiences = _wants_event(self.destinations, event)
-            if not wanted:
-                continue
-            person = Person(None)
-            if self._people is not None:
-                key = (event.get("userId"), event.get("anonymousId"))
-                known = people.get(key)
-                if known is None or (needs_audiences and not known[1] and known[0].profile_id):
-                    known = (self._people.person_of(event, needs_audiences), needs_audiences)
-                    people[key] = known
-                person = known[0]
+            if wanted:
+                candidates.append((event, needs_audiences))
+        persons = self._persons(candidates)
+        for (event, _), person in zip(candidates, persons, strict=True):
             routing = route_event(event, self.destinations, person.audiences, profile_id=person.profile_id,
                                   profile=person.profile)
             if routing.messages or routing.skipped:
@@ -125,6 +117,29 @@ class ActivationRouter:
             routings.append(routing)
         self._send(routings, stats)
         return stats
+
+    def _persons(self, candidates: Sequence[tuple[Mapping[str, Any], bool]]) -> list[Person]:
+        """The candidate events' people: read for the whole batch at once when the lookup
+        can (``persons_of``), else once per person of the batch."""
+        if self._people is None or not candidates:
+            return [Person(None)] * len(candidates)
+        batch = getattr(self._people, "persons_of", None)
+        if callable(batch):
+            audiences = {t.audience for d in self.destinations for t in d.triggers if t.audience}
+            found: list[Person] = batch([event for event, _ in candidates], audiences)
+            return found
+        # person key -> (the person, whether their audiences were read): a person in no
+        # audience has empty ``audiences`` either way, so the flag is what says it was read.
+        people: dict[tuple[Any, Any], tuple[Person, bool]] = {}
+        persons = []
+        for event, needs_audiences in candidates:
+            key = (event.get("userId"), event.get("anonymousId"))
+            known = people.get(key)
+            if known is None or (needs_audiences and not known[1] and known[0].profile_id):
+                known = (self._people.person_of(event, needs_audiences), needs_audiences)
+                people[key] = known
+            persons.append(known[0])
+        return persons
 
     def _send(self, routings: Sequence[Routing], stats: RoutingStats) -> None:
         by_destination: dict[str, list[Routed]] = {}
