@@ -14,11 +14,13 @@ Layout, under the destination's ``prefix`` (a ``/`` is added when it lacks one):
   queue hands out other batches) writes another object that repeats some rows; each row
   carries what identifies it (``profile_id``, ``audience_id``, ``action``, ``version``;
   an event's ``message_id``), so importers drop repeats by those.
-- ``{destination_id}/full/{audience_id}/{run_id}.{ext}``: a batch sync's full member list;
-  ``{destination_id}/sync/{audience_id}/{run_id}.{ext}``: a batch sync's adds and
-  removes. Both are streamed by :class:`ExportFileWriter` (a multipart upload, flat
-  memory) and followed by ``{run_id}.manifest.json`` (rows, columns, format, kind,
-  created_at): a file is complete once its manifest exists.
+- ``{destination_id}/full/{audience_id}/{run_id}.{ext}``: a batch sync's full member list
+  (``cdp.aws.full_export``, after each successful sync; ``run_id`` is the sync's id),
+  streamed by :class:`ExportFileWriter` (a multipart upload, flat memory) and followed by
+  ``{run_id}.manifest.json`` (row count, columns, format, kind, created_at): a file is
+  complete once its manifest exists. A batch sync's adds and removes go through ``send``
+  like real-time changes (incremental objects, one per chunk). ``ExportFileWriter`` can
+  also write a ``sync/`` file (kind ``incremental``); nothing uses that yet.
 
 Rows. An audience change: ``profile_id``, ``audience_id``, ``action`` (``add`` /
 ``remove``), ``version``, ``at``, then the mapped fields (the profile's ``fields``: the
