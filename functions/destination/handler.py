@@ -55,5 +55,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.info("batch delivered", extra={"destination": current.config.id, "records": len(records),
                                           "delivered": result.delivered, "retried": result.retried,
                                           "dead_lettered": result.dead_lettered, "held": result.held,
-                                          "last_error": result.last_error or None})
+                                          "last_error": result.last_error or None,
+                                          "not_sent": dict(current.refused)})
     return result.response()
