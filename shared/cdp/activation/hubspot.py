@@ -182,9 +182,19 @@ class HubSpotDestination:
             else:
                 inputs.append((n, made))
         for chunk in _chunks(inputs, self.batch_size):
-            for (n, _), outcome in zip(chunk, self._upsert([item for _, item in chunk]), strict=True):
+            for (n, _), outcome in zip(chunk, self._upsert_isolating([item for _, item in chunk]), strict=True):
                 outcomes[n] = outcome
         return [o if o is not None else Outcome("retry", "not sent") for o in outcomes]
+
+    def _upsert_isolating(self, inputs: list[dict[str, Any]]) -> list[Outcome]:
+        """Upsert; a request refused as a whole with a 400 (HubSpot refuses a batch for one
+        invalid input) is split in halves and each sent again, so only the invalid inputs
+        end in the dead-letter queue: at most about 2 log2(n) more requests, only then."""
+        outcomes = self._upsert(inputs)
+        if len(inputs) > 1 and all(o.verdict == "permanent" and o.reason.startswith("HTTP 400") for o in outcomes):
+            half = len(inputs) // 2
+            return self._upsert_isolating(inputs[:half]) + self._upsert_isolating(inputs[half:])
+        return outcomes
 
     def _upsert(self, inputs: list[dict[str, Any]]) -> list[Outcome]:
         body = json.dumps({"inputs": inputs}, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -327,3 +327,22 @@ def test_build_reads_the_token_and_honours_the_api_url_override(hubspot: FakeHub
     (outcome,) = built.send([change(1)])
     assert outcome.delivered
     assert hubspot.inputs()[0][0]["properties"]["cdp_segments"] == "pro"
+
+
+def test_a_batch_refused_for_one_invalid_contact_is_split_until_only_that_contact_is_dead_lettered(
+        hubspot: FakeHubSpot) -> None:
+    invalid = {"status": "error", "category": "VALIDATION_ERROR", "message": "Property values were not valid"}
+    original_check = hubspot.check
+
+    def refuse_person_5(request: dict[str, Any]) -> tuple[int, dict[str, str], Any] | None:
+        refused = original_check(request)
+        if refused is None and any(i["id"] == "person5@example.com" for i in request["body"]["inputs"]):
+            return 400, {}, invalid  # HubSpot refuses the whole batch for one bad input
+        return refused
+
+    hubspot.check = refuse_person_5  # type: ignore[method-assign]
+    outcomes = destination(hubspot).send([change(n) for n in range(8)])
+
+    assert [o.verdict for o in outcomes] == ["delivered"] * 5 + ["permanent"] + ["delivered"] * 2
+    assert outcomes[5].reason.startswith("HTTP 400")
+    assert len(hubspot.requests) <= 1 + 2 * 3  # one batch, then halves down to the one contact
