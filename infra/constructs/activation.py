@@ -272,6 +272,9 @@ class Activation(Construct):
         elif settings.type == "sqs":
             iam.Grant.add_to_principal(grantee=role, actions=["sqs:SendMessage"],
                                        resource_arns=[_queue_arn_of_url(settings.queue_url)])
+            if settings.kms_key_arn:  # a queue encrypted with a customer-managed key
+                iam.Grant.add_to_principal(grantee=role, actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                                           resource_arns=[settings.kms_key_arn])
         elif settings.type == "s3":
             # Objects only, under the destination's own folder, keyed as cdp.activation.s3_export
             # keys them: "<prefix>/<destination id>/..." (a "/" added to a prefix without one).
@@ -283,6 +286,9 @@ class Activation(Construct):
                 actions=["s3:PutObject", "s3:AbortMultipartUpload"],
                 resource_arns=[stack.format_arn(service="s3", region="", account="", resource=settings.bucket,
                                                 resource_name=f"{folder}{destination.id}/*")])
+            if settings.kms_key_arn:  # SSE-KMS with a customer-managed key (multipart uploads decrypt too)
+                iam.Grant.add_to_principal(grantee=role, actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                                           resource_arns=[settings.kms_key_arn])
             NagSuppressions.add_resource_suppressions(role, [{
                 "id": "AwsSolutions-IAM5",
                 "reason": "Export files are written under the destination's own prefix of the configured bucket "

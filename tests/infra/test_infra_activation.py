@@ -48,6 +48,7 @@ def _arn(service: str, resource: str) -> str:
 # What each configured destination may reach besides its queues, tables and logs: exactly
 # its own secret (Secrets Manager: the name and "-" + 6 characters; SSM: the parameter),
 # its own bus, customer queue or bucket folder. Keyed by the ids of conftest's destinations.
+LAKE_KEY = "arn:aws:kms:eu-west-1:210987654321:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 TARGET_GRANTS: dict[str, dict[str, set[str]]] = {
     "crm-webhook": {"secretsmanager:GetSecretValue": {_arn("secretsmanager", "secret:cdp/webhooks/crm-??????")}},
     "sales-slack": {"ssm:GetParameter": {_arn("ssm", "parameter/cdp/slack/sales")}},
@@ -55,7 +56,9 @@ TARGET_GRANTS: dict[str, dict[str, set[str]]] = {
     "partner-queue": {"sqs:SendMessage": {"arn:aws:sqs:eu-west-1:210987654321:partner-inbox.fifo"}},
     # cdp.activation.s3_export: "<prefix>/<destination id>/..." (a "/" added to the prefix)
     "lake-export": {"s3:PutObject": {f"arn:{PARTITION}:s3:::acme-data-lake/cdp/audiences/lake-export/*"},
-                    "s3:AbortMultipartUpload": {f"arn:{PARTITION}:s3:::acme-data-lake/cdp/audiences/lake-export/*"}},
+                    "s3:AbortMultipartUpload": {f"arn:{PARTITION}:s3:::acme-data-lake/cdp/audiences/lake-export/*"},
+                    # the bucket's customer-managed key (kms_key_arn), that key only
+                    "kms:GenerateDataKey": {LAKE_KEY}, "kms:Decrypt": {LAKE_KEY}},
     "meta-ads": {"secretsmanager:GetSecretValue": {_arn("secretsmanager", "secret:cdp/meta/token-??????")}},
     "google-ads": {"secretsmanager:GetSecretValue": {_arn("secretsmanager", "secret:cdp/google/ads-??????")}},
     "hubspot-crm": {"secretsmanager:GetSecretValue": {_arn("secretsmanager", "secret:cdp/hubspot/token-??????")}},

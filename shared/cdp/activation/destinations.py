@@ -226,9 +226,14 @@ class EventBridgeSettings(_Settings):
     detail_type: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
 
 
+# A customer-managed KMS key of the customer's queue or bucket: the role may use it for that.
+KmsKeyArn = Annotated[StrictStr, Field(pattern=r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]{1,128}$")]
+
+
 class SqsSettings(_Settings):
     type: Literal["sqs"] = "sqs"
     queue_url: Annotated[StrictStr, Field(min_length=1, max_length=2048)]
+    kms_key_arn: KmsKeyArn | None = None
 
     @field_validator("queue_url")
     @classmethod
@@ -241,6 +246,7 @@ class S3Settings(_Settings):
     bucket: Annotated[StrictStr, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
     prefix: Annotated[StrictStr, Field(max_length=512)] = ""
     format: Literal["csv", "jsonl"] = "jsonl"
+    kms_key_arn: KmsKeyArn | None = None  # the bucket's default encryption key, if customer-managed
     # With a sync_schedule: each successful sync also writes the audience's full member list
     # (``full/<audience>/<sync id>``, with its manifest) for tools that import whole files.
     full_export: StrictBool = True
