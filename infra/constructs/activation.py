@@ -237,6 +237,9 @@ class Activation(Construct):
 
     def _grant_secrets(self, destination: DestinationConfig, role: iam.IRole) -> None:
         stack = Stack.of(self)
+        if destination.secrets_kms_key_arn:
+            iam.Grant.add_to_principal(grantee=role, actions=["kms:Decrypt"],
+                                       resource_arns=[destination.secrets_kms_key_arn])
         for name, value in destination.settings:
             if not name.endswith("secret_name") or not isinstance(value, str):
                 continue

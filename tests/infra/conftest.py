@@ -101,6 +101,7 @@ ACTIVATION_DESTINATIONS: list[dict[str, Any]] = [
                   "kms_key_arn": "arn:aws:kms:eu-west-1:210987654321:key/1234abcd-12ab-34cd-56ef-1234567890ab"}},
     {"id": "meta-ads", "name": "Meta ads", "type": "meta_custom_audiences", "audiences": ["vip"],
      "consent_categories": ["advertising"],
+     "secrets_kms_key_arn": "arn:aws:kms:us-east-1:123456789012:key/0000aaaa-12ab-34cd-56ef-1234567890ab",
      "settings": {"ad_account_id": "act_1234567890", "access_token_secret_name": "cdp/meta/token"}},
     {"id": "google-ads", "name": "Google Ads", "type": "google_customer_match", "audiences": ["churn-risk"],
      "settings": {"customer_id": "1234567890", "credentials_secret_name": "cdp/google/ads"}},

@@ -59,7 +59,9 @@ TARGET_GRANTS: dict[str, dict[str, set[str]]] = {
                     "s3:AbortMultipartUpload": {f"arn:{PARTITION}:s3:::acme-data-lake/cdp/audiences/lake-export/*"},
                     # the bucket's customer-managed key (kms_key_arn), that key only
                     "kms:GenerateDataKey": {LAKE_KEY}, "kms:Decrypt": {LAKE_KEY}},
-    "meta-ads": {"secretsmanager:GetSecretValue": {_arn("secretsmanager", "secret:cdp/meta/token-??????")}},
+    "meta-ads": {"secretsmanager:GetSecretValue": {_arn("secretsmanager", "secret:cdp/meta/token-??????")},
+                 # its secret's customer-managed key (secrets_kms_key_arn)
+                 "kms:Decrypt": {"arn:aws:kms:us-east-1:123456789012:key/0000aaaa-12ab-34cd-56ef-1234567890ab"}},
     "google-ads": {"secretsmanager:GetSecretValue": {_arn("secretsmanager", "secret:cdp/google/ads-??????")}},
     "hubspot-crm": {"secretsmanager:GetSecretValue": {_arn("secretsmanager", "secret:cdp/hubspot/token-??????")}},
 }

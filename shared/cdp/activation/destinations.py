@@ -374,6 +374,9 @@ class DestinationConfig(_Strict):
     # How many batches of this destination are delivered at once (the queue mapping's
     # maximum concurrency, 2-1000 as Lambda allows): its rate limit against the API.
     max_concurrency: Annotated[StrictInt, Field(ge=2, le=1000)] = 2
+    # The customer-managed KMS key of its secret (Secrets Manager or SSM SecureString), if the
+    # secret does not use the AWS-managed key: the role may decrypt with that key only.
+    secrets_kms_key_arn: KmsKeyArn | None = None
     # Scheduled full/diff syncs of the destination's audiences (batch syncs), as an
     # EventBridge schedule expression; none: real-time changes only.
     sync_schedule: Annotated[StrictStr, Field(pattern=r"^(rate\(\d{1,4} (minute|minutes|hour|hours|day|days)\)"
