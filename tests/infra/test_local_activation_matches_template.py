@@ -189,8 +189,8 @@ def test_local_router_reads_the_event_stream_as_deployed(
     assert (spec.bisect_batch_on_error, spec.retry_attempts, spec.max_record_age_s) == (
         deployed["BisectBatchOnFunctionError"], deployed["MaximumRetryAttempts"],
         deployed["MaximumRecordAgeInSeconds"])
-    # Locally every event reaches the router (Kinesis filters are not emulated); it drops
-    # those no trigger wants, so only the invocation count differs.
+    # The same Lambda filters: only the triggers' event types and names reach the router.
+    assert list(mapping.kwargs["filter_patterns"]) == [f["Pattern"] for f in deployed["FilterCriteria"]["Filters"]]
 
 
 def test_local_router_event_mapping_reports_failures_as_deployed(

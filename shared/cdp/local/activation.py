@@ -8,7 +8,8 @@ settings hold):
 * their secrets, when given (a Secrets Manager secret, or an SSM SecureString for names
   beginning with ``/``), so the functions read them as in AWS;
 * the router function on the memberships table's stream (filtered to the destinations'
-  audiences, as deployed) and, when a destination has triggers, on the event stream;
+  audiences, as deployed) and, when a destination has triggers, on the event stream
+  (filtered to the triggers' event types and names, as deployed);
 * one destination function per destination (the same handler code, its own execution
   environments) on its queue, with the deployed batch size, window and concurrency;
 * for a destination with a ``sync_schedule``, its sync function on a local schedule
@@ -32,7 +33,7 @@ from typing import Any
 
 from cdp import resources
 from cdp.activation.destinations import DestinationConfig, destinations_document
-from cdp.activation.filters import audience_filters
+from cdp.activation.filters import audience_filters, trigger_filters
 from cdp.aws.secrets import is_ssm_parameter
 from cdp.local.dynamodb_esm import DynamoDbEventSourceMapping, dynamodb_streams_client, latest_stream_arn
 from cdp.local.functions import LocalFunction
@@ -141,12 +142,12 @@ class LocalActivation:
                 retry_backoff_s=self._retry_backoff, poll_interval_s=self._poll_interval)
             self.change_mapping.start()
         if any(d.triggers for d in self.destinations if d.enabled):
-            # Lambda's filters on the event stream are not emulated for Kinesis: the router
-            # sees every event locally and drops the ones no trigger wants.
+            # Filtered as deployed: only events of the triggers' types and names invoke the router.
             self.event_mapping = KinesisEventSourceMapping(
                 kinesis=self._session.client("kinesis"), stream_name=resources.EVENT_STREAM.local_name,
                 function=self.router, spec=resources.ACTIVATION_EVENTS_ESM, on_failure=on_failure,
-                retry_backoff_s=self._retry_backoff, poll_interval_s=self._poll_interval)
+                retry_backoff_s=self._retry_backoff, poll_interval_s=self._poll_interval,
+                filter_patterns=trigger_filters(tuple(self.destinations)))
             self.event_mapping.start()
         sqs = self._session.client("sqs")
         for destination in self.destinations:

@@ -40,6 +40,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from cdp.local.event_filtering import FilterCriteria
 from cdp.local.functions import Invocation, LocalFunction
 from cdp.local.lambda_events import (
     REGION,
@@ -125,8 +126,13 @@ class KinesisEventSourceMapping:
         max_backoff_s: float = 10.0,
         poll_interval_s: float = 0.2,
         region: str = REGION,
+        filter_patterns: Sequence[str] = (),
     ) -> None:
         self.spec = spec
+        # The mapping's FilterCriteria: a record whose data (JSON-decoded) or metadata
+        # matches none is dropped without an invocation, as Lambda does.
+        self.filters = FilterCriteria.from_patterns(tuple(filter_patterns)) if filter_patterns else None
+        self.records_filtered_out = 0
         self._kinesis = kinesis
         self._stream = stream_name
         self._function = function
@@ -271,8 +277,10 @@ class KinesisEventSourceMapping:
                 for item in response.get("Records", [])
             ]
             caught_up = not records and not response.get("MillisBehindLatest")
+            wanted = records if self.filters is None else [r for r in records if self._passes(r)]
+            self.records_filtered_out += len(records) - len(wanted)
             with shard.cond:
-                for record in records:
+                for record in wanted:
                     shard.lanes[self._lane_of(record, len(shard.lanes))].records.append(record)
                 if records:
                     last_sequence = records[-1].sequence_number
@@ -285,6 +293,17 @@ class KinesisEventSourceMapping:
         with shard.cond:
             shard.reader_done = True
             shard.cond.notify_all()
+
+    def _passes(self, record: KinesisRecord) -> bool:
+        """Lambda's filtering of a Kinesis record: ``data`` is matched as the JSON it holds
+        (data that is not JSON matches no ``data`` pattern), beside the record's metadata."""
+        assert self.filters is not None
+        try:
+            data: Any = json.loads(record.data)
+        except ValueError:
+            data = None
+        subject = {"data": data, "partitionKey": record.partition_key, "sequenceNumber": record.sequence_number}
+        return self.filters.matches(subject)
 
     def _iterator_after(self, shard_id: str, sequence: str | None) -> str:
         kwargs: dict[str, Any] = {"StreamName": self._stream, "ShardId": shard_id}

@@ -179,3 +179,27 @@ def test_wait_idle_times_out_while_a_batch_is_still_failing(aws: dict[str, Any])
     finally:
         mapping.stop()
     assert len(handler.events) > 1
+
+
+def test_filter_criteria_drop_records_whose_data_matches_no_pattern(aws: dict[str, Any]) -> None:
+    create_stream(aws["kinesis"])
+    aws["kinesis"].put_records(StreamName=STREAM, Records=[
+        {"Data": json.dumps({"n": 1, "kind": "event"}).encode(), "PartitionKey": "a"},
+        {"Data": json.dumps({"n": 2, "kind": "rejected"}).encode(), "PartitionKey": "a"},
+        {"Data": b"not json", "PartitionKey": "a"},
+        {"Data": json.dumps({"n": 4, "kind": "event"}).encode(), "PartitionKey": "b"},
+    ])
+    handler = ScriptedHandler()
+    spec = dataclasses.replace(STREAM_CONSUMER_ESM, max_batching_window_s=0)
+    mapping = KinesisEventSourceMapping(kinesis=aws["kinesis"], stream_name=STREAM,
+                                        function=local_function(handler, max_concurrency=10), spec=spec,
+                                        retry_backoff_s=0.0, poll_interval_s=0.02,
+                                        filter_patterns=['{"data": {"kind": ["event"]}}'])
+    mapping.start()
+    try:
+        assert mapping.wait_idle(timeout=20)
+    finally:
+        mapping.stop()
+
+    assert [n for e in handler.events for n in numbers(e)] == [1, 4]
+    assert mapping.records_filtered_out == 2
