@@ -33,6 +33,7 @@ from cdp.aws.destination_admin import destination_types_text
 from cdp.aws.membership_store import MEMBERS_INDEX
 from cdp.aws.secrets import is_ssm_parameter
 from infra import packaging
+from infra.constructs.event_sources import dynamo_event_source, kinesis_event_source
 from infra.constructs.function import CdpFunction
 from infra.constructs.queues import stream_dead_letter_queue
 from infra.constructs.tables import build_table, grant_item_actions
@@ -131,35 +132,12 @@ class Activation(Construct):
         if any(d.audiences for d in self.destinations if d.enabled):
             esm = resources.ACTIVATION_MEMBERSHIPS_ESM
             filters = audience_filters(self.destinations)
-            router.function.add_event_source(event_sources.DynamoEventSource(
-                memberships_table,
-                starting_position=lambda_.StartingPosition[esm.starting_position],
-                batch_size=esm.batch_size,
-                max_batching_window=Duration.seconds(esm.max_batching_window_s),
-                bisect_batch_on_error=esm.bisect_batch_on_error,
-                retry_attempts=esm.retry_attempts,
-                max_record_age=Duration.seconds(esm.max_record_age_s),
-                parallelization_factor=esm.parallelization_factor,
-                report_batch_item_failures=esm.report_batch_item_failures,
-                on_failure=event_sources.SqsDlq(self.router_dlq),
-                # none: the audiences do not fit Lambda's filter limits, every record goes in
-                filters=[{"pattern": p} for p in filters] or None,
-            ))
+            # no filters: the audiences do not fit Lambda's filter limits, every record goes in
+            router.function.add_event_source(dynamo_event_source(memberships_table, esm, self.router_dlq, filters))
         if any(d.triggers for d in self.destinations if d.enabled):
             kinesis_esm = resources.ACTIVATION_EVENTS_ESM
-            router.function.add_event_source(event_sources.KinesisEventSource(
-                stream,
-                starting_position=lambda_.StartingPosition[kinesis_esm.starting_position],
-                batch_size=kinesis_esm.batch_size,
-                max_batching_window=Duration.seconds(kinesis_esm.max_batching_window_s),
-                bisect_batch_on_error=kinesis_esm.bisect_batch_on_error,
-                retry_attempts=kinesis_esm.retry_attempts,
-                max_record_age=Duration.seconds(kinesis_esm.max_record_age_s),
-                parallelization_factor=kinesis_esm.parallelization_factor,
-                report_batch_item_failures=kinesis_esm.report_batch_item_failures,
-                on_failure=event_sources.SqsDlq(self.router_dlq),
-                filters=[{"pattern": p} for p in trigger_filters(self.destinations)],
-            ))
+            router.function.add_event_source(kinesis_event_source(stream, kinesis_esm, self.router_dlq,
+                                                                  trigger_filters(self.destinations)))
         NagSuppressions.add_resource_suppressions(router.role, [{
             "id": "AwsSolutions-IAM5",
             "reason": "The stream event source mappings need dynamodb:ListStreams and kinesis:ListShards-style "

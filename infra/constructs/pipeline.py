@@ -9,13 +9,13 @@ from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kinesis as kinesis
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
 from cdk_nag import NagSuppressions
 from constructs import Construct
 
 from cdp import config, resources
+from infra.constructs.event_sources import kinesis_event_source
 from infra.constructs.function import CdpFunction
 from infra.constructs.queues import stream_dead_letter_queue
 from infra.constructs.tables import build_table, grant_item_actions
@@ -122,18 +122,7 @@ class Pipeline(Construct):
         # Every setting, and the reason for it, is in cdp.resources.STREAM_CONSUMER_ESM;
         # the local stack's poller reads the same spec.
         esm = resources.STREAM_CONSUMER_ESM
-        self.event_source = event_sources.KinesisEventSource(
-            stream,
-            starting_position=lambda_.StartingPosition[esm.starting_position],
-            batch_size=esm.batch_size,
-            max_batching_window=Duration.seconds(esm.max_batching_window_s),
-            bisect_batch_on_error=esm.bisect_batch_on_error,
-            retry_attempts=esm.retry_attempts,
-            max_record_age=Duration.seconds(esm.max_record_age_s),
-            parallelization_factor=esm.parallelization_factor,
-            report_batch_item_failures=esm.report_batch_item_failures,
-            on_failure=event_sources.SqsDlq(self.dlq),
-        )
+        self.event_source = kinesis_event_source(stream, esm, self.dlq)
         self.consumer.function.add_event_source(self.event_source)
 
     def _archive(self) -> tuple[s3.Bucket, s3.Bucket]:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Duration
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kinesis as kinesis
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_lambda_event_sources as event_sources
 from aws_cdk import aws_sqs as sqs
 from cdk_nag import NagSuppressions
 from constructs import Construct
 
 from cdp import config, resources
 from cdp.aws.membership_store import MEMBERS_INDEX
+from infra.constructs.event_sources import dynamo_event_source
 from infra.constructs.function import CdpFunction
 from infra.constructs.queues import stream_dead_letter_queue
 from infra.constructs.tables import build_table, grant_item_actions
@@ -104,19 +103,7 @@ class Segmentation(Construct):
         # Every setting, and its reason, is in cdp.resources.SEGMENT_EVALUATOR_ESM; the
         # local stack's emulated mapping reads the same spec.
         esm = resources.SEGMENT_EVALUATOR_ESM
-        self.event_source = event_sources.DynamoEventSource(
-            identity_table,
-            starting_position=lambda_.StartingPosition[esm.starting_position],
-            batch_size=esm.batch_size,
-            max_batching_window=Duration.seconds(esm.max_batching_window_s),
-            bisect_batch_on_error=esm.bisect_batch_on_error,
-            retry_attempts=esm.retry_attempts,
-            max_record_age=Duration.seconds(esm.max_record_age_s),
-            parallelization_factor=esm.parallelization_factor,
-            report_batch_item_failures=esm.report_batch_item_failures,
-            on_failure=event_sources.SqsDlq(self.dlq),
-            filters=[{"pattern": pattern} for pattern in esm.filter_patterns],
-        )
+        self.event_source = dynamo_event_source(identity_table, esm, self.dlq)
         self.evaluator.function.add_event_source(self.event_source)
         NagSuppressions.add_resource_suppressions(
             role,
