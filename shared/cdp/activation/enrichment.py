@@ -26,18 +26,24 @@ from cdp.activation.destinations import DestinationConfig
 from cdp.profiles import UserProfile
 
 
+def person_view(profile: UserProfile) -> dict[str, Any]:
+    """A profile's ``traits`` (latest value of each) and ``identifiers`` (normalised values
+    by type): what trigger profile conditions and destination filters test."""
+    identifiers: dict[str, list[str]] = {}
+    for identifier in profile.identifiers:
+        identifiers.setdefault(identifier.type, []).append(identifier.value)
+    return {"traits": {name: trait.value for name, trait in sorted(profile.state.traits.items())},
+            "identifiers": {kind: sorted(values) for kind, values in sorted(identifiers.items())}}
+
+
 def profile_view(profile: UserProfile | None, destination: DestinationConfig,
                  memberships: Iterable[str] | None = None) -> dict[str, Any] | None:
     """The ``profile`` of a message (see the module docstring)."""
     if profile is None:
         return None
-    traits = {name: trait.value for name, trait in sorted(profile.state.traits.items())}
-    identifiers: dict[str, list[str]] = {}
-    for identifier in profile.identifiers:
-        identifiers.setdefault(identifier.type, []).append(identifier.value)
-    view: dict[str, Any] = {"profile_id": profile.profile_id, "traits": traits,
-                            "identifiers": {k: sorted(v) for k, v in sorted(identifiers.items())},
-                            "fields": destination.map_traits(traits)}
+    people = person_view(profile)
+    view: dict[str, Any] = {"profile_id": profile.profile_id, **people,
+                            "fields": destination.map_traits(people["traits"])}
     if memberships is not None:
         view["memberships"] = sorted(memberships)
     return view

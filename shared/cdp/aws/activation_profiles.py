@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cdp.activation.dispatch import Person
+from cdp.activation.enrichment import person_view
 from cdp.aws.identity_graph import ident_key
 from cdp.aws.membership_store import MembershipStore
 from cdp.aws.profile_tables import DynamoProfileTables
@@ -31,14 +32,6 @@ def _candidates(event: Mapping[str, Any]) -> list[str]:
         except IdentifierRefused:
             continue
     return keys
-
-
-def _view(profile: UserProfile) -> dict[str, Any]:
-    identifiers: dict[str, list[str]] = {}
-    for found in profile.identifiers:
-        identifiers.setdefault(found.type, []).append(found.value)
-    return {"traits": {name: trait.value for name, trait in profile.state.traits.items()},
-            "identifiers": identifiers}
 
 
 class ActivationProfiles:
@@ -69,7 +62,7 @@ class ActivationProfiles:
                 people.append(Person(None))
                 continue
             member_of = frozenset(aid for aid, m in memberships.get(profile.profile_id, {}).items() if m.member)
-            people.append(Person(profile.profile_id, member_of, _view(profile)))
+            people.append(Person(profile.profile_id, member_of, person_view(profile)))
         return people
 
     def person_of(self, event: Mapping[str, Any], need_audiences: bool) -> Person:
@@ -88,7 +81,7 @@ class ActivationProfiles:
             if profile is not None:
                 audiences = frozenset(self._memberships.audiences_of(profile.profile_id)) if need_audiences \
                     else frozenset()
-                return Person(profile.profile_id, audiences, _view(profile))
+                return Person(profile.profile_id, audiences, person_view(profile))
         return Person(None)
 
     def profiles(self, profile_ids: Iterable[str]) -> dict[str, UserProfile | None]:
