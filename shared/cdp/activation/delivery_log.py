@@ -14,9 +14,11 @@ bucket). ``cdp destinations status`` and the admin API read it with the queues' 
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from fractions import Fraction
 from typing import Any
 
 # Upper bounds (seconds) of the latency buckets; the last bucket is everything above.
@@ -85,7 +87,9 @@ def percentile(histogram: Sequence[int], fraction: float) -> float | None:
     total = sum(histogram)
     if total == 0:
         return None
-    rank = fraction * total
+    # Nearest rank, with the fraction as written (0.07 of 100 is rank 7; in binary
+    # floating point 0.07 * 100 is 7.000000000000001 and would be rank 8).
+    rank = max(1, math.ceil(Fraction(repr(float(fraction))) * total))
     seen = 0
     for index, count in enumerate(histogram):
         seen += count

@@ -68,7 +68,7 @@ def test_a_percentile_is_the_bound_of_the_bucket_of_the_nearest_rank_value(value
     counts = DeliveryCounts()
     for value in values:
         counts.observe_latency(value)
-    rank = max(1, math.ceil(Fraction(fraction) * len(values)))  # nearest rank, exactly
+    rank = max(1, math.ceil(Fraction(repr(fraction)) * len(values)))  # nearest rank of the fraction as written
     nearest = sorted(values)[rank - 1]
     index = bucket_of(nearest)
     expected = LATENCY_BOUNDS_S[index] if index < ABOVE else math.inf
