@@ -22,7 +22,8 @@ from cdp.activation.dispatch import Person
 from cdp.activation.router import Routed
 from cdp.aws.activation_profiles import ActivationProfiles
 from cdp.aws.delivery_log import DeliveryLog, hour_of
-from cdp.aws.destination_queues import MAX_VISIBILITY_S, DestinationQueues, DestinationQueueSender, QueueSendFailed
+from cdp.aws.destination_queues import (MAX_BATCH_BYTES, MAX_VISIBILITY_S, DestinationQueues, DestinationQueueSender,
+                                        QueueSendFailed)
 from cdp.aws.membership_store import MembershipStore
 from cdp.aws.secrets import SecretReader
 from cdp.local.provisioning import create_table_request
@@ -103,6 +104,24 @@ def test_the_sender_finds_each_queue_once_and_sends_in_chunks_of_ten_with_fifo_i
     assert by_n[4]["Attributes"]["MessageGroupId"] == "p1"
     assert by_n[4]["Attributes"]["MessageDeduplicationId"] == "dedup-4"
     assert by_n[4]["Body"] == '{"kind":"audience_membership","n":4,"profile_id":"p1"}'  # compact JSON
+
+
+def test_triggered_events_near_the_event_size_limit_are_split_by_request_size(moto: None) -> None:
+    sqs = boto3.client("sqs")
+    hooks = destination("hooks", "webhook")
+    url = sqs.create_queue(QueueName=destination_queue_name(PREFIX, "hooks", "webhook"),
+                           Attributes={"FifoQueue": "true", "MaximumMessageSize": str(MAX_BATCH_BYTES)})["QueueUrl"]
+    counting = CountingSqs(sqs)
+    big = [Routed("d", "p1", f"dedup-{n}", {"kind": "event", "n": n, "event": {"properties": {"text": "x" * 31_000}}})
+           for n in range(12)]
+
+    DestinationQueueSender(counting, PREFIX).send(hooks, big)
+
+    sizes = [sum(len(e["MessageBody"].encode()) for e in batch) for batch in counting.batches]
+    assert all(size <= MAX_BATCH_BYTES for size in sizes), sizes
+    assert [len(b) for b in counting.batches] == [8, 4]  # 8 x ~31 KB fit in 256 KiB, the 9th does not
+    assert [e["Id"] for e in counting.batches[1]] == ["0", "1", "2", "3"]
+    assert sorted(json.loads(m["Body"])["n"] for m in drain(sqs, url)) == list(range(12))
 
 
 def test_a_standard_queue_gets_no_fifo_ids(moto: None) -> None:

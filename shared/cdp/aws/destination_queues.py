@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from cdp.resources import destination_queue_name
 
 MAX_VISIBILITY_S = 12 * 3600
 MAX_ATTRIBUTE = 256  # characters of the reason kept in the attribute
+MAX_ENTRIES = 10  # SendMessageBatch: entries a request
+# SendMessageBatch: the request's message bodies together. SQS has allowed 1 MiB since
+# 2025, but a queue's MaximumMessageSize (and older regions' batch limit) can be 256 KiB;
+# ten triggered events of up to 32 KB each would not fit in one request.
+MAX_BATCH_BYTES = 256 * 1024
 
 
 class DestinationQueues:
@@ -54,8 +59,8 @@ class QueueSendFailed(RuntimeError):
 
 
 class DestinationQueueSender:
-    """The router's side: ``SendMessageBatch`` (10 entries a request) to each destination's
-    queue, found by name (``cdp.resources.destination_queue_name``) and cached."""
+    """The router's side: ``SendMessageBatch`` (10 entries and 256 KiB a request) to each
+    destination's queue, found by name (``cdp.resources.destination_queue_name``) and cached."""
 
     def __init__(self, sqs: Any, prefix: str) -> None:
         self._sqs = sqs
@@ -72,19 +77,32 @@ class DestinationQueueSender:
     def send(self, destination: Any, messages: Sequence[Any]) -> None:
         url = self.queue_url(destination)
         fifo = url.endswith(".fifo")
-        for start in range(0, len(messages), 10):
-            chunk = messages[start:start + 10]
-            entries = []
-            for index, message in enumerate(chunk):
-                entry: dict[str, Any] = {"Id": str(index),
-                                         "MessageBody": json.dumps(message.body, separators=(",", ":"))}
-                if fifo:
-                    entry["MessageGroupId"] = message.message_group_id
-                    entry["MessageDeduplicationId"] = message.deduplication_id
-                entries.append(entry)
+        for entries in _requests(messages, fifo):
             response = self._sqs.send_message_batch(QueueUrl=url, Entries=entries)
             failed = response.get("Failed") or []
             if failed:
                 codes = sorted({str(f.get("Code")) for f in failed})
                 raise QueueSendFailed(f"{len(failed)} message(s) to destination {destination.id!r} refused: "
                                       f"{', '.join(codes)}")
+
+
+def _requests(messages: Sequence[Any], fifo: bool) -> Iterator[list[dict[str, Any]]]:
+    """The messages as ``SendMessageBatch`` entry lists, in order, each at most
+    ``MAX_ENTRIES`` entries and ``MAX_BATCH_BYTES`` of bodies (a single larger message goes
+    alone, and SQS's answer for it decides)."""
+    entries: list[dict[str, Any]] = []
+    size = 0
+    for message in messages:
+        body = json.dumps(message.body, separators=(",", ":"))
+        body_bytes = len(body.encode())
+        if entries and (len(entries) == MAX_ENTRIES or size + body_bytes > MAX_BATCH_BYTES):
+            yield entries
+            entries, size = [], 0
+        entry: dict[str, Any] = {"Id": str(len(entries)), "MessageBody": body}
+        if fifo:
+            entry["MessageGroupId"] = message.message_group_id
+            entry["MessageDeduplicationId"] = message.deduplication_id
+        entries.append(entry)
+        size += body_bytes
+    if entries:
+        yield entries
