@@ -22,8 +22,13 @@ from cdp.activation.dispatch import Person
 from cdp.activation.router import Routed
 from cdp.aws.activation_profiles import ActivationProfiles
 from cdp.aws.delivery_log import DeliveryLog, hour_of
-from cdp.aws.destination_queues import (MAX_BATCH_BYTES, MAX_VISIBILITY_S, DestinationQueues, DestinationQueueSender,
-                                        QueueSendFailed)
+from cdp.aws.destination_queues import (
+    MAX_BATCH_BYTES,
+    MAX_VISIBILITY_S,
+    DestinationQueues,
+    DestinationQueueSender,
+    QueueSendFailed,
+)
 from cdp.aws.membership_store import MembershipStore
 from cdp.aws.secrets import SecretReader
 from cdp.local.provisioning import create_table_request
