@@ -60,6 +60,7 @@ TARGET_GRANTS: dict[str, dict[str, set[str]]] = {
                     # the bucket's customer-managed key (kms_key_arn), that key only
                     "kms:GenerateDataKey": {LAKE_KEY}, "kms:Decrypt": {LAKE_KEY}},
     "meta-ads": {"secretsmanager:GetSecretValue": {_arn("secretsmanager", "secret:cdp/meta/token-??????")},
+                 "ssm:GetParameter": {_arn("ssm", "parameter/cdp/meta/app-secret")},  # app_secret_name
                  # its secret's customer-managed key (secrets_kms_key_arn)
                  "kms:Decrypt": {"arn:aws:kms:us-east-1:123456789012:key/0000aaaa-12ab-34cd-56ef-1234567890ab"}},
     "google-ads": {"secretsmanager:GetSecretValue": {_arn("secretsmanager", "secret:cdp/google/ads-??????")}},

@@ -256,10 +256,29 @@ class MetaCustomAudiencesSettings(_Settings):
     type: Literal["meta_custom_audiences"] = "meta_custom_audiences"
     ad_account_id: Annotated[StrictStr, Field(pattern=r"^(act_)?\d{1,30}$")]
     access_token_secret_name: SecretName
+    # the Meta app's secret: requests then carry appsecret_proof ("Require App Secret")
+    app_secret_name: SecretName | None = None
     api_version: Annotated[StrictStr, Field(pattern=r"^v\d{1,3}\.\d{1,2}$")] = "v26.0"
     # CDP audience id -> Meta custom audience id (an audience not listed: its own id)
     audience_ids: dict[Slug, Annotated[StrictStr, Field(pattern=r"^\d{1,30}$")]] = Field(
         default_factory=dict, max_length=MAX_AUDIENCES)
+
+
+ConsentStatus = Literal["GRANTED", "DENIED", "UNSPECIFIED"]
+
+
+class GoogleConsent(_Strict):
+    """Google Ads API ``Consent``, sent with every Customer Match job (all its users). Since
+    March 2024 Customer Match uses EEA users' data only when both are ``GRANTED``. The CDP
+    sends a profile only when its stored consent grants the destination's
+    ``consent_categories``: name the categories that stand for these two purposes there and
+    set both to ``GRANTED`` here."""
+
+    ad_user_data: ConsentStatus
+    ad_personalization: ConsentStatus
+
+    def api_value(self) -> dict[str, str]:
+        return {"adUserData": self.ad_user_data, "adPersonalization": self.ad_personalization}
 
 
 class GoogleCustomerMatchSettings(_Settings):
@@ -271,6 +290,8 @@ class GoogleCustomerMatchSettings(_Settings):
     # CDP audience id -> Customer Match user list id (an audience not listed: its own id)
     user_list_ids: dict[Slug, Annotated[StrictStr, Field(pattern=r"^\d{1,30}$")]] = Field(
         default_factory=dict, max_length=MAX_AUDIENCES)
+    # the jobs' Customer Match consent (EEA users); not sent when unset
+    consent: GoogleConsent | None = None
 
 
 class HubSpotSettings(_Settings):

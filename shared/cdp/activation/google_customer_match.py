@@ -5,7 +5,8 @@ Google Ads API, REST (``OfflineUserDataJobService``), per user list and per kind
 
 1. ``POST {api}/{version}/customers/{customer_id}/offlineUserDataJobs:create`` with
    ``{"job": {"type": "CUSTOMER_MATCH_USER_LIST", "customerMatchUserListMetadata":
-   {"userList": "customers/{customer_id}/userLists/{list id}"}}}``; the answer's
+   {"userList": "customers/{customer_id}/userLists/{list id}", "consent": {"adUserData",
+   "adPersonalization"}}}}`` (the consent when the settings give it); the answer's
    ``resourceName`` names the job;
 2. ``POST {api}/{version}/{job}:addOperations`` with ``{"operations": [{"create":
    {"userIdentifiers": [...]}}, ...], "enablePartialFailure": true}``, each request at most
@@ -424,6 +425,7 @@ def build(config: DestinationConfig, secret: Callable[[str], str], aws: Callable
         api_version=settings.api_version,
         # the settings' mapping (when the settings model has one) over the environment's
         user_list_ids={**mapping_from_env(USER_LIST_IDS_ENV, config.id), **getattr(settings, "user_list_ids", {})},
+        consent=settings.consent.api_value() if settings.consent else None,
         base_url=os.environ.get(API_URL_ENV) or ADS_API_URL,
         oauth_url=os.environ.get(OAUTH_URL_ENV) or OAUTH_URL,
     )

@@ -10,7 +10,11 @@ rows a request as Meta's "Custom Audience Users" reference says.
 Authentication: the ``access_token`` parameter, sent in the form-encoded body next to
 ``payload`` as Meta's examples do (``curl -F 'payload=...' -F 'access_token=...'``), so it
 never appears in a URL or an access log. (The Graph API also accepts
-``Authorization: Bearer``; the documented parameter is used.)
+``Authorization: Bearer``; the documented parameter is used.) With the app secret
+configured (``app_secret_name``), every request also carries ``appsecret_proof``, the
+hex HMAC-SHA256 of the access token keyed with the app secret (Graph API "Securing
+Requests"), which an app with "Require App Secret" turned on demands of every server call:
+a stolen token alone is then useless.
 
 Answers: a request's answer decides every message whose row it carried. Meta's error body
 is ``{"error": {"code", "error_subcode", "type", "message", ...}}``; the code decides
@@ -28,6 +32,8 @@ dead-lettered at once with the reason "no usable identifier".
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -141,6 +147,7 @@ class MetaCustomAudiencesDestination:
     """Adds and removes people in Meta custom audiences (see the module docstring)."""
 
     access_token: str
+    app_secret: str | None = None  # when set, requests carry appsecret_proof
     api_version: str = "v26.0"
     # CDP audience id -> Meta custom audience id; an audience not listed uses its own id.
     audience_ids: Mapping[str, str] = field(default_factory=dict)
@@ -190,7 +197,10 @@ class MetaCustomAudiencesDestination:
     def _request(self, method: str, meta_id: str, rows: list[list[str]]) -> Outcome:
         url = f"{self.base_url.rstrip('/')}/{quote(self.api_version, safe='')}/{quote(meta_id, safe='')}/users"
         payload = json.dumps({"schema": list(self.schema), "data": rows}, separators=(",", ":"))
-        body = urlencode({"payload": payload, "access_token": self.access_token}).encode("ascii")
+        form = {"payload": payload, "access_token": self.access_token}
+        if self.app_secret:
+            form["appsecret_proof"] = appsecret_proof(self.access_token, self.app_secret)
+        body = urlencode(form).encode("ascii")
         headers = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": USER_AGENT}
         try:
             response = self.http.request(method, url, body=body, headers=headers, redirect=False,
@@ -204,6 +214,11 @@ class MetaCustomAudiencesDestination:
         if 200 <= response.status < 300:
             return Outcome("delivered")
         return meta_error_outcome(response.status, dict(response.headers), answer.decode("utf-8", errors="replace"))
+
+
+def appsecret_proof(access_token: str, app_secret: str) -> str:
+    """Graph API's ``appsecret_proof``: HMAC-SHA256 of the token, keyed with the app secret, in hex."""
+    return hmac.new(app_secret.encode("utf-8"), access_token.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def meta_error_outcome(status: int, headers: Mapping[str, str], text: str) -> Outcome:
@@ -262,6 +277,7 @@ def build(config: DestinationConfig, secret: Callable[[str], str], aws: Callable
         raise TypeError(f"not a meta_custom_audiences destination: {config.type}")
     return MetaCustomAudiencesDestination(
         access_token=secret(settings.access_token_secret_name).strip(),
+        app_secret=secret(settings.app_secret_name).strip() if settings.app_secret_name else None,
         api_version=settings.api_version,
         # the settings' mapping (when the settings model has one) over the environment's
         audience_ids={**mapping_from_env(AUDIENCE_IDS_ENV, config.id), **getattr(settings, "audience_ids", {})},

@@ -231,6 +231,28 @@ def test_consent_is_sent_in_the_job_metadata_when_configured(google: FakeGoogle)
     assert metadata["consent"] == {"adUserData": "GRANTED", "adPersonalization": "GRANTED"}
 
 
+def test_the_consent_setting_reaches_the_job_metadata_and_without_it_none_is_sent(
+        google: FakeGoogle, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDP_GOOGLE_ADS_API_URL", google.url)
+    monkeypatch.setenv("CDP_GOOGLE_OAUTH_URL", google.url)
+    configured = build(config(consent={"ad_user_data": "GRANTED", "ad_personalization": "DENIED"}),
+                       lambda name: secret_json(), lambda service: None)
+    configured.send([change("p1", emails=["a@example.com"])])
+    build(config(), lambda name: secret_json(), lambda service: None).send([change("p2", emails=["b@example.com"])])
+
+    first, second = (r["body"]["job"]["customerMatchUserListMetadata"] for r in google.of("create"))
+    assert first["consent"] == {"adUserData": "GRANTED", "adPersonalization": "DENIED"}
+    assert "consent" not in second
+
+
+@pytest.mark.parametrize("consent", [{"ad_user_data": "YES", "ad_personalization": "GRANTED"},
+                                     {"ad_user_data": "GRANTED"},
+                                     {"ad_user_data": "GRANTED", "ad_personalization": "GRANTED", "extra": "x"}])
+def test_a_consent_setting_that_is_not_googles_is_refused_at_validation(consent: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="consent"):
+        config(consent=consent)
+
+
 # --- batching -------------------------------------------------------------------------------------
 
 def test_100000_identifiers_fit_one_request_and_one_more_user_starts_a_second(google: FakeGoogle) -> None:

@@ -6,6 +6,7 @@ Graph API error code means."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import socket
 import threading
@@ -42,6 +43,7 @@ class FakeGraph:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.answers: list[tuple[int, dict[str, str], bytes]] = []
+        self.app_secret: str | None = None  # set: "Require App Secret" is on
         self.lock = threading.Lock()
         graph = self
 
@@ -53,6 +55,11 @@ class FakeGraph:
                     graph.requests.append({"method": self.command, "path": self.path,
                                            "headers": dict(self.headers), "form": form})
                     scripted = graph.answers.pop(0) if graph.answers else None
+                if scripted is None and graph.app_secret is not None \
+                        and form.get("appsecret_proof") != proof_of(form.get("access_token", ""), graph.app_secret):
+                    scripted = (400, {}, json.dumps({"error": {
+                        "message": "API calls from the server require an appsecret_proof argument",
+                        "type": "GraphMethodException", "code": 100, "fbtrace_id": "AbCdEf"}}).encode())
                 if scripted is None:
                     rows = json.loads(form["payload"])["data"]
                     scripted = (200, {}, json.dumps({"audience_id": self.path.split("/")[2], "session_id": "1",
@@ -87,6 +94,11 @@ class FakeGraph:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def proof_of(token: str, app_secret: str) -> str:
+    """The fake's own appsecret_proof, as Graph API's "Securing Requests" defines it."""
+    return hmac.new(app_secret.encode(), token.encode(), hashlib.sha256).hexdigest()
 
 
 @pytest.fixture
@@ -355,3 +367,46 @@ def test_build_prefers_the_settings_audience_ids_over_the_environment(monkeypatc
     dest = build(config(audience_ids={"pro": "123"}), lambda name: TOKEN, lambda service: None)
     assert isinstance(dest, MetaCustomAudiencesDestination)
     assert dict(dest.audience_ids) == {"pro": "123", "trial": "888"}
+
+
+# --- appsecret_proof ("Require App Secret") ----------------------------------------------------
+
+def test_appsecret_proof_is_the_hmac_sha256_of_the_token_keyed_with_the_app_secret() -> None:
+    # RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?"
+    assert meta_audiences.appsecret_proof("what do ya want for nothing?", "Jefe") == \
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+
+
+def test_with_the_app_secret_every_request_carries_the_proof_an_app_requiring_it_accepts(graph: FakeGraph) -> None:
+    graph.app_secret = "meta-app-secret"
+    dest = destination(graph, app_secret="meta-app-secret")
+
+    outcomes = dest.send([change("p1", email="a@example.com"),
+                          change("p2", transition="exited", email="b@example.com")])
+
+    assert [o.verdict for o in outcomes] == ["delivered", "delivered"]
+    assert [r["method"] for r in graph.requests] == ["POST", "DELETE"]
+    assert all(r["form"]["appsecret_proof"] == proof_of(TOKEN, "meta-app-secret") for r in graph.requests)
+    assert all("meta-app-secret" not in json.dumps(r) for r in graph.requests)  # the secret itself never leaves
+
+
+def test_without_the_app_secret_an_app_requiring_it_refuses_and_the_change_is_dead_lettered(graph: FakeGraph) -> None:
+    graph.app_secret = "meta-app-secret"
+
+    (outcome,) = destination(graph).send([change("p1", email="a@example.com")])
+
+    assert outcome.verdict == "permanent"
+    assert outcome.reason.startswith("Meta error 100: API calls from the server require an appsecret_proof")
+    assert "appsecret_proof" not in graph.requests[0]["form"]
+
+
+def test_build_reads_the_app_secret_by_name_when_configured(graph: FakeGraph, monkeypatch: pytest.MonkeyPatch) -> None:
+    graph.app_secret = "meta-app-secret"
+    secrets = {"cdp/meta/token": TOKEN, "cdp/meta/app-secret": "meta-app-secret\n"}
+    monkeypatch.setenv("CDP_META_API_URL", graph.url)
+
+    dest = build(config(app_secret_name="cdp/meta/app-secret"), secrets.__getitem__, lambda service: None)
+
+    assert isinstance(dest, MetaCustomAudiencesDestination) and dest.app_secret == "meta-app-secret"
+    assert dest.send([change("p1", email="a@example.com")])[0].delivered
+    assert build(config(), secrets.__getitem__, lambda service: None).app_secret is None  # type: ignore[attr-defined]
