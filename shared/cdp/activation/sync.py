@@ -12,11 +12,13 @@ lists of profile ids side by side:
 
 A sorted merge (:func:`merge_diff`) yields each id of either list once: in current only,
 an add (``entered``); in previous only, a remove (``exited``); in both, nothing to send.
-Memory holds a chunk of changes and the part of the new snapshot not yet written, never
-the audience. The first sync has no previous snapshot: every member is an add.
+Memory holds a chunk of changes and at most ``memory_ids`` ids of the new snapshot not yet
+written (more wait in a temporary file: Lambda's ``/tmp``), never the audience. The first
+sync has no previous snapshot: every member is an add.
 
 **Chunks.** The changes go to ``deliver`` (the destination's ``send``, after the caller
-adds the profiles) ``batch_size`` at a time, as ``audience_membership`` messages whose
+adds the profiles) ``batch_size`` at a time (a chunk also goes out, smaller, once it spans
+``span_members`` ids of either list: a sparse difference in a large audience), as ``audience_membership`` messages whose
 ``message_id`` and deduplication id are ``sync:<sync id>:<audience>:<profile>:<transition>``:
 the same on every attempt of the same sync, so a chunk sent again after a resume is a
 repeat the destination can drop (batch APIs' adds and removes are idempotent anyway).
@@ -52,6 +54,7 @@ has the AWS adapters).
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -66,7 +69,9 @@ Transition = Literal["entered", "exited"]
 Status = Literal["running", "done", "failed"]
 MAX_FAILURE_REASONS = 5
 MAX_REASON = 200
-PART_MEMBERS = 50_000  # ids of the new snapshot per part object, at most (and per checkpoint)
+PART_MEMBERS = 50_000  # ids of the new snapshot between checkpoints (a part object), when no chunk is open
+SPAN_MEMBERS = 1_000_000  # ids a chunk may span before it goes out with fewer than batch_size changes
+MEMORY_IDS = 50_000  # ids of the new snapshot kept in memory; more wait in a temporary file
 CHECKPOINT_SECONDS = 10.0
 STOP_MARGIN_S = 30.0  # stop this long before the deadline: a last chunk and the checkpoint fit
 DEADLINE_CHECK_EVERY = 1_000  # ids merged between two looks at the deadline
@@ -244,8 +249,9 @@ class SnapshotStore(Protocol):
     def size(self, key: str) -> int: ...
 
     def write_part(self, destination_id: str, audience_id: str, sync_id: str, number: int,
-                   ids: Sequence[str]) -> None:
-        """Part ``number`` (from 1) of a sync's snapshot; written again if it exists."""
+                   ids: Iterable[str]) -> None:
+        """Part ``number`` (from 1) of a sync's snapshot, the ids in order (an iterable that
+        may be longer than memory should hold); written again if it exists."""
         ...
 
     def finish(self, destination_id: str, audience_id: str, sync_id: str, parts: int, members: int) -> str:
@@ -309,16 +315,19 @@ class BatchSync:
     def __init__(self, members: MemberSource, snapshots: SnapshotStore, states: SyncStateStore, *,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
                  clock: Callable[[], float] = time.monotonic, part_members: int = PART_MEMBERS,
+                 span_members: int = SPAN_MEMBERS, memory_ids: int = MEMORY_IDS,
                  checkpoint_seconds: float = CHECKPOINT_SECONDS, stop_margin_s: float = STOP_MARGIN_S,
                  owner: str | None = None) -> None:
-        if part_members < 1:
-            raise ValueError("part_members must be at least 1")
+        if part_members < 1 or span_members < 1 or memory_ids < 1:
+            raise ValueError("part_members, span_members and memory_ids must be at least 1")
         self._members = members
         self._snapshots = snapshots
         self._states = states
         self._now = now
         self._clock = clock
         self._part_members = part_members
+        self._span_members = span_members
+        self._memory_ids = memory_ids
         self._checkpoint_seconds = checkpoint_seconds
         self._stop_margin_s = stop_margin_s
         self._owner = owner or uuid.uuid4().hex
@@ -367,7 +376,7 @@ class _Run:
         self.state: SyncState | None = None
         self.done_here = SyncCounts()  # checkpointed by this invocation
         # The segment since the last checkpoint:
-        self.buffer: list[str] = []  # ids merged, in order (candidates for the new snapshot)
+        self.buffer = IdBuffer(sync._memory_ids)  # ids merged, in order (candidates for the new snapshot)
         self.drop: set[str] = set()  # ids of the buffer not in the new snapshot (removed, failed adds)
         self.pending: list[Change] = []  # the chunk being filled
         self.mark: tuple[str | None, int] = (None, 0)  # (cursor, buffer length) before the pending chunk
@@ -398,6 +407,12 @@ class _Run:
         before: Iterable[str] = self.s._snapshots.read(state.base_snapshot_key, state.cursor) \
             if state.base_snapshot_key else ()
         try:
+            return self._merge(state, current, before)
+        finally:
+            self.buffer.close()
+
+    def _merge(self, state: SyncState, current: Iterable[str], before: Iterable[str]) -> SyncResult:
+        try:
             for n, (pid, transition) in enumerate(merge_diff(current, before)):
                 if n % DEADLINE_CHECK_EVERY == 0:
                     self._check_deadline()
@@ -407,11 +422,12 @@ class _Run:
                     self.pending.append(Change(pid, transition))
                 self.buffer.append(pid)
                 self.cursor = pid
-                # A full chunk goes out; so does one spanning so many unchanged ids that
-                # holding them would grow memory (a sparse diff). The buffer stays under
-                # part_members + max(part_members, batch_size) ids.
+                # A full chunk goes out; so does one spanning span_members ids (a sparse
+                # diff): the ids a chunk spans wait in the buffer (on disk past memory_ids)
+                # until it is delivered, so the buffer stays under part_members +
+                # max(span_members, batch_size) ids.
                 if self.pending and (len(self.pending) >= self.batch_size or len(self.buffer) - self.mark[1]
-                                     >= max(self.s._part_members, self.batch_size)):
+                                     >= max(self.s._span_members, self.batch_size)):
                     self._deliver()
                 if not self.pending and len(self.buffer) >= self.s._part_members:
                     self._checkpoint()
@@ -435,7 +451,7 @@ class _Run:
         """Forget the pending chunk: the checkpoint goes just before it."""
         if self.pending:
             cursor, length = self.mark
-            del self.buffer[length:]
+            self.buffer.truncate(length)
             self.cursor = cursor
             self.pending = []
 
@@ -479,19 +495,21 @@ class _Run:
         assert self.state is not None and not self.pending
         state = self.state
         settled, cursor = len(self.buffer), self.cursor
-        ids = [pid for pid in self.buffer if pid not in self.drop]
+        kept = settled - len(self.drop)  # every dropped id is one of the buffer's (a resolved change)
         parts = state.parts
-        if ids:
+        if kept:
             parts += 1
-            self.s._snapshots.write_part(self.destination_id, self.audience_id, state.sync_id, parts, ids)
-        segment = replace(self.counts, merged=settled, members=len(ids))
+            self.s._snapshots.write_part(self.destination_id, self.audience_id, state.sync_id, parts,
+                                         (pid for pid in self.buffer if pid not in self.drop))
+        segment = replace(self.counts, merged=settled, members=kept)
         state = replace(state, cursor=cursor, parts=parts, counts=state.counts.plus(segment),
                         failures=tuple(self.failures), updated_at=iso(self.s._now()), stopped=stopped,
                         not_before=not_before)
         self.s._states.save(state, self.s._owner)
         self.state = state
         self.done_here = self.done_here.plus(segment)
-        self.buffer, self.drop, self.counts = [], set(), SyncCounts()
+        self.buffer.clear()
+        self.drop, self.counts = set(), SyncCounts()
         self.saved_at = self.s._clock()
 
     def _complete(self) -> SyncResult:
@@ -507,6 +525,62 @@ class _Run:
         keep = {state.sync_id} | ({_sync_id_of(state.base_snapshot_key)} if state.base_snapshot_key else set())
         self.s._snapshots.prune(self.destination_id, self.audience_id, keep)
         return SyncResult("done", state.sync_id, self.done_here, snapshot_key=key)
+
+
+class IdBuffer:
+    """The ids merged since the last checkpoint, in order: a list of at most ``memory_ids``
+    ids, the older ones in a temporary file (one id a line) once there are more."""
+
+    def __init__(self, memory_ids: int) -> None:
+        self._memory_ids = memory_ids
+        self._tail: list[str] = []
+        self._file: Any = None  # a binary temporary file, opened at the first spill
+        self._spilled = 0  # ids in the file
+
+    def __len__(self) -> int:
+        return self._spilled + len(self._tail)
+
+    def append(self, pid: str) -> None:
+        self._tail.append(pid)
+        if len(self._tail) >= self._memory_ids:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="cdp-sync-")  # noqa: SIM115 (closed by close())
+            self._file.seek(0, 2)
+            self._file.write(("\n".join(self._tail) + "\n").encode("utf-8"))
+            self._spilled += len(self._tail)
+            self._tail = []
+
+    def __iter__(self) -> Iterator[str]:
+        if self._spilled:
+            self._file.flush()
+            self._file.seek(0)
+            for n, line in enumerate(self._file):
+                if n >= self._spilled:
+                    break
+                yield line.decode("utf-8").rstrip("\n")
+        yield from list(self._tail)
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` ids."""
+        if length >= self._spilled:
+            del self._tail[length - self._spilled:]
+            return
+        self._file.flush()
+        self._file.seek(0)
+        offset = 0
+        for _ in range(length):
+            offset += len(self._file.readline())
+        self._file.truncate(offset)
+        self._spilled, self._tail = length, []
+
+    def clear(self) -> None:
+        self.truncate(0)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._spilled, self._tail = 0, []
 
 
 def _sync_id_of(snapshot_key: str) -> str:

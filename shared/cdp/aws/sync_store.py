@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import tempfile
 import zlib
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,6 +59,7 @@ from cdp.aws.membership_store import MAX_PAGE, MEMBERS_INDEX
 
 STATE_PREFIX = "sync#"
 SNAPSHOT_PREFIX = "snapshots"
+SPOOL_BYTES = 8 * 1024 * 1024  # a compressed part held in memory before it spools to /tmp
 READ_BYTES = 64 * 1024
 DELETE_BATCH = 1000  # DeleteObjects: at most 1,000 keys a request
 
@@ -162,11 +164,23 @@ class S3Snapshots:
         return int(self._manifest(key)["members"])
 
     def write_part(self, destination_id: str, audience_id: str, sync_id: str, number: int,
-                   ids: Sequence[str]) -> None:
-        text = "\n".join(ids) + "\n"
-        self._s3.put_object(Bucket=self._bucket, Key=self.part_key(destination_id, audience_id, sync_id, number),
-                            Body=gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0),
-                            ContentType="application/gzip")
+                   ids: Iterable[str]) -> None:
+        # Streamed through gzip into a spooled file (memory up to SPOOL_BYTES, then /tmp),
+        # so a part never needs its ids held as one string.
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as body:
+            with gzip.GzipFile(fileobj=body, mode="wb", compresslevel=6, mtime=0) as packed:
+                lines: list[str] = []
+                for pid in ids:
+                    lines.append(pid)
+                    if len(lines) >= 10_000:
+                        packed.write(("\n".join(lines) + "\n").encode("utf-8"))
+                        lines = []
+                if lines:
+                    packed.write(("\n".join(lines) + "\n").encode("utf-8"))
+            body.seek(0)
+            self._s3.put_object(Bucket=self._bucket,
+                                Key=self.part_key(destination_id, audience_id, sync_id, number),
+                                Body=body, ContentType="application/gzip")
 
     def finish(self, destination_id: str, audience_id: str, sync_id: str, parts: int, members: int) -> str:
         key = self.sync_prefix(destination_id, audience_id, sync_id) + "manifest.json"

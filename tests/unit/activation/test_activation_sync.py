@@ -5,7 +5,7 @@ stopped at any chunk (deadline, retry, crash) and resumed ends as an uninterrupt
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,6 +16,7 @@ from cdp.activation.delivery import OutboundMessage, Outcome
 from cdp.activation.sync import (
     BatchSync,
     Change,
+    IdBuffer,
     LeaseLost,
     SyncState,
     UnsortedStream,
@@ -95,9 +96,10 @@ class Snapshots:
         return self.manifests[key][2]
 
     def write_part(self, destination_id: str, audience_id: str, sync_id: str, number: int,
-                   ids: Sequence[str]) -> None:
-        assert list(ids) == sorted(set(ids))
-        self.parts[(sync_id, number)] = list(ids)
+                   ids: Iterable[str]) -> None:
+        written = list(ids)
+        assert written == sorted(set(written)) and written
+        self.parts[(sync_id, number)] = written
 
     def finish(self, destination_id: str, audience_id: str, sync_id: str, parts: int, members: int) -> str:
         key = f"snapshots/{destination_id}/{audience_id}/{sync_id}/manifest.json"
@@ -264,9 +266,12 @@ def test_an_exception_marks_the_sync_failed_and_the_next_run_resumes_it() -> Non
 @settings(max_examples=150, deadline=None)
 @given(current=ids_strategy, previous=ids_strategy, size=st.integers(min_value=1, max_value=5),
        part=st.integers(min_value=1, max_value=9), stop_at=st.integers(min_value=1, max_value=12),
-       how=st.sampled_from(["deadline", "retry", "crash"]))
+       how=st.sampled_from(["deadline", "retry", "crash"]), memory=st.integers(min_value=1, max_value=9),
+       span=st.integers(min_value=1, max_value=30))
 def test_a_sync_stopped_at_any_chunk_and_resumed_ends_as_an_uninterrupted_one(
-        current: set[str], previous: set[str], size: int, part: int, stop_at: int, how: str) -> None:
+        current: set[str], previous: set[str], size: int, part: int, stop_at: int, how: str, memory: int,
+        span: int) -> None:
+    # memory: the buffer spills to its file and is truncated across the spill; span: sparse chunks.
     def world() -> tuple[Members, Snapshots, States]:
         members, snapshots, states = Members(previous), Snapshots(), States()
         engine(members, snapshots, states, part_members=part).run("d", "a", 50, Destination(), forever)
@@ -285,7 +290,7 @@ def test_a_sync_stopped_at_any_chunk_and_resumed_ends_as_an_uninterrupted_one(
     def deadline() -> float:
         return 0.0 if how == "deadline" and len(interrupted.calls) >= stop_at else 600.0
 
-    sync = engine(members, snapshots, states, part_members=part)
+    sync = engine(members, snapshots, states, part_members=part, memory_ids=memory, span_members=span)
     outcomes = []
     for _ in range(20):
         try:
@@ -312,14 +317,62 @@ def test_a_sync_stopped_at_any_chunk_and_resumed_ends_as_an_uninterrupted_one(
         (expected.counts.adds, expected.counts.removes, expected.counts.members, expected.counts.merged)
 
 
-def test_a_sparse_difference_is_sent_before_its_unchanged_members_fill_memory() -> None:
+def test_a_sparse_difference_goes_out_once_its_chunk_spans_span_members_ids() -> None:
     members, snapshots, states = Members([f"p{n:04d}" for n in range(100)]), Snapshots(), States()
     engine(members, snapshots, states).run("meta", "pro", 50, Destination(), forever)
     members.ids = sorted(set(members.ids) | {"p0000a", "p0099a"})
     deliver = Destination()
-    engine(members, snapshots, states, part_members=20).run("meta", "pro", 50, deliver, forever)
-    # Two changes 99 ids apart: the first goes out alone once 50 unchanged ids follow it.
+    engine(members, snapshots, states, part_members=20, span_members=50, memory_ids=10).run(
+        "meta", "pro", 50, deliver, forever)
+    # Two changes 99 ids apart: the first goes out alone once it spans 50 ids.
     assert [[m.body["profile_id"] for m in call] for call in deliver.calls] == [["p0000a"], ["p0099a"]]
     state = states.load("meta", "pro")
     assert state is not None and snapshots.content(state.snapshot_key or "") == members.ids
     assert max(len(ids) for (sync_id, _), ids in snapshots.parts.items() if sync_id == state.sync_id) <= 70
+
+
+def test_a_sparse_difference_shares_one_chunk_when_its_span_fits() -> None:
+    members, snapshots, states = Members([f"p{n:04d}" for n in range(100)]), Snapshots(), States()
+    engine(members, snapshots, states).run("meta", "pro", 50, Destination(), forever)
+    members.ids = sorted(set(members.ids) | {"p0000a", "p0099a"})
+    deliver = Destination()
+    # Parts every 20 ids, 10 ids in memory: the 99 unchanged ids between the two changes
+    # wait on disk, not in a chunk of their own.
+    engine(members, snapshots, states, part_members=20, memory_ids=10).run("meta", "pro", 50, deliver, forever)
+    assert [[m.body["profile_id"] for m in call] for call in deliver.calls] == [["p0000a", "p0099a"]]
+    state = states.load("meta", "pro")
+    assert state is not None and snapshots.content(state.snapshot_key or "") == members.ids
+
+
+@settings(max_examples=100, deadline=None)
+@given(ids=st.lists(st.text("abc\u00e9", min_size=1, max_size=4), max_size=40),
+       memory=st.integers(min_value=1, max_value=7), cut=st.integers(min_value=0, max_value=45))
+def test_the_id_buffer_keeps_order_across_its_spill_and_truncation(ids: list[str], memory: int, cut: int) -> None:
+    buffer = IdBuffer(memory)
+    try:
+        for pid in ids:
+            buffer.append(pid)
+        assert len(buffer) == len(ids) and list(buffer) == ids
+        buffer.truncate(cut)
+        kept = ids[:cut]
+        assert len(buffer) == len(kept) and list(buffer) == kept
+        for pid in ["x", "y", "z"] * 3:  # appends after a truncation land after what was kept
+            buffer.append(pid)
+        assert list(buffer) == kept + ["x", "y", "z"] * 3
+        buffer.clear()
+        assert len(buffer) == 0 and list(buffer) == []
+        buffer.append("after")
+        assert list(buffer) == ["after"]
+    finally:
+        buffer.close()
+    assert len(buffer) == 0 and list(buffer) == []
+
+
+def test_the_id_buffer_holds_at_most_memory_ids_in_memory() -> None:
+    buffer = IdBuffer(5)
+    for n in range(23):
+        buffer.append(f"p{n:02d}")
+        assert len(buffer._tail) < 5
+    assert buffer._file is not None and list(buffer) == [f"p{n:02d}" for n in range(23)]
+    buffer.close()
+    assert buffer._file is None
