@@ -21,6 +21,7 @@ from cdp.activation.sync import BatchSync
 from cdp.activation.sync_job import sync_destination
 from cdp.activation.worker import DestinationWorker
 from cdp.aws.clients import client
+from cdp.aws.delivery_log import DeliveryLog
 from cdp.aws.destination_runtime import destination_worker
 from cdp.aws.full_export import write_full_export
 from cdp.aws.sync_store import DynamoMembers, batch_sync
@@ -65,8 +66,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         client("lambda").invoke(FunctionName=context.invoked_function_arn, InvocationType="Event",
                                 Payload=json.dumps({"destination_id": destination_id, "audiences": remaining}))
     metrics.add_dimension(name="destination", value=destination_id)
+    log = DeliveryLog(client("dynamodb"), get_settings().delivery_log_table)
     for audience_id, result in outcome.results.items():
         counts = result.counts.as_dict()
+        log.record_sync(destination_id, audience_id, result.outcome, result.sync_id, result.reason, counts)
         metrics.add_metric(name="SyncAdds", unit=MetricUnit.Count, value=counts.get("adds", 0))
         metrics.add_metric(name="SyncRemoves", unit=MetricUnit.Count, value=counts.get("removes", 0))
         logger.info("audience synced", extra={"destination": destination_id, "audience": audience_id,

@@ -223,6 +223,11 @@ def test_the_scheduled_sync_sends_everyone_first_and_only_the_difference_on_its_
     assert status["status"] == "done" and status["sync_id"] == second.result["audiences"][SYNC_AUDIENCE]["sync_id"]
     third = schedule.tick()  # nothing changed since
     assert synced(receiver)[len(full) + len(diff):] == [] and third.result["audiences"][SYNC_AUDIENCE]["adds"] == 0
+    # The delivery log has the runs: totals and each audience's last run.
+    logged = admin(pipeline, "GET", "/destinations/e2e-sync?hours=2")
+    assert (logged["sync_runs"], logged["sync_adds"], logged["sync_removes"]) == (3, 4, 1), logged
+    assert logged["syncs"][SYNC_AUDIENCE]["outcome"] == "done"
+    assert logged["syncs"][SYNC_AUDIENCE]["sync_id"] == third.result["audiences"][SYNC_AUDIENCE]["sync_id"]
 
 
 def test_the_s3_exports_sync_writes_the_audiences_full_member_file_with_its_manifest(

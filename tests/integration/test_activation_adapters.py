@@ -317,6 +317,26 @@ def test_the_log_keeps_one_item_per_hour_and_status_sums_the_last_hours(moto: No
     assert log.status("nobody", now=NOW)["attempts"] == 0
 
 
+def test_the_log_records_each_sync_run_and_status_shows_each_audiences_last(moto: None) -> None:
+    ddb = boto3.client("dynamodb")
+    log = DeliveryLog(ddb, delivery_log_table(ddb))
+    log.record("meta", counts(attempts=2, delivered=2), NOW)
+    log.record_sync("meta", "pro", "stopped", "s1", "deadline", {"adds": 700, "removes": 3, "failed": 1}, NOW)
+    log.record_sync("meta", "pro", "done", "s1", None, {"adds": 300, "removes": 0, "failed": 0},
+                    NOW + timedelta(minutes=20))
+    log.record_sync("meta", "gold", "busy", None, None, {}, NOW - timedelta(hours=2))
+
+    (item,) = log.hours("meta", NOW - timedelta(minutes=1))
+    assert (item["attempts"], item["sync_runs"], item["sync_adds"], item["sync_removes"], item["sync_failed"]) == \
+        (2, 2, 1_000, 3, 1)
+    status = log.status("meta", hours=24, now=NOW + timedelta(minutes=30))
+    assert (status["sync_runs"], status["sync_adds"], status["delivered"]) == (3, 1_000, 2)
+    assert status["syncs"] == {
+        "gold": {"outcome": "busy", "at": "2026-12-06T10:30:00Z", "adds": 0, "removes": 0, "failed": 0},
+        "pro": {"outcome": "done", "at": "2026-12-06T12:50:00Z", "sync_id": "s1", "adds": 300, "removes": 0,
+                "failed": 0}}
+
+
 def test_the_log_reads_every_page_of_hours() -> None:
     pages = [{"Items": [{"destination_id": {"S": "d"}, "hour": {"S": "h1"}, "attempts": {"N": "1"}}],
               "LastEvaluatedKey": {"k": {"S": "1"}}},

@@ -18,12 +18,17 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 # Upper bounds (seconds) of the latency buckets; the last bucket is everything above.
 LATENCY_BOUNDS_S: tuple[float, ...] = (0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600)
 COUNTERS = ("attempts", "delivered", "retried", "dead_lettered", "held", "not_sent")
+# Batch syncs' figures, per hour: invocations that ran a sync, and their adds, removes and
+# failed changes; with the last run of each audience under ``sync:<audience>``.
+SYNC_COUNTERS = ("sync_runs", "sync_adds", "sync_removes", "sync_failed")
+SYNC_PREFIX = "sync:"
 
 
 def bucket_of(seconds: float) -> int:
@@ -99,17 +104,25 @@ def percentile(histogram: Sequence[int], fraction: float) -> float | None:
 
 
 def summary(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Totals over some hours' items, with latency p50/p99 and the newest last error."""
-    totals = dict.fromkeys(COUNTERS, 0)
+    """Totals over some hours' items, with latency p50/p99, the newest last error and each
+    audience's newest batch sync run."""
+    totals = dict.fromkeys(COUNTERS + SYNC_COUNTERS, 0)
+    syncs: dict[str, dict[str, Any]] = {}
     histogram = [0] * (len(LATENCY_BOUNDS_S) + 1)
     last_error, last_error_at = "", ""
     for item in items:
-        for name in COUNTERS:
+        for name in COUNTERS + SYNC_COUNTERS:
             totals[name] += int(item.get(name) or 0)
+        for name, run in item.items():
+            if name.startswith(SYNC_PREFIX) and isinstance(run, Mapping):
+                audience_id = name[len(SYNC_PREFIX):]
+                if str(run.get("at") or "") >= str(syncs.get(audience_id, {}).get("at") or ""):
+                    syncs[audience_id] = {k: int(v) if isinstance(v, Decimal) else v for k, v in run.items()}
         for index in range(len(histogram)):
             histogram[index] += int(item.get(bucket_name(index)) or 0)
         at = str(item.get("last_error_at") or "")
         if at and at > last_error_at:
             last_error, last_error_at = str(item.get("last_error") or ""), at
     return {**totals, "latency_p50_s": percentile(histogram, 0.5), "latency_p99_s": percentile(histogram, 0.99),
-            "last_error": last_error or None, "last_error_at": last_error_at or None}
+            "last_error": last_error or None, "last_error_at": last_error_at or None,
+            "syncs": dict(sorted(syncs.items()))}

@@ -3,12 +3,13 @@ UTC hour, written with ``UpdateItem ADD`` (never read-modify-write), kept 90 day
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
 
-from cdp.activation.delivery_log import COUNTERS, DeliveryCounts, bucket_name, summary
+from cdp.activation.delivery_log import COUNTERS, SYNC_PREFIX, DeliveryCounts, bucket_name, summary
 
 RETENTION_DAYS = 90
 _deserializer = TypeDeserializer()
@@ -44,6 +45,29 @@ class DeliveryLog:
             Key={"destination_id": {"S": destination_id}, "hour": {"S": hour_of(moment)}},
             UpdateExpression=f"{expression} SET {', '.join(sets)}",
             ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+
+    def record_sync(self, destination_id: str, audience_id: str, outcome: str, sync_id: str | None,
+                    reason: str | None, counts: Mapping[str, int], now: datetime | None = None) -> None:
+        """Add one invocation's batch sync of an audience to the hour's item: the counters,
+        and the run as the audience's latest (``sync:<audience>``). Counts only, no profile."""
+        moment = now or datetime.now(UTC)
+        at = moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        run: dict[str, Any] = {"outcome": {"S": outcome}, "at": {"S": at},
+                               **{k: {"N": str(int(counts.get(k, 0)))} for k in ("adds", "removes", "failed")}}
+        if sync_id:
+            run["sync_id"] = {"S": sync_id}
+        if reason:
+            run["reason"] = {"S": reason[:300]}
+        self._ddb.update_item(
+            TableName=self._table,
+            Key={"destination_id": {"S": destination_id}, "hour": {"S": hour_of(moment)}},
+            UpdateExpression="ADD sync_runs :one, sync_adds :a, sync_removes :r, sync_failed :f "
+                             "SET #last = :last, expires_at = :exp",
+            ExpressionAttributeNames={"#last": f"{SYNC_PREFIX}{audience_id}"},
+            ExpressionAttributeValues={
+                ":one": {"N": "1"}, ":a": run["adds"], ":r": run["removes"], ":f": run["failed"],
+                ":last": {"M": run},
+                ":exp": {"N": str(int((moment + timedelta(days=RETENTION_DAYS)).timestamp()))}})
 
     def hours(self, destination_id: str, since: datetime) -> list[dict[str, Any]]:
         """The items of the hours from ``since`` on, oldest first."""

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from cdp.activation.delivery_log import (
     COUNTERS,
     LATENCY_BOUNDS_S,
+    SYNC_COUNTERS,
     DeliveryCounts,
     bucket_name,
     bucket_of,
@@ -145,5 +146,24 @@ def test_summary_adds_the_hours_reads_percentiles_and_keeps_the_newest_error() -
 
 
 def test_summary_of_nothing() -> None:
-    assert summary([]) == {**dict.fromkeys(COUNTERS, 0), "latency_p50_s": None, "latency_p99_s": None,
-                           "last_error": None, "last_error_at": None}
+    assert summary([]) == {**dict.fromkeys(COUNTERS + SYNC_COUNTERS, 0), "latency_p50_s": None,
+                           "latency_p99_s": None, "last_error": None, "last_error_at": None, "syncs": {}}
+
+
+def test_summary_adds_the_sync_counters_and_keeps_each_audiences_newest_run() -> None:
+    def run(outcome: str, at: str, adds: int) -> dict[str, object]:
+        return {"outcome": outcome, "at": at, "adds": Decimal(adds), "removes": Decimal(0), "failed": Decimal(0)}
+
+    items = [
+        {"hour": "2026-12-06T11", "sync_runs": Decimal(2), "sync_adds": Decimal(30), "sync_removes": Decimal(4),
+         "sync:pro": run("done", "2026-12-06T11:10:00Z", 10), "sync:gold": run("stopped", "2026-12-06T11:00:00Z", 20)},
+        {"hour": "2026-12-06T10", "sync_runs": Decimal(1), "sync_adds": Decimal(5), "sync_failed": Decimal(1),
+         "sync:pro": run("stopped", "2026-12-06T10:59:00Z", 5)},
+    ]
+    found = summary(items)
+    assert {name: found[name] for name in SYNC_COUNTERS} == {"sync_runs": 3, "sync_adds": 35, "sync_removes": 4,
+                                                             "sync_failed": 1}
+    assert found["syncs"] == {"gold": {"outcome": "stopped", "at": "2026-12-06T11:00:00Z", "adds": 20,
+                                       "removes": 0, "failed": 0},
+                              "pro": {"outcome": "done", "at": "2026-12-06T11:10:00Z", "adds": 10,
+                                      "removes": 0, "failed": 0}}
