@@ -554,11 +554,9 @@ class IdBuffer:
         if self._spilled:
             self._file.flush()
             self._file.seek(0)
-            for n, line in enumerate(self._file):
-                if n >= self._spilled:
-                    break
+            for line in self._file:  # the file holds exactly the spilled ids (see truncate)
                 yield line.decode("utf-8").rstrip("\n")
-        yield from list(self._tail)
+        yield from self._tail
 
     def truncate(self, length: int) -> None:
         """Keep the first ``length`` ids."""

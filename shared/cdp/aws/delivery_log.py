@@ -19,6 +19,14 @@ def hour_of(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H")
 
 
+def _stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _expires(moment: datetime) -> dict[str, str]:
+    return {"N": str(int((moment + timedelta(days=RETENTION_DAYS)).timestamp()))}
+
+
 class DeliveryLog:
     def __init__(self, dynamodb: Any, table_name: str) -> None:
         self._ddb = dynamodb
@@ -35,11 +43,11 @@ class DeliveryLog:
         values: dict[str, Any] = {f":a{i}": {"N": str(n)} for i, n in enumerate(adds.values())}
         expression = "ADD " + ", ".join(f"#a{i} :a{i}" for i in range(len(adds)))
         sets = ["expires_at = :exp"]
-        values[":exp"] = {"N": str(int((moment + timedelta(days=RETENTION_DAYS)).timestamp()))}
+        values[":exp"] = _expires(moment)
         if counts.last_error:
             sets += ["last_error = :err", "last_error_at = :err_at"]
             values[":err"] = {"S": counts.last_error[:300]}
-            values[":err_at"] = {"S": moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
+            values[":err_at"] = {"S": _stamp(moment)}
         self._ddb.update_item(
             TableName=self._table,
             Key={"destination_id": {"S": destination_id}, "hour": {"S": hour_of(moment)}},
@@ -51,8 +59,7 @@ class DeliveryLog:
         """Add one invocation's batch sync of an audience to the hour's item: the counters,
         and the run as the audience's latest (``sync:<audience>``). Counts only, no profile."""
         moment = now or datetime.now(UTC)
-        at = moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        run: dict[str, Any] = {"outcome": {"S": outcome}, "at": {"S": at},
+        run: dict[str, Any] = {"outcome": {"S": outcome}, "at": {"S": _stamp(moment)},
                                **{k: {"N": str(int(counts.get(k, 0)))} for k in ("adds", "removes", "failed")}}
         if sync_id:
             run["sync_id"] = {"S": sync_id}
@@ -67,7 +74,7 @@ class DeliveryLog:
             ExpressionAttributeValues={
                 ":one": {"N": "1"}, ":a": run["adds"], ":r": run["removes"], ":f": run["failed"],
                 ":last": {"M": run},
-                ":exp": {"N": str(int((moment + timedelta(days=RETENTION_DAYS)).timestamp()))}})
+                ":exp": _expires(moment)})
 
     def hours(self, destination_id: str, since: datetime) -> list[dict[str, Any]]:
         """The items of the hours from ``since`` on, oldest first."""
